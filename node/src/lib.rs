@@ -1,0 +1,1 @@
+//! dledger-node: Raft core (see `raft`).
