@@ -1,0 +1,506 @@
+//! Behaviour of `Log` through its public API, run once per backend (STYLE 13).
+//! Every test is generated for `uring` and `portable`; when io_uring cannot be
+//! set up here the uring variant prints why and skips.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dledger_engine::{BackendChoice, Error, FailPoint, Log, LogConfig, Meta, RetentionPolicy, BLOCK_SIZE};
+
+fn config(dir: &Path, backend: BackendChoice) -> LogConfig {
+    let mut c = LogConfig::new(dir);
+    c.backend = backend;
+    c.segment_size_bytes = 64 * 1024;
+    c.max_batch_bytes = 16 * 1024;
+    c.ring_size_bytes = 64 * 1024;
+    c
+}
+
+fn open(dir: &Path, backend: BackendChoice) -> Option<Log> {
+    match Log::open(config(dir, backend)) {
+        Ok(l) => Some(l),
+        Err(Error::BackendUnavailable { reason, .. }) => {
+            println!("SKIP: io_uring backend unavailable here: {reason}");
+            None
+        }
+        Err(e) => panic!("open failed: {e}"),
+    }
+}
+
+fn reopen(dir: &Path, backend: BackendChoice) -> Result<Log, Error> {
+    Log::open(config(dir, backend))
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let len = (i * 37 % 700) as usize;
+    (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+fn append_durable(log: &mut Log, term: u64, range: std::ops::Range<u64>) {
+    for i in range {
+        let got = match log.append(term, &payload(i)) {
+            Err(Error::Backpressure { .. }) => {
+                log.wait_durable(log.durable_index() + 1).unwrap();
+                log.append(term, &payload(i))
+            }
+            r => r,
+        };
+        assert_eq!(got.unwrap(), i);
+    }
+    log.wait_durable(log.last_index()).unwrap();
+}
+
+fn check_entries(log: &Log, range: std::ops::Range<u64>, term: u64) {
+    for i in range {
+        let e = log.read(i).unwrap_or_else(|e| panic!("read {i}: {e}"));
+        assert_eq!((e.index, e.term), (i, term), "entry {i}");
+        assert_eq!(&e.payload[..], &payload(i)[..], "payload of {i}");
+    }
+}
+
+/// Waits on the eventfd (poll(2) with a deadline), then reaps.
+fn wait_completion(log: &mut Log) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(d) = log.poll_completions().unwrap() {
+            return d;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no completion within 20 s");
+        let mut pfd = libc::pollfd { fd: log.eventfd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+    }
+}
+
+fn segment_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+fn last_segment(log: &Log) -> PathBuf {
+    log.segment_paths().last().unwrap().clone()
+}
+
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $( #[test] fn $name() { super::$name(dledger_engine::BackendChoice::Uring) } )*
+        }
+        mod portable {
+            $( #[test] fn $name() { super::$name(dledger_engine::BackendChoice::Portable) } )*
+        }
+    };
+}
+
+per_backend!(
+    append_read_reopen_across_segments,
+    completions_arrive_on_the_eventfd,
+    group_commit_batches_what_arrives_meanwhile,
+    torn_last_block_at_every_sector,
+    crash_at_every_byte_of_the_last_batch,
+    corruption_mid_log_refuses_and_truncates_nothing,
+    corruption_in_sealed_segment_refuses,
+    stale_bytes_never_parse,
+    truncate_suffix_within_and_across_segments,
+    truncate_then_reopen_without_new_entries,
+    purge_prefix_drops_whole_sealed_segments,
+    retention_by_size_respects_floor,
+    failed_sync_makes_log_fatal_and_reopen_recovers,
+    failed_write_makes_log_fatal,
+    no_space_for_segment_is_not_fatal,
+    backpressure_when_ring_is_full,
+    metadata_survives_reopen,
+    bad_arguments_are_errors,
+);
+
+fn append_read_reopen_across_segments(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    assert_eq!((log.first_index(), log.last_index(), log.durable_index()), (1, 0, 0));
+    append_durable(&mut log, 1, 1..400);
+    append_durable(&mut log, 2, 400..800);
+    assert!(log.segment_paths().len() > 3, "entries span several segments");
+    check_entries(&log, 1..400, 1);
+    check_entries(&log, 400..800, 2);
+    let mut range = Vec::new();
+    log.read_range(10, 700, 0, &mut range).unwrap();
+    assert_eq!(range.len(), 690);
+    assert!(range.iter().enumerate().all(|(k, e)| e.index == 10 + k as u64 && e.payload[..] == payload(e.index)[..]));
+    let mut limited = Vec::new();
+    log.read_range(10, 700, 2000, &mut limited).unwrap();
+    assert!(!limited.is_empty() && limited.len() < 690);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!((log.first_index(), log.last_index(), log.durable_index()), (1, 799, 799));
+    assert!(!log.recovery_report().cut_torn_tail);
+    check_entries(&log, 1..400, 1);
+    check_entries(&log, 400..800, 2);
+    assert_eq!(log.term_at(399), Some(1));
+    assert_eq!(log.term_at(400), Some(2));
+    assert_eq!(log.term_at(800), None);
+}
+
+fn completions_arrive_on_the_eventfd(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    for round in 0..20u64 {
+        let idx = log.append(1, &payload(round)).unwrap();
+        assert!(log.durable_index() < idx);
+        log.flush().unwrap();
+        let mut durable = 0;
+        while durable < idx {
+            durable = wait_completion(&mut log);
+        }
+        assert_eq!(log.durable_index(), idx);
+    }
+}
+
+fn group_commit_batches_what_arrives_meanwhile(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    log.append(1, b"first").unwrap();
+    log.flush().unwrap();
+    // These arrive while the first batch is in flight: they must form one batch.
+    for _ in 2..=50 {
+        log.append(1, b"small").unwrap();
+    }
+    let mut completions = 0;
+    while log.durable_index() < 50 {
+        wait_completion(&mut log);
+        completions += 1;
+    }
+    assert_eq!(completions, 2, "one completion for the first entry, one for the 49 that waited");
+}
+
+/// Writes batch A (durable), then batch B (durable), and returns the segment image
+/// before and after B and B's byte range in the file.
+/// A segment image before and after batch B, and B's byte range.
+type TwoBatches = (PathBuf, Vec<u8>, Vec<u8>, usize, usize);
+
+fn two_batches(dir: &Path, b: BackendChoice) -> Option<TwoBatches> {
+    let mut log = open(dir, b)?;
+    append_durable(&mut log, 1, 1..6);
+    let path = last_segment(&log);
+    let before = segment_bytes(&path);
+    append_durable(&mut log, 1, 6..12);
+    drop(log);
+    let after = segment_bytes(&path);
+    let start = (0..after.len()).find(|&i| before[i] != after[i]).unwrap();
+    let end = (0..after.len()).rev().find(|&i| before[i] != after[i]).unwrap() + 1;
+    assert_eq!(start % BLOCK_SIZE, 0, "batch B starts on a block boundary");
+    Some((path, before, after, start, end))
+}
+
+fn torn_last_block_at_every_sector(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((path, before, after, start, end)) = two_batches(dir.path(), b) else { return };
+    let last_block = (end - 1) / BLOCK_SIZE * BLOCK_SIZE;
+    for cut in (last_block..=last_block + BLOCK_SIZE).step_by(512) {
+        // Sectors of B below `cut` reached the disk; the rest of the last block did not.
+        let mut img = after.clone();
+        img[cut.max(start)..last_block + BLOCK_SIZE].copy_from_slice(&before[cut.max(start)..last_block + BLOCK_SIZE]);
+        std::fs::write(&path, &img).unwrap();
+        let log = reopen(dir.path(), b).unwrap_or_else(|e| panic!("reopen after tear at {cut}: {e}"));
+        check_entries(&log, 1..6, 1);
+        let complete = cut >= end;
+        assert_eq!(log.last_index(), if complete { 11 } else { 5 }, "tear at byte {cut} (batch ends at {end})");
+        if complete {
+            check_entries(&log, 6..12, 1);
+        }
+    }
+}
+
+fn crash_at_every_byte_of_the_last_batch(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((path, before, after, start, end)) = two_batches(dir.path(), b) else { return };
+    for cut in start..end {
+        for mode in ["zeros", "garbage", "file cut"] {
+            let mut img = after.clone();
+            match mode {
+                "zeros" => img[cut..].copy_from_slice(&before[cut..]),
+                "garbage" => {
+                    img[cut..end].iter_mut().enumerate().for_each(|(k, x)| *x = (k as u8).wrapping_mul(151) ^ 0x5a)
+                }
+                _ => img.truncate(cut),
+            }
+            std::fs::write(&path, &img).unwrap();
+            let log = reopen(dir.path(), b).unwrap_or_else(|e| panic!("reopen after {mode} at {cut}: {e}"));
+            assert_eq!(log.last_index(), 5, "{mode} from byte {cut}: nothing after the tear is returned");
+            check_entries(&log, 1..6, 1);
+            drop(log);
+            std::fs::write(&path, &after).unwrap();
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(after.len() as u64).unwrap();
+        }
+    }
+    // The intact image still reads whole.
+    let log = reopen(dir.path(), b).unwrap();
+    check_entries(&log, 1..12, 1);
+}
+
+fn corruption_mid_log_refuses_and_truncates_nothing(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    for i in 1..=3u64 {
+        append_durable(&mut log, 1, i..i + 1);
+    }
+    let path = last_segment(&log);
+    drop(log);
+    let mut img = segment_bytes(&path);
+    // Flip a payload byte of the first batch (index 1), which is followed by valid batches.
+    img[BLOCK_SIZE + 32 + 24] ^= 0xff;
+    std::fs::write(&path, &img).unwrap();
+    let err = reopen(dir.path(), b).unwrap_err();
+    match &err {
+        Error::Corrupt { segment, offset, entry_index, .. } => {
+            assert_eq!(segment, &path);
+            assert_eq!(*offset, BLOCK_SIZE as u64);
+            assert_eq!(*entry_index, 1);
+        }
+        e => panic!("expected Corrupt, got {e}"),
+    }
+    assert!(err.to_string().contains("followed by valid batches"), "{err}");
+    assert_eq!(segment_bytes(&path), img, "nothing was truncated or rewritten");
+}
+
+fn corruption_in_sealed_segment_refuses(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..300);
+    let segs = log.segment_paths();
+    assert!(segs.len() >= 2);
+    drop(log);
+    // Corrupt the last batch of the first (sealed) segment.
+    let mut img = segment_bytes(&segs[0]);
+    let last_used = (BLOCK_SIZE..img.len()).step_by(BLOCK_SIZE).rfind(|&p| img[p..p + 4] == *b"DLB1").unwrap();
+    img[last_used + 40] ^= 1;
+    std::fs::write(&segs[0], &img).unwrap();
+    let err = reopen(dir.path(), b).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { ref segment, .. } if segment == &segs[0]), "{err}");
+    assert!(err.to_string().contains("sealed"), "{err}");
+}
+
+fn stale_bytes_never_parse(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..300);
+    let segs = log.segment_paths();
+    let old = segment_bytes(&segs[0]);
+    let active = segs.last().unwrap().clone();
+    let last = log.last_index();
+    drop(log);
+    // Copy a whole earlier segment's batches over the unused part of the active one,
+    // as if its blocks were reused from a deleted file.
+    let mut img = segment_bytes(&active);
+    let used =
+        (BLOCK_SIZE..img.len()).step_by(BLOCK_SIZE).find(|&p| img[p..p + BLOCK_SIZE].iter().all(|&x| x == 0)).unwrap();
+    img[used..].copy_from_slice(&old[used..]);
+    std::fs::write(&active, &img).unwrap();
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!(log.last_index(), last, "no stale entry parsed as live");
+    assert!(log.recovery_report().cut_torn_tail, "the stale bytes are treated as a torn tail");
+}
+
+fn truncate_suffix_within_and_across_segments(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..300);
+    // Within the active segment.
+    let cut = log.last_index() - 3;
+    log.truncate_suffix(cut).unwrap();
+    assert_eq!(log.last_index(), cut - 1);
+    assert_eq!(log.term_at(cut), None);
+    append_durable(&mut log, 2, cut..cut + 10);
+    // Across segments: back into the first (sealed) segment.
+    log.truncate_suffix(20).unwrap();
+    assert_eq!(log.last_index(), 19);
+    append_durable(&mut log, 3, 20..60);
+    check_entries(&log, 1..20, 1);
+    check_entries(&log, 20..60, 3);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!(log.last_index(), 59);
+    check_entries(&log, 1..20, 1);
+    check_entries(&log, 20..60, 3);
+}
+
+fn truncate_then_reopen_without_new_entries(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..50);
+    log.truncate_suffix(30).unwrap();
+    log.sync_all().unwrap();
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!(log.last_index(), 29, "the truncation was made durable by a marker batch");
+    check_entries(&log, 1..30, 1);
+}
+
+fn purge_prefix_drops_whole_sealed_segments(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..400);
+    let before = log.segment_paths().len();
+    let first = log.purge_prefix(200).unwrap();
+    assert!(first > 1 && first <= 201, "first index {first}");
+    assert!(log.segment_paths().len() < before);
+    assert!(matches!(log.read(first - 1), Err(Error::OutOfRange { .. })));
+    check_entries(&log, first..400, 1);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!(log.first_index(), first);
+    check_entries(&log, first..400, 1);
+}
+
+fn retention_by_size_respects_floor(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..600);
+    let tiny = RetentionPolicy { max_age: None, max_total_bytes: Some(1) };
+    // Floor at 1: nothing may go.
+    assert_eq!(log.apply_retention(&tiny, 1).unwrap(), 1);
+    let first = log.apply_retention(&tiny, 300).unwrap();
+    assert!(first > 1 && first <= 300, "first {first}");
+    check_entries(&log, first..600, 1);
+    // Age: nothing is older than an hour, until the oldest segment is made to look two hours old.
+    let hour = RetentionPolicy { max_age: Some(Duration::from_secs(3600)), max_total_bytes: None };
+    assert_eq!(log.apply_retention(&hour, 600).unwrap(), first);
+    let oldest = log.segment_paths()[0].clone();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&oldest).unwrap().set_modified(two_hours_ago).unwrap();
+    let after = log.apply_retention(&hour, 600).unwrap();
+    assert!(after > first, "the old segment went: first {first} -> {after}");
+    assert!(!oldest.exists());
+    check_entries(&log, after..600, 1);
+}
+
+fn failed_sync_makes_log_fatal_and_reopen_recovers(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..10);
+    log.config().faults.arm(FailPoint::Sync, libc::EIO);
+    log.append(1, &payload(10)).unwrap();
+    let err = log.wait_durable(10).unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    assert!(log.append(1, b"more").unwrap_err().is_fatal(), "no retry as if nothing happened");
+    assert_eq!(log.last_index(), 9, "nothing undurable is readable");
+    check_entries(&log, 1..10, 1);
+    drop(log);
+    let mut log = reopen(dir.path(), b).unwrap();
+    check_entries(&log, 1..10, 1);
+    assert!(log.last_index() >= 9);
+    let next = log.last_index() + 1;
+    append_durable(&mut log, 1, next..next + 5);
+}
+
+fn failed_write_makes_log_fatal(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..5);
+    log.config().faults.arm(FailPoint::Write, libc::EROFS);
+    log.append(1, &payload(5)).unwrap();
+    let err = log.wait_durable(5).unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    assert!(err.to_string().contains("Read-only file system"), "{err}");
+    check_entries(&log, 1..5, 1);
+}
+
+fn no_space_for_segment_is_not_fatal(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    let faults = log.config().faults.clone();
+    // The first spare is already made; the next preparation fails.
+    faults.arm(FailPoint::Prefill, libc::ENOSPC);
+    let mut i = 1;
+    let err = loop {
+        match log.append(1, &payload(i)) {
+            Ok(_) => {
+                i += 1;
+                log.flush().unwrap();
+            }
+            Err(e) => break e,
+        }
+        assert!(i < 10_000, "the failure never surfaced");
+    };
+    assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+    assert!(!err.is_fatal());
+    // Space "returns": the next append gets a fresh spare.
+    assert_eq!(log.append(1, &payload(i)).unwrap(), i);
+    log.wait_durable(i).unwrap();
+    check_entries(&log, 1..i + 1, 1);
+}
+
+fn backpressure_when_ring_is_full(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    let big = vec![7u8; 12 * 1024];
+    let mut n = 0u64;
+    let err = loop {
+        match log.append(1, &big) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100, "no backpressure");
+    };
+    assert!(matches!(err, Error::Backpressure { .. }), "{err}");
+    log.wait_durable(n).unwrap();
+    assert_eq!(log.append(1, &big).unwrap(), n + 1);
+    log.wait_durable(n + 1).unwrap();
+    for i in 1..=n + 1 {
+        assert_eq!(log.read(i).unwrap().payload.len(), big.len());
+    }
+}
+
+fn metadata_survives_reopen(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    assert_eq!(log.meta(), &Meta::default());
+    let m = Meta { current_term: 9, voted_for: Some(3), blob: b"conf".to_vec() };
+    log.save_meta(&m).unwrap();
+    drop(log);
+    assert_eq!(reopen(dir.path(), b).unwrap().meta(), &m);
+}
+
+fn bad_arguments_are_errors(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    let max = log.config().max_entry_bytes();
+    assert!(matches!(log.append(1, &vec![0; max + 1]), Err(Error::EntryTooLarge { .. })));
+    assert!(log.append(1, &vec![0; max]).is_ok());
+    assert!(matches!(log.append(0, b"x"), Err(Error::InvalidArgument(_))), "terms never decrease");
+    assert!(matches!(log.read(99), Err(Error::OutOfRange { .. })));
+    assert!(matches!(log.truncate_suffix(99), Err(Error::InvalidArgument(_))));
+    let mut c = config(dir.path(), b);
+    c.segment_size_bytes = 5000;
+    assert!(matches!(Log::open(c), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn uring_forced_on_tmpfs_is_refused_and_auto_falls_back() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        println!("SKIP: no /dev/shm");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    if dledger_engine::probe(dir.path()).unwrap().o_direct.is_ok() {
+        println!("SKIP: this tmpfs accepts O_DIRECT");
+        return;
+    }
+    let err = Log::open(config(dir.path(), BackendChoice::Uring)).unwrap_err();
+    assert!(matches!(err, Error::BackendUnavailable { .. }), "{err}");
+    let mut log = Log::open(config(dir.path(), BackendChoice::Auto)).unwrap();
+    assert_eq!(log.backend(), dledger_engine::BackendKind::Portable);
+    append_durable(&mut log, 1, 1..20);
+    check_entries(&log, 1..20, 1);
+}
+
+#[test]
+fn probe_reports_this_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dledger_engine::probe(dir.path()).unwrap();
+    assert!(r.block_size_bytes >= 512);
+    assert!(r.write_sync_us_max >= r.write_sync_us_p50);
+    let text = r.to_string();
+    assert!(text.contains("io_uring") && text.contains("O_DIRECT"), "{text}");
+}
