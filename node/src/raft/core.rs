@@ -1,0 +1,535 @@
+//! [`RaftCore`]: the state of one Raft node and the dispatch of events to the
+//! handlers in `election`, `replication`, `read_index` and `transfer`.
+//!
+//! Invariants (asserted where they change):
+//! * `term` never decreases; `voted_for` changes only from `None` within a term.
+//! * `saved_meta.term ≤ term`. While `saved_meta != (term, voted_for)`, every
+//!   outgoing message waits in `held_messages` and a candidate may not win:
+//!   nothing that depends on a term or vote leaves before it is durable
+//!   (Raft Figure 2, "respond to RPCs only after updating stable storage").
+//! * At most one leader role per term on this node, and a leader's log only
+//!   grows (it never truncates).
+//! * Every proposal, read and transfer accepted while leader is answered
+//!   exactly once: when it completes, or with an error when leadership ends.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::command::{ClientError, ClientReply, Command};
+use super::config::{Config, ConfigError};
+use super::event::Event;
+use super::message::{Entry, HardState, LogIndex, Message, MessageBody, NodeId, RequestId, Term};
+use super::progress::Progress;
+use super::raft_log::RaftLog;
+use super::read_index::ReadIndexState;
+use super::transfer::Transfer;
+
+/// The role a node plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows the leader of its term (if one is known).
+    Follower,
+    /// Asking for pre-votes; its term has not changed.
+    PreCandidate,
+    /// Asking for votes in its (new) term.
+    Candidate,
+    /// Leader of its term.
+    Leader,
+}
+
+/// What survived on disk, handed to [`RaftCore::new`] on (re)start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoredState {
+    /// The metadata record.
+    pub meta: HardState,
+    /// The log from index 1, all of it treated as durable.
+    pub entries: Vec<Entry>,
+}
+
+/// A read-only summary, for hosts and checkers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Current role.
+    pub role: Role,
+    /// Current term.
+    pub term: Term,
+    /// The leader this node believes in.
+    pub leader_id: Option<NodeId>,
+    /// Highest committed index.
+    pub committed_index: LogIndex,
+    /// Highest durable index.
+    pub durable_index: LogIndex,
+    /// Last index.
+    pub last_index: LogIndex,
+}
+
+/// A proposal accepted by this leader, waiting for commit.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PendingProposal {
+    pub request_id: RequestId,
+    pub first_index: LogIndex,
+    pub last_index: LogIndex,
+}
+
+/// One Raft node as a deterministic state machine: see the crate docs of
+/// [`raft`](super) for how a host drives it.
+#[derive(Debug)]
+pub struct RaftCore {
+    pub(super) id: NodeId,
+    /// All voters, sorted, including `id`.
+    pub(super) voters: Vec<NodeId>,
+    pub(super) config: Config,
+    pub(super) rng: ChaCha8Rng,
+
+    pub(super) term: Term,
+    pub(super) voted_for: Option<NodeId>,
+    pub(super) saved_meta: HardState,
+    pub(super) log: RaftLog,
+
+    pub(super) role: Role,
+    pub(super) leader_id: Option<NodeId>,
+    /// Ticks counted since this core was created (the core's only notion of time).
+    pub(super) now_ticks: u64,
+    pub(super) election_elapsed_ticks: u64,
+    pub(super) election_timeout_ticks: u64,
+    pub(super) heartbeat_elapsed_ticks: u64,
+    pub(super) check_quorum_elapsed_ticks: u64,
+
+    /// Pre-candidate or candidate: answers received (`true` = granted).
+    pub(super) votes: BTreeMap<NodeId, bool>,
+    /// Follower: highest index known to match the leader of this term.
+    pub(super) verified_index: LogIndex,
+    /// Follower: highest match index acknowledged to the leader of this term.
+    pub(super) acked_index: LogIndex,
+
+    /// Leader: one record per other voter.
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    pub(super) proposals: VecDeque<PendingProposal>,
+    pub(super) reads: ReadIndexState,
+    pub(super) transfer: Option<Transfer>,
+    /// Leader: ticks until we may try handing over to the preferred leader again.
+    pub(super) preferred_cooldown_ticks: u64,
+
+    pub(super) out: Vec<Command>,
+    pub(super) held_messages: Vec<Message>,
+}
+
+impl RaftCore {
+    /// A core for node `id` among `voters`, restarting from `restored`.
+    ///
+    /// If the restored log holds entries of a term newer than the saved
+    /// metadata (entries were persisted, the metadata save was lost), the
+    /// term is raised to the log's last term with no vote, and saved again
+    /// before any message leaves: this node never voted in that term, since
+    /// a vote is only sent after it is saved.
+    pub fn new(
+        id: NodeId,
+        mut voters: Vec<NodeId>,
+        config: Config,
+        restored: RestoredState,
+        rng: ChaCha8Rng,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        voters.sort_unstable();
+        let unique = voters.windows(2).all(|w| w[0] != w[1]);
+        if !unique || !voters.contains(&id) {
+            return Err(ConfigError::Voters { id, voters });
+        }
+        for (k, entry) in restored.entries.iter().enumerate() {
+            if entry.index != k as u64 + 1 {
+                return Err(ConfigError::RestoredLog { index: entry.index, reason: "indexes not contiguous from 1" });
+            }
+            if k > 0 && entry.term < restored.entries[k - 1].term {
+                return Err(ConfigError::RestoredLog { index: entry.index, reason: "terms decrease" });
+            }
+        }
+        let log = RaftLog::restored(restored.entries);
+        let (term, voted_for) = if log.last_term() > restored.meta.term {
+            (log.last_term(), None)
+        } else {
+            (restored.meta.term, restored.meta.voted_for)
+        };
+        let mut core = RaftCore {
+            id,
+            voters,
+            config,
+            rng,
+            term,
+            voted_for,
+            saved_meta: restored.meta,
+            log,
+            role: Role::Follower,
+            leader_id: None,
+            now_ticks: 0,
+            election_elapsed_ticks: 0,
+            election_timeout_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            check_quorum_elapsed_ticks: 0,
+            votes: BTreeMap::new(),
+            verified_index: 0,
+            acked_index: 0,
+            progress: BTreeMap::new(),
+            proposals: VecDeque::new(),
+            reads: ReadIndexState::default(),
+            transfer: None,
+            preferred_cooldown_ticks: 0,
+            out: Vec::new(),
+            held_messages: Vec::new(),
+        };
+        core.reset_election_timer();
+        if core.hard_state() != core.saved_meta {
+            let hard_state = core.hard_state();
+            core.out.push(Command::SaveMeta(hard_state));
+        }
+        Ok(core)
+    }
+
+    /// Handles one event and returns the commands it produced, in order.
+    pub fn step(&mut self, event: Event) -> Vec<Command> {
+        match event {
+            Event::Message(message) => self.on_message(message),
+            Event::Tick => self.on_tick(),
+            Event::Propose { request_id, payloads } => self.on_propose(request_id, payloads),
+            Event::ReadIndex { request_id } => self.on_read_index(request_id),
+            Event::TransferLeadership { request_id, target } => self.on_transfer_request(Some(request_id), target),
+            Event::EntriesDurable { index, term } => self.on_entries_durable(index, term),
+            Event::MetaSaved(hard_state) => self.on_meta_saved(hard_state),
+        }
+        self.debug_check();
+        std::mem::take(&mut self.out)
+    }
+
+    /// Summary of the current state.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader_id: self.leader_id,
+            committed_index: self.log.committed_index(),
+            durable_index: self.log.durable_index(),
+            last_index: self.log.last_index(),
+        }
+    }
+
+    /// The in-memory log (read-only).
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    /// A leader's replication state for `peer` (for lag metrics and tests).
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.progress.get(&peer)
+    }
+
+    /// The current (term, vote), saved or not.
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, voted_for: self.voted_for }
+    }
+
+    /// Votes needed to win, entries needed to commit.
+    pub(super) fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let id = self.id;
+        self.voters.iter().copied().filter(move |&p| p != id)
+    }
+
+    pub(super) fn reset_election_timer(&mut self) {
+        self.election_elapsed_ticks = 0;
+        self.election_timeout_ticks =
+            self.rng.gen_range(self.config.election_timeout_min_ticks..self.config.election_timeout_max_ticks);
+    }
+
+    /// Queues a message, or holds it until the current (term, vote) is saved.
+    pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
+        let message = Message { from: self.id, to, term: self.term, body };
+        self.send_with_term(message);
+    }
+
+    pub(super) fn send_with_term(&mut self, message: Message) {
+        debug_assert_ne!(message.to, self.id);
+        if self.saved_meta == self.hard_state() {
+            self.out.push(Command::Send(message));
+        } else {
+            self.held_messages.push(message);
+        }
+    }
+
+    /// Moves to `term` (if higher) and asks for the metadata to be saved.
+    pub(super) fn set_term(&mut self, term: Term) {
+        assert!(term >= self.term, "term never decreases ({} -> {term})", self.term);
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.verified_index = 0;
+            self.acked_index = 0;
+            self.out.push(Command::SaveMeta(self.hard_state()));
+        }
+    }
+
+    pub(super) fn set_vote(&mut self, candidate: NodeId) {
+        assert!(
+            self.voted_for.is_none() || self.voted_for == Some(candidate),
+            "one vote per term: already voted for {:?} in term {}",
+            self.voted_for,
+            self.term
+        );
+        if self.voted_for != Some(candidate) {
+            self.voted_for = Some(candidate);
+            self.out.push(Command::SaveMeta(self.hard_state()));
+        }
+    }
+
+    /// Becomes a follower of `term` (at least the current one), ending any
+    /// leadership and answering everything that was waiting on it.
+    pub(super) fn become_follower(&mut self, term: Term, leader_id: Option<NodeId>) {
+        let was_leader = self.role == Role::Leader;
+        let old_term = self.term;
+        self.set_term(term);
+        if self.role != Role::Follower {
+            self.verified_index = 0;
+            self.acked_index = 0;
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader_id;
+        self.votes.clear();
+        self.reset_election_timer();
+        if was_leader {
+            self.abandon_leadership(old_term);
+        }
+    }
+
+    /// Answers every request this leader held, now that it is no longer leader.
+    fn abandon_leadership(&mut self, old_term: Term) {
+        let leader_hint = self.leader_id;
+        for proposal in std::mem::take(&mut self.proposals) {
+            self.reply(ClientReply::Failed {
+                request_id: proposal.request_id,
+                error: ClientError::LeadershipLost { term: old_term, leader_hint },
+            });
+        }
+        for request_id in self.reads.drain_all() {
+            self.reply(ClientReply::Failed {
+                request_id,
+                error: ClientError::LeadershipLost { term: old_term, leader_hint },
+            });
+        }
+        self.end_transfer_on_step_down(old_term);
+        self.progress.clear();
+    }
+
+    pub(super) fn reply(&mut self, reply: ClientReply) {
+        self.out.push(Command::Reply(reply));
+    }
+
+    fn on_tick(&mut self) {
+        self.now_ticks += 1;
+        if self.role == Role::Leader {
+            self.leader_tick();
+        } else {
+            self.election_elapsed_ticks += 1;
+            if self.election_elapsed_ticks >= self.election_timeout_ticks {
+                self.start_election_timeout();
+            }
+        }
+    }
+
+    fn leader_tick(&mut self) {
+        self.heartbeat_elapsed_ticks += 1;
+        self.check_quorum_elapsed_ticks += 1;
+        if self.check_quorum_elapsed_ticks >= self.config.election_timeout_min_ticks {
+            self.check_quorum_elapsed_ticks = 0;
+            if !self.check_quorum_round() {
+                return;
+            }
+        }
+        self.transfer_tick();
+        self.replication_tick();
+        if self.heartbeat_elapsed_ticks >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed_ticks = 0;
+            self.broadcast_heartbeat();
+        }
+        self.preferred_leader_tick();
+    }
+
+    /// Check-quorum: step down if a quorum has not been heard from since the
+    /// last round. Returns whether we are still leader.
+    fn check_quorum_round(&mut self) -> bool {
+        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        for pr in self.progress.values_mut() {
+            pr.recent_active = false;
+        }
+        if self.config.check_quorum && active < self.quorum() {
+            let term = self.term;
+            self.become_follower(term, None);
+            return false;
+        }
+        true
+    }
+
+    fn on_propose(&mut self, request_id: RequestId, payloads: Vec<bytes::Bytes>) {
+        if self.role != Role::Leader {
+            let leader_hint = self.leader_id;
+            self.reply(ClientReply::Failed { request_id, error: ClientError::NotLeader { leader_hint } });
+            return;
+        }
+        if let Some(transfer) = &self.transfer {
+            let target = transfer.target;
+            self.reply(ClientReply::Failed { request_id, error: ClientError::TransferInProgress { target } });
+            return;
+        }
+        if payloads.is_empty() {
+            self.reply(ClientReply::Failed { request_id, error: ClientError::EmptyProposal });
+            return;
+        }
+        let first_index = self.log.last_index() + 1;
+        let entries: Vec<Entry> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(k, payload)| Entry {
+                index: first_index + k as u64,
+                term: self.term,
+                kind: super::message::EntryKind::Command,
+                payload,
+            })
+            .collect();
+        let last_index = first_index + entries.len() as u64 - 1;
+        self.proposals.push_back(PendingProposal { request_id, first_index, last_index });
+        self.append_as_leader(entries);
+    }
+
+    fn on_meta_saved(&mut self, hard_state: HardState) {
+        assert!(
+            (hard_state.term, hard_state.voted_for.is_some())
+                >= (self.saved_meta.term, self.saved_meta.voted_for.is_some()),
+            "metadata saves complete in order: {:?} after {:?}",
+            hard_state,
+            self.saved_meta
+        );
+        self.saved_meta = hard_state;
+        if self.saved_meta == self.hard_state() {
+            let held = std::mem::take(&mut self.held_messages);
+            self.out.extend(held.into_iter().map(Command::Send));
+            if self.role == Role::Candidate {
+                self.maybe_win_election();
+            }
+        }
+    }
+
+    /// Hands newly committed entries to the host and answers the proposals
+    /// and reads they complete.
+    pub(super) fn apply_committed(&mut self) {
+        let entries = self.log.take_unapplied();
+        if !entries.is_empty() {
+            self.out.push(Command::Apply(entries));
+        }
+        let committed_index = self.log.committed_index();
+        while let Some(proposal) = self.proposals.front().copied() {
+            if proposal.last_index > committed_index {
+                break;
+            }
+            self.proposals.pop_front();
+            let term = self.log.term_at(proposal.last_index).expect("committed entry present");
+            assert_eq!(term, self.term, "a pending proposal is from this leader's term");
+            self.reply(ClientReply::Committed {
+                request_id: proposal.request_id,
+                first_index: proposal.first_index,
+                last_index: proposal.last_index,
+                term,
+            });
+        }
+        if self.role == Role::Leader {
+            self.on_commit_for_reads();
+        }
+    }
+
+    fn on_message(&mut self, message: Message) {
+        if message.to != self.id || message.from == self.id {
+            return;
+        }
+        if !self.voters.contains(&message.from) {
+            return;
+        }
+        if message.term > self.term {
+            match message.body {
+                // A pre-vote never changes anyone's term.
+                MessageBody::PreVoteRequest { .. } => {}
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::VoteRequest { leadership_transfer: false, .. } if self.in_leader_lease() => {
+                    // We heard from a live leader within the minimum election
+                    // timeout: ignore the disruptive candidate (thesis §4.2.3).
+                    return;
+                }
+                MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. } | MessageBody::TimeoutNow => {
+                    self.become_follower(message.term, Some(message.from));
+                }
+                _ => self.become_follower(message.term, None),
+            }
+        } else if message.term < self.term {
+            self.on_stale_message(message);
+            return;
+        }
+        match message.body {
+            MessageBody::PreVoteRequest { last_log_index, last_log_term } => {
+                self.on_pre_vote_request(message.from, message.term, last_log_term, last_log_index)
+            }
+            MessageBody::PreVoteResponse { granted } => self.on_pre_vote_response(message.from, message.term, granted),
+            MessageBody::VoteRequest { last_log_index, last_log_term, .. } => {
+                self.on_vote_request(message.from, last_log_term, last_log_index)
+            }
+            MessageBody::VoteResponse { granted } => self.on_vote_response(message.from, granted),
+            MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, leader_commit_index } => {
+                self.on_append_request(message.from, prev_log_index, prev_log_term, entries, leader_commit_index)
+            }
+            MessageBody::AppendResponse { result } => self.on_append_response(message.from, result),
+            MessageBody::Heartbeat { leader_commit_index, round } => {
+                self.on_heartbeat(message.from, leader_commit_index, round)
+            }
+            MessageBody::HeartbeatResponse { round, match_index } => {
+                self.on_heartbeat_response(message.from, round, match_index)
+            }
+            MessageBody::TimeoutNow => self.on_timeout_now(message.from),
+        }
+    }
+
+    /// A message from an older term: tell leaders and candidates about our
+    /// term so they step down; drop everything else.
+    fn on_stale_message(&mut self, message: Message) {
+        let body = match message.body {
+            MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::HeartbeatResponse { round: 0, match_index: 0 }
+            }
+            MessageBody::PreVoteRequest { .. } => MessageBody::PreVoteResponse { granted: false },
+            MessageBody::VoteRequest { .. } => MessageBody::VoteResponse { granted: false },
+            _ => return,
+        };
+        self.send(message.from, body);
+    }
+
+    /// Followers: a leader was heard from within the minimum election timeout.
+    /// Leaders: always (they are their own leader). Only with check-quorum.
+    pub(super) fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader_id.is_some()
+            && (self.role == Role::Leader || self.election_elapsed_ticks < self.config.election_timeout_min_ticks)
+    }
+
+    fn debug_check(&self) {
+        assert!(self.saved_meta.term <= self.term);
+        debug_assert!(self.role != Role::Leader || self.leader_id == Some(self.id));
+        debug_assert!(self.role == Role::Leader || (self.proposals.is_empty() && self.transfer.is_none()));
+        debug_assert!(self.log.committed_index() <= self.log.last_index());
+        debug_assert!(self.log.applied_index() == self.log.committed_index());
+        for pr in self.progress.values() {
+            debug_assert!(pr.match_index < pr.next_index, "{pr:?}");
+            debug_assert!(pr.next_index <= self.log.last_index() + 1, "{pr:?}");
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! What the host feeds into [`RaftCore::step`](super::RaftCore::step).
+
+use bytes::Bytes;
+
+use super::message::{HardState, LogIndex, Message, NodeId, RequestId, Term};
+
+/// One input to the core. The core handles it completely before returning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message from a peer (any message; stale ones are dropped inside).
+    Message(Message),
+    /// One unit of logical time passed. The host ticks every core at a fixed
+    /// interval; all timeouts are counted in ticks.
+    Tick,
+    /// A client append: one entry per payload, committed together or not at
+    /// all as far as the reply goes.
+    Propose {
+        /// Echoed in the reply.
+        request_id: RequestId,
+        /// One entry per element; must be non-empty.
+        payloads: Vec<Bytes>,
+    },
+    /// A linearizable read barrier: reply with an index the host may serve
+    /// reads at once it has applied up to it.
+    ReadIndex {
+        /// Echoed in the reply.
+        request_id: RequestId,
+    },
+    /// Hand leadership to `target`.
+    TransferLeadership {
+        /// Echoed in the reply.
+        request_id: RequestId,
+        /// The node that should become leader.
+        target: NodeId,
+    },
+    /// Storage completion: every entry up to `index` is durable, and the
+    /// entry at `index` had `term` when written. Completions are delivered
+    /// in the order storage produced them, and none issued before a
+    /// `truncate_from` that removed `index` may arrive after it.
+    EntriesDurable {
+        /// Last durable index.
+        index: LogIndex,
+        /// Term of that entry.
+        term: Term,
+    },
+    /// Storage completion: the metadata record now durably holds this value.
+    MetaSaved(HardState),
+}

@@ -1,0 +1,158 @@
+//! Log entries and the messages Raft peers exchange.
+//!
+//! Invariants every sender upholds (and receivers check where cheap):
+//! - `Message::term` is the sender's current term when the message was built
+//!   (for a pre-vote request: the term the sender *would* campaign in).
+//! - In an `AppendRequest`, entries are contiguous and start at
+//!   `prev_log_index + 1`, and their terms never decrease.
+//! - An `AppendResponse::Accepted { match_index }` only names entries that are
+//!   durable on the follower *and* known to match the leader of that term.
+
+use bytes::Bytes;
+
+/// Identifies a node of the cluster (a Raft voter).
+pub type NodeId = u64;
+/// A Raft term.
+pub type Term = u64;
+/// The index of a log entry; the first entry has index 1, and 0 means "none".
+pub type LogIndex = u64;
+/// An identifier the host picks for a client request; echoed in the reply.
+pub type RequestId = u64;
+
+/// What a log entry carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// The empty entry a new leader appends so that it can commit entries of
+    /// earlier terms (Raft §5.4.2, §8).
+    Noop,
+    /// A client payload.
+    Command,
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// Position in the log (1-based).
+    pub index: LogIndex,
+    /// Term of the leader that created the entry.
+    pub term: Term,
+    /// No-op or client command.
+    pub kind: EntryKind,
+    /// Opaque client bytes (empty for a no-op).
+    pub payload: Bytes,
+}
+
+impl Entry {
+    /// Bytes this entry counts toward replication windows.
+    pub fn size_bytes(&self) -> u64 {
+        // A fixed per-entry overhead (index, term, kind, length) plus payload.
+        24 + self.payload.len() as u64
+    }
+}
+
+/// Why an append was rejected, with the fast back-off hint of the Raft
+/// thesis §5.3: the leader skips a whole conflicting term per round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConflictHint {
+    /// The `prev_log_index` of the rejected request (lets the leader drop
+    /// stale rejections).
+    pub rejected_prev_log_index: LogIndex,
+    /// Term of the follower's entry at `prev_log_index`, or `None` when the
+    /// follower's log is shorter than that.
+    pub conflict_term: Option<Term>,
+    /// First index of `conflict_term` in the follower's log, or the
+    /// follower's `last_index + 1` when `conflict_term` is `None`.
+    pub conflict_first_index: LogIndex,
+}
+
+/// The body of a Raft message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// "Would you vote for me in `Message::term`?" Does not change anyone's
+    /// term (Raft thesis §9.6).
+    PreVoteRequest {
+        /// Index of the candidate's last entry.
+        last_log_index: LogIndex,
+        /// Term of the candidate's last entry.
+        last_log_term: Term,
+    },
+    /// Answer to a pre-vote; when granted, `Message::term` is the term asked.
+    PreVoteResponse {
+        /// Whether the pre-vote was granted.
+        granted: bool,
+    },
+    /// RequestVote (Raft §5.2, §5.4.1).
+    VoteRequest {
+        /// Index of the candidate's last entry.
+        last_log_index: LogIndex,
+        /// Term of the candidate's last entry.
+        last_log_term: Term,
+        /// Set when the campaign follows a TimeoutNow: voters then ignore
+        /// their "I heard from a leader recently" lease.
+        leadership_transfer: bool,
+    },
+    /// Answer to a vote request.
+    VoteResponse {
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// AppendEntries (Raft §5.3).
+    AppendRequest {
+        /// Index of the entry just before `entries`.
+        prev_log_index: LogIndex,
+        /// Term of that entry in the leader's log.
+        prev_log_term: Term,
+        /// Contiguous entries starting at `prev_log_index + 1`; may be empty.
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        leader_commit_index: LogIndex,
+    },
+    /// Answer to an append.
+    AppendResponse {
+        /// `Ok(match_index)`: the follower holds, durably, entries up to
+        /// `match_index` that match the leader. `Err`: the prev check failed.
+        result: Result<LogIndex, ConflictHint>,
+    },
+    /// Leader liveness and ReadIndex round: carries no entries.
+    Heartbeat {
+        /// `min(leader commit, follower match)`, so a follower never learns a
+        /// commit index past what it is known to hold.
+        leader_commit_index: LogIndex,
+        /// The heartbeat round, echoed back; ReadIndex and the lease count
+        /// rounds acknowledged by a quorum.
+        round: u64,
+    },
+    /// Answer to a heartbeat.
+    HeartbeatResponse {
+        /// The round being acknowledged.
+        round: u64,
+        /// What the follower could acknowledge as an `AppendResponse` now
+        /// (durable and matching); lets the leader recover from a lost ack.
+        match_index: LogIndex,
+    },
+    /// Leadership transfer: "campaign now, skipping pre-vote" (thesis §3.10).
+    TimeoutNow,
+}
+
+/// A message between two peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// Sender's term (see the module invariants).
+    pub term: Term,
+    /// What it says.
+    pub body: MessageBody,
+}
+
+/// The durable metadata record: current term and vote (Raft Figure 2,
+/// "persistent state"). The host stores it atomically.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: Term,
+    /// Candidate that received this node's vote in `term`, if any.
+    pub voted_for: Option<NodeId>,
+}

@@ -1,0 +1,297 @@
+//! Log replication: the leader's pipelined sends, the follower's append
+//! handling, durability completions and the commit rule.
+//!
+//! Invariants:
+//! * A follower appends only after checking that its entry at
+//!   `prev_log_index` has `prev_log_term` (Log Matching, Raft §5.3), and only
+//!   truncates from the first entry that conflicts, never below its commit.
+//! * A follower acknowledges `min(verified_index, durable_index)`: entries it
+//!   has verified against this term's leader *and* that are durable. A crash
+//!   can therefore never lose an entry a leader counted toward commit.
+//! * The leader counts its own `durable_index` as its match: it writes its
+//!   entries to its disk in parallel with sending them.
+//! * The leader commits the highest index durable on a quorum, and only if
+//!   that entry is from its current term (§5.4.2, Figure 8); earlier entries
+//!   commit with it. A slow follower only ever lowers its own match, and
+//!   the quorum-th highest match ignores the slowest minority.
+
+use super::command::Command;
+use super::core::{RaftCore, Role};
+use super::message::{ConflictHint, Entry, LogIndex, MessageBody, NodeId, Term};
+use super::progress::ProgressState;
+
+impl RaftCore {
+    /// Appends entries of the current term to the leader's log, persists them
+    /// and starts sending them, in parallel.
+    pub(super) fn append_as_leader(&mut self, entries: Vec<Entry>) {
+        assert_eq!(self.role, Role::Leader);
+        self.log.append(&entries);
+        self.out.push(Command::PersistEntries { truncate_from: None, entries });
+        let peers: Vec<NodeId> = self.peers().collect();
+        for peer in peers {
+            self.send_appends(peer, false);
+        }
+        // A single-node cluster commits as soon as its own disk reports.
+    }
+
+    /// Sends as many appends to `peer` as its window allows. With
+    /// `even_if_empty`, a probe is sent even when there is nothing new.
+    pub(super) fn send_appends(&mut self, peer: NodeId, even_if_empty: bool) {
+        loop {
+            let last_index = self.log.last_index();
+            let commit = self.log.committed_index();
+            let max_entries = self.config.max_entries_per_append;
+            let (max_inflight_entries, max_inflight_bytes) =
+                (self.config.max_inflight_entries, self.config.max_inflight_bytes);
+            let pr = self.progress.get_mut(&peer).expect("progress for every peer");
+            if !pr.can_send(max_inflight_entries, max_inflight_bytes) {
+                return;
+            }
+            let next_index = pr.next_index;
+            let has_new = next_index <= last_index;
+            let probe_anyway = even_if_empty && pr.state == ProgressState::Probe;
+            if !has_new && !probe_anyway {
+                return;
+            }
+            let room = match pr.state {
+                ProgressState::Probe => max_entries,
+                ProgressState::Replicate => max_entries.min(max_inflight_entries - pr.inflight_entry_count()),
+            };
+            let entries = self.log.entries(next_index, next_index + room - 1).to_vec();
+            let size_bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+            let batch_last = next_index - 1 + entries.len() as u64;
+            pr.on_sent(batch_last, size_bytes);
+            let probing = pr.state == ProgressState::Probe;
+            let prev_log_index = next_index - 1;
+            let prev_log_term = self.log.term_at(prev_log_index).expect("prev entry present on the leader");
+            let body =
+                MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, leader_commit_index: commit };
+            self.send(peer, body);
+            if probing {
+                return;
+            }
+        }
+    }
+
+    /// Sends a heartbeat round to every peer; a new round number each time.
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let round = self.reads.start_round(self.now_ticks);
+        let commit = self.log.committed_index();
+        let peers: Vec<NodeId> = self.peers().collect();
+        for peer in peers {
+            let pr = self.progress.get_mut(&peer).expect("progress for every peer");
+            let leader_commit_index = commit.min(pr.match_index);
+            if pr.state == ProgressState::Probe {
+                // Retry a probe whose answer may have been lost.
+                pr.probe_sent = false;
+            }
+            self.send(peer, MessageBody::Heartbeat { leader_commit_index, round });
+            self.send_appends(peer, true);
+        }
+    }
+
+    /// Leader tick: a follower that acknowledges nothing for an election
+    /// timeout while entries are in flight lost some of them; probe again.
+    pub(super) fn replication_tick(&mut self) {
+        let timeout = self.config.election_timeout_min_ticks;
+        for pr in self.progress.values_mut() {
+            if pr.state == ProgressState::Replicate && pr.inflight_entry_count() > 0 {
+                pr.stalled_ticks += 1;
+                if pr.stalled_ticks >= timeout {
+                    let next_index = pr.match_index + 1;
+                    pr.become_probe(next_index);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_append_request(
+        &mut self,
+        from: NodeId,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit_index: LogIndex,
+    ) {
+        if self.role != Role::Follower {
+            // A candidate (or pre-candidate) of this term sees its leader.
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.leader_id = Some(from);
+        self.election_elapsed_ticks = 0;
+
+        let prev_matches = match self.log.term_at(prev_log_index) {
+            None => false,
+            Some(term) => term == prev_log_term || self.config.injected_bugs.skip_prev_log_term_check,
+        };
+        if !prev_matches {
+            let hint = match self.log.term_at(prev_log_index) {
+                None => ConflictHint {
+                    rejected_prev_log_index: prev_log_index,
+                    conflict_term: None,
+                    conflict_first_index: self.log.last_index() + 1,
+                },
+                Some(term) => ConflictHint {
+                    rejected_prev_log_index: prev_log_index,
+                    conflict_term: Some(term),
+                    conflict_first_index: self.log.first_index_of_term_at(prev_log_index),
+                },
+            };
+            self.send(from, MessageBody::AppendResponse { result: Err(hint) });
+            return;
+        }
+
+        let batch_last = prev_log_index + entries.len() as LogIndex;
+        let conflict = entries.iter().position(|e| self.log.term_at(e.index) != Some(e.term));
+        if let Some(first_new) = conflict {
+            let entries = entries[first_new..].to_vec();
+            let first_index = entries[0].index;
+            let truncate_from = if first_index <= self.log.last_index() {
+                self.log.truncate_from(first_index);
+                Some(first_index)
+            } else {
+                None
+            };
+            self.log.append(&entries);
+            self.out.push(Command::PersistEntries { truncate_from, entries });
+        }
+        self.verified_index = self.verified_index.max(batch_last);
+        if self.log.commit_to(leader_commit_index.min(self.verified_index)) {
+            self.apply_committed();
+        }
+        self.send_append_ack(from, true);
+    }
+
+    /// Acknowledges what is durable and verified to the leader of this term;
+    /// with `always`, even when there is nothing new (so the leader hears us).
+    fn send_append_ack(&mut self, leader: NodeId, always: bool) {
+        let match_index = self.verified_index.min(self.log.durable_index());
+        if match_index > self.acked_index || always {
+            self.acked_index = self.acked_index.max(match_index);
+            self.send(leader, MessageBody::AppendResponse { result: Ok(match_index) });
+        }
+    }
+
+    pub(super) fn on_append_response(&mut self, from: NodeId, result: Result<LogIndex, ConflictHint>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        match result {
+            Ok(match_index) => {
+                assert!(match_index <= last_index, "follower {from} acked {match_index} past our last {last_index}");
+                let pr = self.progress.get_mut(&from).expect("progress for every peer");
+                pr.recent_active = true;
+                if pr.on_ack(match_index) {
+                    self.maybe_commit();
+                    self.on_transfer_target_progress(from);
+                }
+                if self.role == Role::Leader {
+                    self.send_appends(from, false);
+                }
+            }
+            Err(hint) => {
+                let next_index = self.next_index_after_reject(hint);
+                let pr = self.progress.get_mut(&from).expect("progress for every peer");
+                pr.recent_active = true;
+                let stale = hint.rejected_prev_log_index < pr.match_index
+                    || (pr.state == ProgressState::Probe && hint.rejected_prev_log_index + 1 != pr.next_index);
+                if stale {
+                    return;
+                }
+                pr.become_probe(next_index);
+                self.send_appends(from, true);
+            }
+        }
+    }
+
+    /// Fast back-off: skip the follower's whole conflicting term.
+    fn next_index_after_reject(&self, hint: ConflictHint) -> LogIndex {
+        let candidate = match hint.conflict_term.and_then(|term| self.log.last_index_of_term(term)) {
+            // We hold the follower's conflicting term: resume after our last
+            // entry of it (the logs may agree up to there).
+            Some(last_of_term) => last_of_term + 1,
+            // We never had that term (or the follower's log is short): skip
+            // all of it.
+            None => hint.conflict_first_index,
+        };
+        // The rejected prev entry itself did not match: go at least below it.
+        candidate.min(hint.rejected_prev_log_index).clamp(1, self.log.last_index() + 1)
+    }
+
+    pub(super) fn on_heartbeat(&mut self, from: NodeId, leader_commit_index: LogIndex, round: u64) {
+        if self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.leader_id = Some(from);
+        self.election_elapsed_ticks = 0;
+        if self.log.commit_to(leader_commit_index.min(self.verified_index)) {
+            self.apply_committed();
+        }
+        let match_index = self.verified_index.min(self.log.durable_index());
+        self.acked_index = self.acked_index.max(match_index);
+        self.send(from, MessageBody::HeartbeatResponse { round, match_index });
+    }
+
+    pub(super) fn on_heartbeat_response(&mut self, from: NodeId, round: u64, match_index: LogIndex) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let pr = self.progress.get_mut(&from).expect("progress for every peer");
+        pr.recent_active = true;
+        pr.acked_round = pr.acked_round.max(round);
+        // The follower no longer knows what we know it holds (it restarted,
+        // forgetting what it verified this term): re-verify with an empty
+        // append at our last index, so it can learn the commit index again.
+        // (Found by simulation seed 659.)
+        let forgot =
+            match_index < pr.match_index && pr.state == ProgressState::Replicate && pr.inflight_entry_count() == 0;
+        if pr.on_ack(match_index) {
+            self.maybe_commit();
+            self.on_transfer_target_progress(from);
+        }
+        if forgot && self.role == Role::Leader {
+            let prev_log_index = self.log.last_index();
+            let prev_log_term = self.log.last_term();
+            let leader_commit_index = self.log.committed_index();
+            let body =
+                MessageBody::AppendRequest { prev_log_index, prev_log_term, entries: Vec::new(), leader_commit_index };
+            self.send(from, body);
+        }
+        if self.role == Role::Leader {
+            self.on_round_acked();
+        }
+    }
+
+    pub(super) fn on_entries_durable(&mut self, index: LogIndex, term: Term) {
+        if !self.log.mark_durable(index, term) {
+            return;
+        }
+        match self.role {
+            Role::Leader => self.maybe_commit(),
+            Role::Follower => {
+                if let Some(leader) = self.leader_id {
+                    self.send_append_ack(leader, false);
+                }
+            }
+            Role::PreCandidate | Role::Candidate => {}
+        }
+    }
+
+    /// Commit = the quorum-th highest durable match, if from this term.
+    pub(super) fn maybe_commit(&mut self) {
+        let mut matches: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matches.push(self.log.durable_index());
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = matches[self.quorum() - 1];
+        if quorum_index <= self.log.committed_index() {
+            return;
+        }
+        let term_ok = self.log.term_at(quorum_index) == Some(self.term);
+        if (term_ok || self.config.injected_bugs.commit_old_term_by_count) && self.log.commit_to(quorum_index) {
+            self.apply_committed();
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Deterministic simulation of Raft clusters, with safety checkers.
+//!
+//! One `u64` seed derives everything: cluster size (1, 3 or 5), Raft
+//! configuration (pre-vote, check-quorum, lease, preferred leader, window
+//! sizes), network behaviour, disk latency, client traffic, faults, and each
+//! core's own election-timeout generator. A run is a pure function of
+//! (seed, event count, injected bugs), so a failing seed replays exactly:
+//!
+//! ```text
+//! SIM_SEED=<seed> cargo test -p dledger-node --release sim::tests::sweep -- --nocapture
+//! ```
+//!
+//! * [`cluster`]: the driver and the fault schedule.
+//! * [`network`]: delay, reordering, drop, duplication, partitions.
+//! * [`storage`]: the simulated disk and its fault model (lost unsynced
+//!   writes, torn tail, atomic metadata).
+//! * [`checkers`]: one checker per safety property, named for the paper.
+//!
+//! Commands:
+//! * CI sweep (2,000 seeds × 2,000 fault-phase events in release):
+//!   `cargo test -p dledger-node --release` (`SIM_SEEDS`, `SIM_EVENTS`
+//!   override the counts; the debug build runs 100 seeds by default).
+//! * Unbounded soak with random seeds, printing each:
+//!   `cargo run -p dledger-node --release --features sim --example soak`.
+
+pub mod checkers;
+pub mod cluster;
+pub mod network;
+pub mod storage;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub use checkers::{names, Violation};
+pub use cluster::{SimOptions, SimReport, Simulation};
+
+use crate::raft::InjectedBugs;
+
+/// Runs one seed; a panic inside the core is reported as a violation.
+pub fn run_seed(options: SimOptions) -> Result<SimReport, Violation> {
+    match catch_unwind(AssertUnwindSafe(|| Simulation::new(options).run())) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            Err(Violation { checker: names::CORE_ASSERTION, detail })
+        }
+    }
+}
+
+/// The command that replays `options` exactly.
+pub fn replay_command(options: &SimOptions) -> String {
+    let bugs =
+        if options.bugs == InjectedBugs::default() { String::new() } else { format!(" (bugs {:?})", options.bugs) };
+    format!(
+        "SIM_SEED={} SIM_EVENTS={} cargo test -p dledger-node --release sim::tests::sweep -- --nocapture{bugs}",
+        options.seed, options.events
+    )
+}
+
+/// Reads a `u64` from the environment.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a u64, got {v:?}")))
+}
+
+/// Runs `seeds` on all cores; returns the first failure (lowest seed) found.
+pub fn run_seeds(seeds: &[u64], events: u64, bugs: InjectedBugs) -> Result<Vec<SimReport>, (SimOptions, Violation)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::new());
+    let failures = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(seeds.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= seeds.len() || !failures.lock().expect("no poison").is_empty() {
+                    return;
+                }
+                let options = SimOptions { seed: seeds[k], events, bugs };
+                match run_seed(options) {
+                    Ok(report) => results.lock().expect("no poison").push(report),
+                    Err(violation) => failures.lock().expect("no poison").push((options, violation)),
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().expect("no poison");
+    failures.sort_by_key(|(o, _)| o.seed);
+    match failures.into_iter().next() {
+        Some(failure) => Err(failure),
+        None => Ok(results.into_inner().expect("no poison")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
