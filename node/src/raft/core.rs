@@ -88,6 +88,8 @@ pub struct RaftCore {
     pub(super) term: Term,
     pub(super) voted_for: Option<NodeId>,
     pub(super) saved_meta: HardState,
+    /// The last (term, vote) a `SaveMeta` was emitted for.
+    pub(super) requested_meta: HardState,
     pub(super) log: RaftLog,
 
     pub(super) role: Role,
@@ -161,6 +163,7 @@ impl RaftCore {
             term,
             voted_for,
             saved_meta: restored.meta,
+            requested_meta: restored.meta,
             log,
             role: Role::Follower,
             leader_id: None,
@@ -181,10 +184,6 @@ impl RaftCore {
             held_messages: Vec::new(),
         };
         core.reset_election_timer();
-        if core.hard_state() != core.saved_meta {
-            let hard_state = core.hard_state();
-            core.out.push(Command::SaveMeta(hard_state));
-        }
         Ok(core)
     }
 
@@ -198,6 +197,12 @@ impl RaftCore {
             Event::TransferLeadership { request_id, target } => self.on_transfer_request(Some(request_id), target),
             Event::EntriesDurable { index, term } => self.on_entries_durable(index, term),
             Event::MetaSaved(hard_state) => self.on_meta_saved(hard_state),
+        }
+        // One save per step, first: everything this step decided about the
+        // term and vote (possibly several changes) goes out as one record.
+        if self.hard_state() != self.requested_meta {
+            self.requested_meta = self.hard_state();
+            self.out.insert(0, Command::SaveMeta(self.requested_meta));
         }
         self.debug_check();
         std::mem::take(&mut self.out)
@@ -262,7 +267,7 @@ impl RaftCore {
         }
     }
 
-    /// Moves to `term` (if higher) and asks for the metadata to be saved.
+    /// Moves to `term` (if higher); the step emits the `SaveMeta`.
     pub(super) fn set_term(&mut self, term: Term) {
         assert!(term >= self.term, "term never decreases ({} -> {term})", self.term);
         if term > self.term {
@@ -270,7 +275,6 @@ impl RaftCore {
             self.voted_for = None;
             self.verified_index = 0;
             self.acked_index = 0;
-            self.out.push(Command::SaveMeta(self.hard_state()));
         }
     }
 
@@ -281,10 +285,7 @@ impl RaftCore {
             self.voted_for,
             self.term
         );
-        if self.voted_for != Some(candidate) {
-            self.voted_for = Some(candidate);
-            self.out.push(Command::SaveMeta(self.hard_state()));
-        }
+        self.voted_for = Some(candidate);
     }
 
     /// Becomes a follower of `term` (at least the current one), ending any

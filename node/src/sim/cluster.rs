@@ -131,6 +131,9 @@ pub struct Simulation {
     rng: ChaCha8Rng,
     config: Config,
     voters: Vec<NodeId>,
+    /// Each node's tick period: `TICK_MS` ± 10 %, the clock drift the lease's
+    /// margin (2 of 10 ticks) must absorb.
+    tick_period_ms: BTreeMap<NodeId, u64>,
     nodes: BTreeMap<NodeId, SimNode>,
     network: SimNetwork,
     queue: BinaryHeap<Scheduled>,
@@ -176,6 +179,7 @@ impl Simulation {
             options,
             config,
             voters: voters.clone(),
+            tick_period_ms: voters.iter().map(|&id| (id, rng.gen_range(TICK_MS - 1..=TICK_MS + 1))).collect(),
             nodes: BTreeMap::new(),
             network,
             queue: BinaryHeap::new(),
@@ -183,7 +187,7 @@ impl Simulation {
             seq: 0,
             disk_latency_max_ms: rng.gen_range(1..=2 * TICK_MS),
             client_interval_max_ms: rng.gen_range(2..=4 * TICK_MS),
-            fault_interval_max_ms: rng.gen_range(20..=100) * TICK_MS,
+            fault_interval_max_ms: rng.gen_range(5..=100) * TICK_MS,
             healing: false,
             checkers: Checkers::default(),
             next_request_id: 1,
@@ -278,7 +282,7 @@ impl Simulation {
         match next.action {
             Action::Tick(id, incarnation) => {
                 if self.nodes[&id].incarnation == incarnation && self.nodes[&id].core.is_some() {
-                    self.schedule(TICK_MS, Action::Tick(id, incarnation));
+                    self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation));
                     self.step(id, Event::Tick)?;
                 }
             }
@@ -502,8 +506,8 @@ impl Simulation {
         let ids = self.voters.clone();
         let n = ids.len() as u64;
         match self.rng.gen_range(0..100) {
-            0..=24 => self.network.heal(),
-            25..=39 => {
+            0..=19 => self.network.heal(),
+            20..=31 => {
                 let side_len = self.rng.gen_range(1..=n.max(2) / 2) as usize;
                 let mut side = ids.clone();
                 while side.len() > side_len {
@@ -512,18 +516,25 @@ impl Simulation {
                 }
                 self.network.partition(&ids, &side);
             }
-            40..=54 if n > 1 => {
+            32..=43 => {
+                // Isolate the leader: it keeps appending to a log no one
+                // else sees (the raw material of Figure 8).
+                if let Some(leader) = self.current_leader() {
+                    self.network.partition(&ids, &[leader]);
+                }
+            }
+            44..=53 if n > 1 => {
                 let from = self.rng.gen_range(1..=n);
                 let to = self.rng.gen_range(1..=n);
                 if from != to {
                     self.network.cut_one_way(from, to);
                 }
             }
-            55..=79 => {
+            54..=73 => {
                 let id = self.rng.gen_range(1..=n);
                 self.crash_node(id);
             }
-            80..=89 => {
+            74..=89 => {
                 // Crash the leader, the node whose loss hurts most.
                 if let Some(leader) = self.current_leader() {
                     self.crash_node(leader);

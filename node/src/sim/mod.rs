@@ -17,9 +17,9 @@
 //! * [`checkers`]: one checker per safety property, named for the paper.
 //!
 //! Commands:
-//! * CI sweep (2,000 seeds × 2,000 fault-phase events in release):
+//! * CI sweep (2,000 seeds × 10,000 fault-phase events in release):
 //!   `cargo test -p dledger-node --release` (`SIM_SEEDS`, `SIM_EVENTS`
-//!   override the counts; the debug build runs 100 seeds by default).
+//!   override the counts; the debug build runs 300 seeds × 2,000 events).
 //! * Unbounded soak with random seeds, printing each:
 //!   `cargo run -p dledger-node --release --features sim --example soak`.
 
@@ -52,12 +52,36 @@ pub fn run_seed(options: SimOptions) -> Result<SimReport, Violation> {
 
 /// The command that replays `options` exactly.
 pub fn replay_command(options: &SimOptions) -> String {
-    let bugs =
-        if options.bugs == InjectedBugs::default() { String::new() } else { format!(" (bugs {:?})", options.bugs) };
+    let bugs = options.bugs;
+    let mut names = Vec::new();
+    if bugs.skip_prev_log_term_check {
+        names.push("skip_prev_log_term_check");
+    }
+    if bugs.commit_old_term_by_count {
+        names.push("commit_old_term_by_count");
+    }
+    if bugs.vote_without_log_check {
+        names.push("vote_without_log_check");
+    }
+    let bug_env = if names.is_empty() { String::new() } else { format!("SIM_BUGS={} ", names.join(",")) };
     format!(
-        "SIM_SEED={} SIM_EVENTS={} cargo test -p dledger-node --release sim::tests::sweep -- --nocapture{bugs}",
+        "{bug_env}SIM_SEED={} SIM_EVENTS={} cargo test -p dledger-node --release sim::tests::sweep -- --nocapture",
         options.seed, options.events
     )
+}
+
+/// Bugs named in `SIM_BUGS` (comma-separated switch names), for replays.
+pub fn bugs_from_env() -> InjectedBugs {
+    let mut bugs = InjectedBugs::default();
+    for name in std::env::var("SIM_BUGS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
+        match name {
+            "skip_prev_log_term_check" => bugs.skip_prev_log_term_check = true,
+            "commit_old_term_by_count" => bugs.commit_old_term_by_count = true,
+            "vote_without_log_check" => bugs.vote_without_log_check = true,
+            other => panic!("unknown SIM_BUGS entry {other:?}"),
+        }
+    }
+    bugs
 }
 
 /// Reads a `u64` from the environment.

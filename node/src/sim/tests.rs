@@ -6,21 +6,30 @@ use super::*;
 /// Default seed count: 2,000 in release, fewer in the slower debug build.
 fn default_seed_count() -> u64 {
     if cfg!(debug_assertions) {
-        100
+        300
     } else {
         2000
     }
 }
 
+/// Default fault-phase events per seed: 10,000 in release, 2,000 in debug.
+fn default_event_count() -> u64 {
+    if cfg!(debug_assertions) {
+        2000
+    } else {
+        10_000
+    }
+}
+
 #[test]
 fn sweep() {
-    let events = env_u64("SIM_EVENTS").unwrap_or(2000);
+    let events = env_u64("SIM_EVENTS").unwrap_or_else(default_event_count);
     let seeds: Vec<u64> = match env_u64("SIM_SEED") {
         Some(seed) => vec![seed],
         None => (0..env_u64("SIM_SEEDS").unwrap_or_else(default_seed_count)).collect(),
     };
     let started = std::time::Instant::now();
-    match run_seeds(&seeds, events, InjectedBugs::default()) {
+    match run_seeds(&seeds, events, bugs_from_env()) {
         Ok(reports) => {
             let total_events: u64 = reports.iter().map(|r| r.events_run).sum();
             let acked: usize = reports.iter().map(|r| r.acked_entries).sum();
@@ -54,7 +63,8 @@ fn sweep() {
 /// (seeds tried, violation). Liveness failures do not count as a catch: a
 /// bug must be seen by a safety checker.
 fn first_violation(bugs: InjectedBugs, max_seeds: u64) -> (u64, Violation) {
-    let events = env_u64("SIM_EVENTS").unwrap_or(2000);
+    // Long runs: the bugs need several leader changes to show.
+    let events = env_u64("SIM_EVENTS").unwrap_or(10_000);
     let mut seed = 0;
     while seed < max_seeds {
         let seeds: Vec<u64> = (seed..(seed + 16).min(max_seeds)).collect();
@@ -75,21 +85,21 @@ fn first_violation(bugs: InjectedBugs, max_seeds: u64) -> (u64, Violation) {
 #[test]
 fn checker_catches_skipped_prev_log_term_check() {
     let bugs = InjectedBugs { skip_prev_log_term_check: true, ..InjectedBugs::default() };
-    let (seeds, violation) = first_violation(bugs, 400);
+    let (seeds, violation) = first_violation(bugs, 200);
     println!("skip_prev_log_term_check caught after {seeds} seeds by {}", violation.checker);
 }
 
 #[test]
 fn checker_catches_old_term_commit_by_count() {
     let bugs = InjectedBugs { commit_old_term_by_count: true, ..InjectedBugs::default() };
-    let (seeds, violation) = first_violation(bugs, 20000);
+    let (seeds, violation) = first_violation(bugs, 2000);
     println!("commit_old_term_by_count caught after {seeds} seeds by {}", violation.checker);
 }
 
 #[test]
 fn checker_catches_votes_without_log_comparison() {
     let bugs = InjectedBugs { vote_without_log_check: true, ..InjectedBugs::default() };
-    let (seeds, violation) = first_violation(bugs, 400);
+    let (seeds, violation) = first_violation(bugs, 200);
     println!("vote_without_log_check caught after {seeds} seeds by {}", violation.checker);
 }
 
