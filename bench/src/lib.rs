@@ -1,1 +1,7 @@
-//! dledger-bench
+//! dledger-bench: load generators and micro-benchmarks for dledger-rs.
+//!
+//! - `engine-bench` (binary): P closed-loop producers against one [`dledger_engine::Log`].
+//! - `benches/append.rs` (criterion): append throughput by entry and batch size.
+//! - `fio-limit.sh`: the disk's own limit beside `engine-bench`.
+
+pub mod engine_load;

@@ -798,6 +798,12 @@ impl Log {
         })
     }
 
+    /// Blocks until the next segment is prepared, so that the next roll does not wait
+    /// and no fill is in progress. For start-up and benchmarks; appends never need it.
+    pub fn wait_spare_ready(&mut self) {
+        self.spares.wait_ready();
+    }
+
     /// Paths of the segment files, oldest first (for tools and tests).
     pub fn segment_paths(&self) -> Vec<PathBuf> {
         self.segments.iter().map(|s| s.path.clone()).collect()

@@ -170,6 +170,7 @@ pub struct SpareMaker {
     worker: Option<thread::JoinHandle<()>>,
     next_seq: u64,
     outstanding: bool,
+    held: Option<Result<Spare>>,
 }
 
 impl SpareMaker {
@@ -192,6 +193,7 @@ impl SpareMaker {
             worker: Some(worker),
             next_seq: 0,
             outstanding: false,
+            held: None,
         };
         maker.request();
         maker
@@ -206,13 +208,23 @@ impl SpareMaker {
         }
     }
 
-    /// Returns the next spare; asks for another one whatever the outcome.
-    pub fn take(&mut self) -> Result<Spare> {
+    /// Blocks until the next spare is prepared (or its preparation failed).
+    pub fn wait_ready(&mut self) {
+        if self.held.is_some() {
+            return;
+        }
         if !self.outstanding {
             self.request();
         }
         let r = self.ready.recv().unwrap_or_else(|_| Err(Error::InvalidArgument("prefill thread stopped".into())));
         self.outstanding = false;
+        self.held = Some(r);
+    }
+
+    /// Returns the next spare; asks for another one whatever the outcome.
+    pub fn take(&mut self) -> Result<Spare> {
+        self.wait_ready();
+        let r = self.held.take().expect("wait_ready holds a result");
         self.request();
         r
     }
@@ -225,6 +237,9 @@ impl Drop for SpareMaker {
             let _ = w.join();
         }
         // A spare left behind is removed at the next open.
+        if let Some(Ok(spare)) = self.held.take() {
+            let _ = std::fs::remove_file(&spare.path);
+        }
         while let Ok(Ok(spare)) = self.ready.try_recv() {
             let _ = std::fs::remove_file(&spare.path);
         }
