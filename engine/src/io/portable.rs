@@ -97,6 +97,8 @@ impl Backend for PortableBackend {
         BackendKind::Portable
     }
 
+    /// # Safety
+    /// As [`Backend::submit`]: the buffer and fd outlive the request.
     unsafe fn submit(&mut self, req: WriteReq) -> io::Result<()> {
         assert!(!self.in_flight, "one write in flight at a time");
         let job = Job { token: req.token, fd: req.fd, addr: req.buf as usize, len: req.len, offset: req.offset };

@@ -110,6 +110,8 @@ impl Backend for UringBackend {
         BackendKind::Uring
     }
 
+    /// # Safety
+    /// As [`Backend::submit`]: the buffer and fd outlive the request.
     unsafe fn submit(&mut self, req: WriteReq) -> io::Result<()> {
         assert!(self.in_flight.is_none() && self.injected.is_none(), "one write in flight at a time");
         if let Some(e) = self.faults.take(FailPoint::Write) {
