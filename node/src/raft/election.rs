@@ -88,7 +88,10 @@ impl RaftCore {
     }
 
     pub(super) fn on_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool) {
-        if self.role != Role::PreCandidate || term != self.term + 1 {
+        // A grant echoes the proposed term; a refusal carries the voter's
+        // own term, which is ours (a higher one made us a follower already).
+        let expected_term = if granted { self.term + 1 } else { self.term };
+        if self.role != Role::PreCandidate || term != expected_term {
             return;
         }
         self.votes.insert(from, granted);

@@ -1,1 +1,380 @@
+//! Handler tests: given this state, this event yields exactly these commands.
 
+use bytes::Bytes;
+
+use super::test_support::*;
+use super::*;
+
+const VOTERS: [NodeId; 3] = [1, 2, 3];
+
+#[test]
+fn election_timeout_sends_pre_votes_without_changing_term() {
+    let mut core = node(1, &VOTERS, 1, &[1]);
+    let out = tick_until_output(&mut core);
+    let pre_vote = MessageBody::PreVoteRequest { last_log_index: 1, last_log_term: 1 };
+    assert_eq!(out, vec![send(1, 2, 2, pre_vote.clone()), send(1, 3, 2, pre_vote)]);
+    assert_eq!((core.status().term, core.status().role), (1, Role::PreCandidate));
+}
+
+#[test]
+fn pre_vote_quorum_starts_election_but_holds_vote_requests_until_vote_saved() {
+    let mut core = node(1, &VOTERS, 1, &[1]);
+    tick_until_output(&mut core);
+    let out = core.step(recv(2, 1, 2, MessageBody::PreVoteResponse { granted: true }));
+    assert_eq!(out, vec![Command::SaveMeta(HardState { term: 2, voted_for: Some(1) })]);
+    assert_eq!(core.status().role, Role::Candidate);
+    let out = core.step(Event::MetaSaved(HardState { term: 2, voted_for: Some(1) }));
+    let request = MessageBody::VoteRequest { last_log_index: 1, last_log_term: 1, leadership_transfer: false };
+    assert_eq!(out, vec![send(1, 2, 2, request.clone()), send(1, 3, 2, request)]);
+}
+
+#[test]
+fn candidate_with_votes_waits_for_its_own_vote_to_be_saved() {
+    let mut core = node_with(1, &VOTERS, Config { pre_vote: false, ..config() }, HardState::default(), &[]);
+    tick_until_output(&mut core);
+    let out = core.step(recv(2, 1, 1, MessageBody::VoteResponse { granted: true }));
+    assert_eq!(out, vec![], "vote requests are still held, so this grant cannot be real yet; no win");
+    assert_eq!(core.status().role, Role::Candidate);
+    let out = core.step(Event::MetaSaved(HardState { term: 1, voted_for: Some(1) }));
+    assert_eq!(core.status().role, Role::Leader);
+    assert!(matches!(out.last(), Some(Command::Send(_))));
+    assert!(out.contains(&Command::PersistEntries { truncate_from: None, entries: vec![entry(1, 1)] }));
+}
+
+#[test]
+fn vote_grant_is_sent_only_after_the_vote_is_saved() {
+    let mut core = node(2, &VOTERS, 1, &[1]);
+    let request = MessageBody::VoteRequest { last_log_index: 1, last_log_term: 1, leadership_transfer: false };
+    let out = core.step(recv(1, 2, 2, request));
+    assert_eq!(out, vec![Command::SaveMeta(HardState { term: 2, voted_for: Some(1) })]);
+    let out = core.step(Event::MetaSaved(HardState { term: 2, voted_for: Some(1) }));
+    assert_eq!(out, vec![send(2, 1, 2, MessageBody::VoteResponse { granted: true })]);
+}
+
+#[test]
+fn vote_request_compares_last_term_then_last_index() {
+    // Voter's log ends at (term 2, index 3).
+    // (candidate last term, candidate last index, granted)
+    let cases = [(2, 3, true), (2, 2, false), (3, 1, true), (1, 5, false), (2, 4, true)];
+    for (last_log_term, last_log_index, granted) in cases {
+        let mut core = node(2, &VOTERS, 4, &[1, 1, 2]);
+        let request = MessageBody::VoteRequest { last_log_index, last_log_term, leadership_transfer: false };
+        let out = core.step(recv(1, 2, 5, request));
+        let voted_for = granted.then_some(1);
+        assert_eq!(
+            out,
+            vec![Command::SaveMeta(HardState { term: 5, voted_for })],
+            "case {last_log_term}/{last_log_index}"
+        );
+        let out = core.step(Event::MetaSaved(HardState { term: 5, voted_for }));
+        assert_eq!(
+            out,
+            vec![send(2, 1, 5, MessageBody::VoteResponse { granted })],
+            "case {last_log_term}/{last_log_index}"
+        );
+    }
+}
+
+#[test]
+fn one_vote_per_term() {
+    let mut core = node(2, &VOTERS, 1, &[1]);
+    let request = MessageBody::VoteRequest { last_log_index: 1, last_log_term: 1, leadership_transfer: false };
+    core.step(recv(1, 2, 2, request.clone()));
+    core.step(Event::MetaSaved(HardState { term: 2, voted_for: Some(1) }));
+    let out = core.step(recv(3, 2, 2, request));
+    assert_eq!(out, vec![send(2, 3, 2, MessageBody::VoteResponse { granted: false })]);
+}
+
+#[test]
+fn follower_with_a_live_leader_ignores_vote_and_pre_vote_requests() {
+    let mut core = node(2, &VOTERS, 2, &[1]);
+    let out = core.step(recv(1, 2, 2, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
+    assert_eq!(out, vec![send(2, 1, 2, MessageBody::HeartbeatResponse { round: 1, match_index: 0 })]);
+    let request = MessageBody::VoteRequest { last_log_index: 5, last_log_term: 2, leadership_transfer: false };
+    assert_eq!(core.step(recv(3, 2, 3, request)), vec![]);
+    assert_eq!(core.status().term, 2);
+    let pre_vote = MessageBody::PreVoteRequest { last_log_index: 5, last_log_term: 2 };
+    let out = core.step(recv(3, 2, 3, pre_vote));
+    assert_eq!(out, vec![send(2, 3, 2, MessageBody::PreVoteResponse { granted: false })]);
+}
+
+#[test]
+fn pre_vote_grant_changes_nothing_on_the_voter() {
+    let mut core = node(2, &VOTERS, 2, &[1]);
+    let pre_vote = MessageBody::PreVoteRequest { last_log_index: 1, last_log_term: 1 };
+    let out = core.step(recv(3, 2, 3, pre_vote));
+    assert_eq!(out, vec![send(2, 3, 3, MessageBody::PreVoteResponse { granted: true })]);
+    assert_eq!(core.hard_state(), HardState { term: 2, voted_for: None });
+}
+
+#[test]
+fn append_rejection_carries_the_conflict_hint() {
+    // Follower log terms by index: 1 1 2 2 2.
+    // (prev index, prev term, expected hint: conflict term, first index of it)
+    let cases = [(7, 3, None, 6), (4, 3, Some(2), 3), (2, 2, Some(1), 1)];
+    for (prev_index, prev_term, conflict_term, conflict_first_index) in cases {
+        let mut core = node(2, &VOTERS, 3, &[1, 1, 2, 2, 2]);
+        let out = core.step(recv(1, 2, 3, append((prev_index, prev_term), vec![], 0)));
+        let hint = ConflictHint { rejected_prev_log_index: prev_index, conflict_term, conflict_first_index };
+        let expected = send(2, 1, 3, MessageBody::AppendResponse { result: Err(hint) });
+        assert_eq!(out, vec![expected], "prev ({prev_index}, {prev_term})");
+    }
+}
+
+#[test]
+fn append_truncates_the_conflicting_suffix_and_acks_only_durable_entries() {
+    let mut core = node(2, &VOTERS, 2, &[1, 1, 1]);
+    let new_entries = vec![entry(2, 2), entry(3, 2), entry(4, 2)];
+    let out = core.step(recv(1, 2, 2, append((1, 1), new_entries.clone(), 1)));
+    assert_eq!(
+        out,
+        vec![
+            Command::PersistEntries { truncate_from: Some(2), entries: new_entries },
+            Command::Apply(vec![entry(1, 1)]),
+            send(2, 1, 2, MessageBody::AppendResponse { result: Ok(1) }),
+        ]
+    );
+    let out = core.step(Event::EntriesDurable { index: 4, term: 2 });
+    assert_eq!(out, vec![send(2, 1, 2, MessageBody::AppendResponse { result: Ok(4) })]);
+}
+
+#[test]
+fn append_of_entries_already_held_truncates_nothing() {
+    let mut core = node(2, &VOTERS, 2, &[1, 2, 2]);
+    let out = core.step(recv(1, 2, 2, append((1, 1), vec![entry(2, 2)], 0)));
+    assert_eq!(out, vec![send(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) })]);
+    assert_eq!(core.status().last_index, 3, "the matching suffix beyond the batch stays");
+}
+
+#[test]
+fn durable_report_for_an_overwritten_entry_is_ignored() {
+    let mut core = node(2, &VOTERS, 3, &[1, 1]);
+    core.step(recv(1, 2, 3, append((1, 1), vec![entry(2, 3)], 0)));
+    let out = core.step(Event::EntriesDurable { index: 2, term: 1 });
+    assert_eq!(out, vec![]);
+    assert_eq!(core.status().durable_index, 1);
+}
+
+#[test]
+fn leader_commits_on_quorum_durability_with_its_own_write_in_parallel() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    // The no-op is index 2. Our disk reports it; alone we are no quorum.
+    assert_eq!(core.step(Event::EntriesDurable { index: 2, term: 2 }), vec![]);
+    let out = core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    assert_eq!(out, vec![Command::Apply(vec![entry(1, 1), entry(2, 2)])]);
+
+    let out = core.step(Event::Propose { request_id: 7, payloads: vec![Bytes::from_static(b"x")] });
+    let e3 = command_entry(3, 2, b"x");
+    assert_eq!(
+        out,
+        vec![
+            Command::PersistEntries { truncate_from: None, entries: vec![e3.clone()] },
+            send(1, 2, 2, append((2, 2), vec![e3.clone()], 2)),
+        ],
+        "node 3 is still being probed, so only node 2 gets the entry"
+    );
+    // Follower 2 holds it durably but our own write is still in flight: one
+    // durable copy of three is no quorum, so no commit yet.
+    assert_eq!(core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(3) })), vec![]);
+    let out = core.step(Event::EntriesDurable { index: 3, term: 2 });
+    assert_eq!(
+        out,
+        vec![
+            Command::Apply(vec![e3]),
+            Command::Reply(ClientReply::Committed { request_id: 7, first_index: 3, last_index: 3, term: 2 }),
+        ]
+    );
+}
+
+#[test]
+fn leader_pipelines_batches_up_to_the_window() {
+    let config = Config { max_inflight_entries: 4, max_entries_per_append: 2, ..config() };
+    let mut core = node_with(1, &VOTERS, Config { pre_vote: false, ..config }, HardState::default(), &[]);
+    tick_until_output(&mut core);
+    core.step(Event::MetaSaved(HardState { term: 1, voted_for: Some(1) }));
+    core.step(recv(2, 1, 1, MessageBody::VoteResponse { granted: true }));
+    core.step(Event::EntriesDurable { index: 1, term: 1 });
+    core.step(recv(2, 1, 1, MessageBody::AppendResponse { result: Ok(1) }));
+    assert_eq!(core.status().committed_index, 1);
+
+    let payloads: Vec<Bytes> = (0..6).map(|_| Bytes::from_static(b"p")).collect();
+    let out = core.step(Event::Propose { request_id: 1, payloads });
+    let e = |i| command_entry(i, 1, b"p");
+    assert_eq!(
+        out,
+        vec![
+            Command::PersistEntries { truncate_from: None, entries: (2..=7).map(e).collect() },
+            send(1, 2, 1, append((1, 1), vec![e(2), e(3)], 1)),
+            send(1, 2, 1, append((3, 1), vec![e(4), e(5)], 1)),
+        ],
+        "window of 4 entries in flight, 2 per message"
+    );
+    let out = core.step(recv(2, 1, 1, MessageBody::AppendResponse { result: Ok(3) }));
+    assert_eq!(out, vec![send(1, 2, 1, append((5, 1), vec![e(6), e(7)], 1))]);
+}
+
+#[test]
+fn leader_rejection_moves_next_index_back_a_term_at_a_time() {
+    // Leader log terms by index 1..=10: 1 1 1 4 4 5 5 6 6 6.
+    let core = elected_leader(&VOTERS, 6, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]);
+    // (rejected prev, follower's conflict term, its first index, expected next)
+    let cases = [
+        (10, None, 7, 7),    // follower's log is short: resume after its end
+        (10, Some(2), 4, 4), // we never had term 2: skip all of it
+        (10, Some(4), 4, 6), // we have term 4 up to 5: resume at 6
+        (5, Some(3), 4, 4),  // unknown term, below the rejected prev
+        (3, Some(1), 1, 3),  // never at or past the rejected prev itself
+    ];
+    for (rejected, conflict_term, conflict_first_index, expected) in cases {
+        let hint = ConflictHint { rejected_prev_log_index: rejected, conflict_term, conflict_first_index };
+        assert_eq!(core.next_index_after_reject(hint), expected, "{hint:?}");
+    }
+}
+
+#[test]
+fn proposal_to_a_follower_is_answered_not_leader_with_a_hint() {
+    let mut core = node(2, &VOTERS, 2, &[1]);
+    core.step(recv(1, 2, 2, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
+    let out = core.step(Event::Propose { request_id: 4, payloads: vec![Bytes::from_static(b"x")] });
+    let error = ClientError::NotLeader { leader_hint: Some(1) };
+    assert_eq!(out, vec![Command::Reply(ClientReply::Failed { request_id: 4, error })]);
+}
+
+#[test]
+fn leader_that_sees_a_higher_term_fails_everything_in_flight() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.step(Event::Propose { request_id: 7, payloads: vec![Bytes::from_static(b"x")] });
+    core.step(Event::ReadIndex { request_id: 8 });
+    let out = core.step(recv(3, 1, 5, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
+    let lost = ClientError::LeadershipLost { term: 2, leader_hint: Some(3) };
+    assert_eq!(
+        out,
+        vec![
+            Command::SaveMeta(HardState { term: 5, voted_for: None }),
+            Command::Reply(ClientReply::Failed { request_id: 7, error: lost.clone() }),
+            Command::Reply(ClientReply::Failed { request_id: 8, error: lost }),
+        ],
+        "and the heartbeat response waits for the new term to be saved"
+    );
+    assert_eq!(core.status().role, Role::Follower);
+}
+
+#[test]
+fn check_quorum_leader_steps_down_after_an_election_timeout_of_silence() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    for tick in 1..10 {
+        core.step(Event::Tick);
+        assert_eq!(core.status().role, Role::Leader, "tick {tick}");
+    }
+    core.step(Event::Tick);
+    assert_eq!((core.status().role, core.status().term), (Role::Follower, 2));
+}
+
+#[test]
+fn transfer_refuses_proposals_sends_timeout_now_and_gives_up_after_a_timeout() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    let out = core.step(Event::TransferLeadership { request_id: 9, target: 2 });
+    assert_eq!(out, vec![send(1, 2, 2, MessageBody::TimeoutNow)]);
+    let out = core.step(Event::Propose { request_id: 10, payloads: vec![Bytes::from_static(b"x")] });
+    let error = ClientError::TransferInProgress { target: 2 };
+    assert_eq!(out, vec![Command::Reply(ClientReply::Failed { request_id: 10, error })]);
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        // Keep node 2 looking alive so check-quorum does not interfere.
+        core.step(recv(2, 1, 2, MessageBody::HeartbeatResponse { round: 0, match_index: 2 }));
+        replies.extend(core.step(Event::Tick).into_iter().filter(|c| matches!(c, Command::Reply(_))));
+    }
+    let error = ClientError::TransferFailed { target: 2, reason: TransferFailure::TimedOut };
+    assert_eq!(replies, vec![Command::Reply(ClientReply::Failed { request_id: 9, error })]);
+    assert_eq!(core.status().role, Role::Leader);
+}
+
+#[test]
+fn timeout_now_makes_the_follower_campaign_at_once_skipping_pre_vote() {
+    let mut core = node(2, &VOTERS, 2, &[1, 2]);
+    core.step(recv(1, 2, 2, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
+    let out = core.step(recv(1, 2, 2, MessageBody::TimeoutNow));
+    assert_eq!(out, vec![Command::SaveMeta(HardState { term: 3, voted_for: Some(2) })]);
+    let out = core.step(Event::MetaSaved(HardState { term: 3, voted_for: Some(2) }));
+    let request = MessageBody::VoteRequest { last_log_index: 2, last_log_term: 2, leadership_transfer: true };
+    assert_eq!(out, vec![send(2, 1, 3, request.clone()), send(2, 3, 3, request)]);
+}
+
+#[test]
+fn read_index_is_served_after_a_quorum_acknowledges_a_later_round() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    let out = core.step(Event::ReadIndex { request_id: 5 });
+    let round = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Send(Message { to: 2, body: MessageBody::Heartbeat { round, .. }, .. }) => Some(*round),
+            _ => None,
+        })
+        .expect("a heartbeat round starts");
+    assert!(!out.iter().any(|c| matches!(c, Command::Reply(_))));
+    let stale = core.step(recv(2, 1, 2, MessageBody::HeartbeatResponse { round: round - 1, match_index: 2 }));
+    assert_eq!(stale, vec![], "an older round proves nothing about this read");
+    let out = core.step(recv(2, 1, 2, MessageBody::HeartbeatResponse { round, match_index: 2 }));
+    assert_eq!(out, vec![Command::Reply(ClientReply::ReadReady { request_id: 5, read_index: 2 })]);
+}
+
+#[test]
+fn read_index_waits_for_the_first_commit_of_the_term() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    let out = core.step(Event::ReadIndex { request_id: 5 });
+    assert_eq!(out, vec![], "commit index 0 may be behind an earlier leader's");
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    let out = core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    assert!(out.iter().any(|c| matches!(c, Command::Send(Message { body: MessageBody::Heartbeat { .. }, .. }))));
+}
+
+#[test]
+fn lease_read_needs_no_round_trip_while_the_lease_holds() {
+    let lease = Some(LeaseConfig { drift_margin_ticks: 2 });
+    let mut core = node_with(1, &VOTERS, Config { lease, ..config() }, HardState { term: 1, voted_for: None }, &[1]);
+    tick_until_output(&mut core);
+    core.step(recv(2, 1, 2, MessageBody::PreVoteResponse { granted: true }));
+    core.step(Event::MetaSaved(HardState { term: 2, voted_for: Some(1) }));
+    core.step(recv(2, 1, 2, MessageBody::VoteResponse { granted: true }));
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    // A heartbeat round, acknowledged: the lease starts.
+    core.step(Event::Tick);
+    core.step(Event::Tick);
+    core.step(recv(2, 1, 2, MessageBody::HeartbeatResponse { round: 1, match_index: 2 }));
+    let out = core.step(Event::ReadIndex { request_id: 6 });
+    assert_eq!(out, vec![Command::Reply(ClientReply::ReadReady { request_id: 6, read_index: 2 })]);
+}
+
+#[test]
+fn restart_with_entries_newer_than_the_saved_term_raises_the_term_and_saves_it_first() {
+    let meta = HardState { term: 1, voted_for: Some(3) };
+    let mut core = node_with(2, &VOTERS, config(), meta, &[1, 2]);
+    assert_eq!(core.hard_state(), HardState { term: 2, voted_for: None });
+    let out = core.step(recv(1, 2, 2, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
+    assert_eq!(out, vec![Command::SaveMeta(HardState { term: 2, voted_for: None })], "response held");
+    let out = core.step(Event::MetaSaved(HardState { term: 2, voted_for: None }));
+    assert_eq!(out, vec![send(2, 1, 2, MessageBody::HeartbeatResponse { round: 1, match_index: 0 })]);
+}
+
+#[test]
+fn stale_leader_is_told_the_newer_term() {
+    let mut core = node(2, &VOTERS, 5, &[1]);
+    let out = core.step(recv(1, 2, 3, append((1, 1), vec![], 0)));
+    assert_eq!(out, vec![send(2, 1, 5, MessageBody::HeartbeatResponse { round: 0, match_index: 0 })]);
+}
+
+#[test]
+fn single_node_cluster_commits_on_its_own_durability() {
+    let mut core = node_with(1, &[1], config(), HardState::default(), &[]);
+    let out = tick_until_output(&mut core);
+    assert_eq!(out, vec![Command::SaveMeta(HardState { term: 1, voted_for: Some(1) })]);
+    let out = core.step(Event::MetaSaved(HardState { term: 1, voted_for: Some(1) }));
+    assert_eq!(out, vec![Command::PersistEntries { truncate_from: None, entries: vec![entry(1, 1)] }]);
+    let out = core.step(Event::EntriesDurable { index: 1, term: 1 });
+    assert_eq!(out, vec![Command::Apply(vec![entry(1, 1)])]);
+}

@@ -65,6 +65,8 @@ mod transfer;
 mod handler_tests;
 #[cfg(test)]
 mod scenario_tests;
+#[cfg(test)]
+mod test_support;
 
 pub use self::command::{ClientError, ClientReply, Command, TransferFailure};
 pub use self::config::{Config, ConfigError, InjectedBugs, LeaseConfig};

@@ -207,7 +207,7 @@ impl RaftCore {
     }
 
     /// Fast back-off: skip the follower's whole conflicting term.
-    fn next_index_after_reject(&self, hint: ConflictHint) -> LogIndex {
+    pub(super) fn next_index_after_reject(&self, hint: ConflictHint) -> LogIndex {
         let candidate = match hint.conflict_term.and_then(|term| self.log.last_index_of_term(term)) {
             // We hold the follower's conflicting term: resume after our last
             // entry of it (the logs may agree up to there).
