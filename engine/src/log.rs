@@ -139,11 +139,16 @@ impl std::fmt::Debug for Log {
     }
 }
 
-/// Whether O_DIRECT works in `dir`, with the reason when not.
-pub(crate) fn probe_direct(dir: &Path) -> std::result::Result<(), String> {
+/// Whether O_DIRECT works in `dir`: `Ok(Err(reason))` when the file system refuses
+/// it (EINVAL), `Err` when the directory cannot be written at all.
+pub(crate) fn probe_direct(dir: &Path) -> std::io::Result<std::result::Result<(), String>> {
     let path = dir.join(".direct-probe");
     let _ = std::fs::remove_file(&path);
-    let r = open_file(&path, true, true).map(drop).map_err(|e| format!("O_DIRECT refused: {e}"));
+    let r = match open_file(&path, true, true) {
+        Ok(_) => Ok(Ok(())),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Err(format!("O_DIRECT refused: {e}"))),
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_file(&path);
     r
 }
@@ -154,7 +159,7 @@ impl Log {
         cfg.validate()?;
         let dir = cfg.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
-        let direct_probe = probe_direct(&dir);
+        let direct_probe = probe_direct(&dir).map_err(|e| Error::io("create file in log directory", &dir, e))?;
         let mut ring = AlignedBuf::new(cfg.ring_size_bytes);
         let (backend, direct): (Box<dyn Backend>, bool) = match cfg.backend {
             BackendChoice::Portable => (
@@ -735,7 +740,7 @@ impl Log {
         let mut deleted = false;
         while self.segments.back().is_some_and(|s| s.first_index >= from_index) {
             let s = self.segments.pop_back().expect("checked");
-            std::fs::remove_file(&s.path).map_err(|e| Error::io("delete segment", &s.path, e))?;
+            self.delete_segment(&s)?;
             deleted = true;
         }
         if deleted {
@@ -748,6 +753,12 @@ impl Log {
             self.first_index = from_index;
         }
         Ok(())
+    }
+
+    /// Removes a segment's file; the caller syncs the directory.
+    fn delete_segment(&mut self, s: &SegmentIndex) -> Result<()> {
+        self.backend.forget_file(s.file.as_raw_fd()).map_err(|e| Error::io("unregister segment", &s.path, e))?;
+        std::fs::remove_file(&s.path).map_err(|e| Error::io("delete segment", &s.path, e))
     }
 
     /// Drops whole sealed, durable segments whose entries are all at or below `up_to_index`.
@@ -766,7 +777,7 @@ impl Log {
             }
             let s = self.segments.pop_front().expect("checked");
             total -= s.header.size_bytes;
-            std::fs::remove_file(&s.path).map_err(|e| Error::io("delete segment", &s.path, e))?;
+            self.delete_segment(&s)?;
             deleted = true;
             self.first_index = self.segments.front().map_or(self.next_index, |n| n.first_index);
         }

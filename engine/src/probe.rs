@@ -48,7 +48,7 @@ fn fs_name(magic: i64) -> String {
 /// Probes `dir` (created if missing). Writes and removes one small file.
 pub fn probe(dir: &Path) -> std::io::Result<ProbeReport> {
     std::fs::create_dir_all(dir)?;
-    let o_direct = probe_direct(dir);
+    let o_direct = probe_direct(dir)?;
     let mut scratch = AlignedBuf::new(BLOCK_SIZE);
     // SAFETY: `scratch` outlives the backend, which is dropped at the end of this statement.
     let io_uring =

@@ -221,11 +221,15 @@ impl SpareMaker {
         self.held = Some(r);
     }
 
-    /// Returns the next spare; asks for another one whatever the outcome.
+    /// Returns the next spare and asks for another one.
     pub fn take(&mut self) -> Result<Spare> {
         self.wait_ready();
         let r = self.held.take().expect("wait_ready holds a result");
-        self.request();
+        // After a failure (say a full disk) the next spare is asked for only when
+        // needed, so that it is made after whatever freed the space.
+        if r.is_ok() {
+            self.request();
+        }
         r
     }
 }

@@ -70,6 +70,10 @@ pub trait Backend: Send {
 
     /// An fd that becomes readable when a completion may be ready.
     fn eventfd(&self) -> RawFd;
+
+    /// Drops any reference the backend keeps to `fd`, which is about to be closed
+    /// (a deleted segment's space is freed only when no reference is left).
+    fn forget_file(&mut self, fd: RawFd) -> io::Result<()>;
 }
 
 /// A non-blocking, close-on-exec eventfd.

@@ -128,6 +128,10 @@ impl Backend for PortableBackend {
     fn eventfd(&self) -> RawFd {
         self.eventfd
     }
+
+    fn forget_file(&mut self, _fd: RawFd) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Drop for PortableBackend {

@@ -200,6 +200,15 @@ impl Backend for UringBackend {
     fn eventfd(&self) -> RawFd {
         self.eventfd
     }
+
+    fn forget_file(&mut self, fd: RawFd) -> io::Result<()> {
+        if self.registered_fd == Some(fd) {
+            assert!(self.in_flight.is_none(), "the file of the write in flight is never closed");
+            self.ring.submitter().register_files_update(0, &[-1])?;
+            self.registered_fd = Some(-1);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for UringBackend {
