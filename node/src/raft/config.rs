@@ -26,6 +26,10 @@ pub struct InjectedBugs {
     pub commit_old_term_by_count: bool,
     /// Voters grant votes without the (last term, last index) comparison.
     pub vote_without_log_check: bool,
+    /// Followers acknowledge entries before storage reports them durable.
+    pub ack_before_durable: bool,
+    /// The leader answers ReadIndex at once, without a quorum round.
+    pub read_without_quorum_round: bool,
 }
 
 /// Configuration of a [`RaftCore`](super::RaftCore).

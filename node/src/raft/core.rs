@@ -516,10 +516,18 @@ impl RaftCore {
 
     /// Followers: a leader was heard from within the minimum election timeout.
     /// Leaders: always (they are their own leader). Only with check-quorum.
+    ///
+    /// With lease reads, a node that has just (re)started also counts as in
+    /// lease for its first `election_timeout_min_ticks`: it may have
+    /// acknowledged a lease round just before it crashed, and forgot it.
     pub(super) fn in_leader_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader_id.is_some()
-            && (self.role == Role::Leader || self.election_elapsed_ticks < self.config.election_timeout_min_ticks)
+        if !self.config.check_quorum {
+            return false;
+        }
+        let just_started = self.config.lease.is_some() && self.now_ticks < self.config.election_timeout_min_ticks;
+        let heard_from_leader = self.leader_id.is_some()
+            && (self.role == Role::Leader || self.election_elapsed_ticks < self.config.election_timeout_min_ticks);
+        just_started || heard_from_leader
     }
 
     fn debug_check(&self) {

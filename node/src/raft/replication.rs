@@ -166,11 +166,20 @@ impl RaftCore {
     /// Acknowledges what is durable and verified to the leader of this term;
     /// with `always`, even when there is nothing new (so the leader hears us).
     fn send_append_ack(&mut self, leader: NodeId, always: bool) {
-        let match_index = self.verified_index.min(self.log.durable_index());
+        let match_index = self.ackable_index();
         if match_index > self.acked_index || always {
             self.acked_index = self.acked_index.max(match_index);
             self.send(leader, MessageBody::AppendResponse { result: Ok(match_index) });
         }
+    }
+
+    /// What a follower may acknowledge: verified against this term's leader
+    /// and durable.
+    fn ackable_index(&self) -> LogIndex {
+        if self.config.injected_bugs.ack_before_durable {
+            return self.verified_index.min(self.log.last_index());
+        }
+        self.verified_index.min(self.log.durable_index())
     }
 
     pub(super) fn on_append_response(&mut self, from: NodeId, result: Result<LogIndex, ConflictHint>) {
@@ -230,7 +239,7 @@ impl RaftCore {
         if self.log.commit_to(leader_commit_index.min(self.verified_index)) {
             self.apply_committed();
         }
-        let match_index = self.verified_index.min(self.log.durable_index());
+        let match_index = self.ackable_index();
         self.acked_index = self.acked_index.max(match_index);
         self.send(from, MessageBody::HeartbeatResponse { round, match_index });
     }

@@ -50,19 +50,19 @@ pub fn run_seed(options: SimOptions) -> Result<SimReport, Violation> {
     }
 }
 
+/// Each bug-injection switch by name, for `SIM_BUGS` and replay commands.
+pub const BUG_SWITCHES: [(&str, fn(&mut InjectedBugs) -> &mut bool); 5] = [
+    ("skip_prev_log_term_check", |b| &mut b.skip_prev_log_term_check),
+    ("commit_old_term_by_count", |b| &mut b.commit_old_term_by_count),
+    ("vote_without_log_check", |b| &mut b.vote_without_log_check),
+    ("ack_before_durable", |b| &mut b.ack_before_durable),
+    ("read_without_quorum_round", |b| &mut b.read_without_quorum_round),
+];
+
 /// The command that replays `options` exactly.
 pub fn replay_command(options: &SimOptions) -> String {
-    let bugs = options.bugs;
-    let mut names = Vec::new();
-    if bugs.skip_prev_log_term_check {
-        names.push("skip_prev_log_term_check");
-    }
-    if bugs.commit_old_term_by_count {
-        names.push("commit_old_term_by_count");
-    }
-    if bugs.vote_without_log_check {
-        names.push("vote_without_log_check");
-    }
+    let mut bugs = options.bugs;
+    let names: Vec<&str> = BUG_SWITCHES.iter().filter(|(_, field)| *field(&mut bugs)).map(|(name, _)| *name).collect();
     let bug_env = if names.is_empty() { String::new() } else { format!("SIM_BUGS={} ", names.join(",")) };
     format!(
         "{bug_env}SIM_SEED={} SIM_EVENTS={} cargo test -p dledger-node --release sim::tests::sweep -- --nocapture",
@@ -74,12 +74,11 @@ pub fn replay_command(options: &SimOptions) -> String {
 pub fn bugs_from_env() -> InjectedBugs {
     let mut bugs = InjectedBugs::default();
     for name in std::env::var("SIM_BUGS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
-        match name {
-            "skip_prev_log_term_check" => bugs.skip_prev_log_term_check = true,
-            "commit_old_term_by_count" => bugs.commit_old_term_by_count = true,
-            "vote_without_log_check" => bugs.vote_without_log_check = true,
-            other => panic!("unknown SIM_BUGS entry {other:?}"),
-        }
+        let (_, field) = BUG_SWITCHES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .unwrap_or_else(|| panic!("unknown SIM_BUGS entry {name:?}"));
+        *field(&mut bugs) = true;
     }
     bugs
 }

@@ -110,3 +110,17 @@ fn same_seed_same_run() {
     let b = run_seed(options).expect("seed 7 passes");
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+#[test]
+fn checker_catches_acks_before_durability() {
+    let bugs = InjectedBugs { ack_before_durable: true, ..InjectedBugs::default() };
+    let (seeds, violation) = first_violation(bugs, 2000);
+    println!("ack_before_durable caught after {seeds} seeds by {}", violation.checker);
+}
+
+#[test]
+fn checker_catches_reads_without_a_quorum_round() {
+    let bugs = InjectedBugs { read_without_quorum_round: true, ..InjectedBugs::default() };
+    let (seeds, violation) = first_violation(bugs, 2000);
+    println!("read_without_quorum_round caught after {seeds} seeds by {}", violation.checker);
+}
