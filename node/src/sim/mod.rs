@@ -50,8 +50,11 @@ pub fn run_seed(options: SimOptions) -> Result<SimReport, Violation> {
     }
 }
 
+/// Picks one switch out of [`InjectedBugs`].
+pub type BugSwitch = fn(&mut InjectedBugs) -> &mut bool;
+
 /// Each bug-injection switch by name, for `SIM_BUGS` and replay commands.
-pub const BUG_SWITCHES: [(&str, fn(&mut InjectedBugs) -> &mut bool); 5] = [
+pub const BUG_SWITCHES: [(&str, BugSwitch); 5] = [
     ("skip_prev_log_term_check", |b| &mut b.skip_prev_log_term_check),
     ("commit_old_term_by_count", |b| &mut b.commit_old_term_by_count),
     ("vote_without_log_check", |b| &mut b.vote_without_log_check),
