@@ -378,3 +378,27 @@ fn single_node_cluster_commits_on_its_own_durability() {
     let out = core.step(Event::EntriesDurable { index: 1, term: 1 });
     assert_eq!(out, vec![Command::Apply(vec![entry(1, 1)])]);
 }
+
+#[test]
+fn leader_window_in_bytes_limits_what_is_in_flight() {
+    // Each entry counts 24 bytes of header plus its 1-byte payload: 25.
+    let config = Config { max_inflight_bytes: 60, pre_vote: false, ..config() };
+    let mut core = node_with(1, &VOTERS, config, HardState::default(), &[]);
+    tick_until_output(&mut core);
+    core.step(Event::MetaSaved(HardState { term: 1, voted_for: Some(1) }));
+    core.step(recv(2, 1, 1, MessageBody::VoteResponse { granted: true }));
+    core.step(recv(2, 1, 1, MessageBody::AppendResponse { result: Ok(1) }));
+    let payloads: Vec<Bytes> = (0..4).map(|_| Bytes::from_static(b"p")).collect();
+    let out = core.step(Event::Propose { request_id: 1, payloads });
+    let e = |i| command_entry(i, 1, b"p");
+    assert_eq!(
+        out,
+        vec![
+            Command::PersistEntries { truncate_from: None, entries: (2..=5).map(e).collect() },
+            send(1, 2, 1, append((1, 1), vec![e(2), e(3)], 0)),
+        ],
+        "two entries (50 bytes) fit in 60; a third would not"
+    );
+    let out = core.step(recv(2, 1, 1, MessageBody::AppendResponse { result: Ok(3) }));
+    assert_eq!(out, vec![send(1, 2, 1, append((3, 1), vec![e(4), e(5)], 0))]);
+}

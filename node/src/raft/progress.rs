@@ -72,6 +72,11 @@ impl Progress {
         self.next_index - 1 - self.match_index
     }
 
+    /// Payload bytes sent and not yet acknowledged.
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight_bytes
+    }
+
     /// Whether another batch may be sent now.
     pub fn can_send(&self, max_inflight_entries: u64, max_inflight_bytes: u64) -> bool {
         match self.state {

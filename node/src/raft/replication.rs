@@ -53,11 +53,33 @@ impl RaftCore {
             if !has_new && !probe_anyway {
                 return;
             }
-            let room = match pr.state {
-                ProgressState::Probe => max_entries,
-                ProgressState::Replicate => max_entries.min(max_inflight_entries - pr.inflight_entry_count()),
+            let (room_entries, room_bytes) = match pr.state {
+                ProgressState::Probe => (max_entries, max_inflight_bytes),
+                ProgressState::Replicate => (
+                    max_entries.min(max_inflight_entries - pr.inflight_entry_count()),
+                    max_inflight_bytes - pr.inflight_bytes(),
+                ),
             };
-            let entries = self.log.entries(next_index, next_index + room - 1).to_vec();
+            // Fill the message up to the window in entries and in bytes. Into
+            // an empty window one entry always goes, so an entry larger than
+            // the whole window still moves.
+            let window_empty = pr.inflight_bytes() == 0;
+            let candidates = self.log.entries(next_index, next_index + room_entries - 1);
+            let mut batch_bytes = 0;
+            let fitting = candidates
+                .iter()
+                .take_while(|e| {
+                    let fits = (window_empty && batch_bytes == 0) || batch_bytes + e.size_bytes() <= room_bytes;
+                    if fits {
+                        batch_bytes += e.size_bytes();
+                    }
+                    fits
+                })
+                .count();
+            if fitting == 0 && has_new {
+                return;
+            }
+            let entries = candidates[..fitting].to_vec();
             let size_bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
             let batch_last = next_index - 1 + entries.len() as u64;
             pr.on_sent(batch_last, size_bytes);
