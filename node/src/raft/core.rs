@@ -455,7 +455,8 @@ impl RaftCore {
         if message.to != self.id || message.from == self.id {
             return;
         }
-        if !self.voters.contains(&message.from) {
+        if !self.voters.contains(&message.from) || !message.is_well_formed() {
+            // Malformed input from the network is dropped, never a panic.
             return;
         }
         if message.term > self.term {

@@ -402,3 +402,85 @@ fn leader_window_in_bytes_limits_what_is_in_flight() {
     let out = core.step(recv(2, 1, 1, MessageBody::AppendResponse { result: Ok(3) }));
     assert_eq!(out, vec![send(1, 2, 1, append((3, 1), vec![e(4), e(5)], 0))]);
 }
+
+#[test]
+fn malformed_messages_are_dropped_not_fatal() {
+    let mut follower = node(2, &VOTERS, 2, &[1]);
+    // (description, append body)
+    let cases = [
+        ("gap after prev", append((1, 1), vec![entry(3, 2)], 0)),
+        ("entry term above the sender's", append((1, 1), vec![entry(2, 3)], 0)),
+        ("terms decrease", append((1, 1), vec![entry(2, 2), entry(3, 1)], 0)),
+    ];
+    for (name, body) in cases {
+        assert_eq!(follower.step(recv(1, 2, 2, body)), vec![], "{name}");
+    }
+    let mut leader = elected_leader(&VOTERS, 1, &[1]);
+    let out = leader.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(99) }));
+    assert_eq!(out, vec![], "an ack past our last index");
+    assert_eq!(leader.progress(2).map(|p| p.match_index), Some(0));
+}
+
+#[test]
+fn a_dead_follower_never_holds_back_commit() {
+    let voters = [1, 2, 3, 4, 5];
+    let mut core = elected_leader(&voters, 1, &[1]);
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    assert_eq!(core.status().committed_index, 0, "2 of 5");
+    let out = core.step(recv(3, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    assert_eq!(out, vec![Command::Apply(vec![entry(1, 1), entry(2, 2)])], "3 of 5, nodes 4 and 5 silent");
+}
+
+#[test]
+fn preferred_leader_gets_leadership_once_caught_up() {
+    let config = Config { preferred_leader: Some(3), pre_vote: false, ..config() };
+    let mut core = node_with(1, &VOTERS, config, HardState { term: 1, voted_for: None }, &[1]);
+    tick_until_output(&mut core);
+    core.step(Event::MetaSaved(HardState { term: 2, voted_for: Some(1) }));
+    core.step(recv(2, 1, 2, MessageBody::VoteResponse { granted: true }));
+    assert_eq!(core.status().role, Role::Leader);
+    let mut timeout_now_sent = false;
+    for _ in 0..4 {
+        core.step(recv(3, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+        let out = core.step(Event::Tick);
+        timeout_now_sent |= out.contains(&send(1, 3, 2, MessageBody::TimeoutNow));
+    }
+    assert!(timeout_now_sent, "node 3 is preferred and caught up");
+    let out = core.step(Event::Propose { request_id: 1, payloads: vec![Bytes::from_static(b"x")] });
+    let error = ClientError::TransferInProgress { target: 3 };
+    assert_eq!(out, vec![Command::Reply(ClientReply::Failed { request_id: 1, error })]);
+}
+
+#[test]
+fn transfer_revokes_the_lease_so_reads_take_a_quorum_round() {
+    let lease = Some(LeaseConfig { drift_margin_ticks: 2 });
+    let config = Config { lease, pre_vote: false, ..config() };
+    let mut core = node_with(1, &VOTERS, config, HardState { term: 1, voted_for: None }, &[1]);
+    tick_until_output(&mut core);
+    core.step(Event::MetaSaved(HardState { term: 2, voted_for: Some(1) }));
+    core.step(recv(2, 1, 2, MessageBody::VoteResponse { granted: true }));
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    core.step(Event::Tick);
+    core.step(Event::Tick);
+    core.step(recv(2, 1, 2, MessageBody::HeartbeatResponse { round: 1, match_index: 2 }));
+    core.step(Event::TransferLeadership { request_id: 1, target: 3 });
+    let out = core.step(Event::ReadIndex { request_id: 2 });
+    assert!(!out.iter().any(|c| matches!(c, Command::Reply(_))), "no lease read during a transfer: {out:?}");
+}
+
+#[test]
+fn with_lease_a_restarted_node_refuses_votes_for_an_election_timeout() {
+    let lease = Some(LeaseConfig { drift_margin_ticks: 2 });
+    let mut core = node_with(2, &VOTERS, Config { lease, ..config() }, HardState { term: 2, voted_for: None }, &[1]);
+    let request = MessageBody::VoteRequest { last_log_index: 1, last_log_term: 1, leadership_transfer: false };
+    assert_eq!(core.step(recv(3, 2, 3, request.clone())), vec![], "it may have acked a lease round before crashing");
+    for _ in 0..10 {
+        core.step(Event::Tick);
+    }
+    // Its own election timer may have fired meanwhile; either way a vote
+    // request from node 3 is now considered.
+    let out = core.step(recv(3, 2, 4, request));
+    assert!(!out.is_empty());
+}

@@ -147,6 +147,32 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+impl Message {
+    /// Structural checks a receiver applies before acting on a message: an
+    /// append's entries continue `prev_log_index` one by one, with terms that
+    /// never decrease and never exceed the sender's term.
+    pub fn is_well_formed(&self) -> bool {
+        match &self.body {
+            MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, .. } => {
+                let mut expected_index = prev_log_index + 1;
+                let mut min_term = *prev_log_term;
+                if *prev_log_term > self.term {
+                    return false;
+                }
+                for entry in entries {
+                    if entry.index != expected_index || entry.term < min_term || entry.term > self.term {
+                        return false;
+                    }
+                    expected_index += 1;
+                    min_term = entry.term;
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
 /// The durable metadata record: current term and vote (Raft Figure 2,
 /// "persistent state"). The host stores it atomically.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -210,8 +210,11 @@ impl RaftCore {
         }
         let last_index = self.log.last_index();
         match result {
+            Ok(match_index) if match_index > last_index => {
+                // A follower cannot hold entries of our term we never sent:
+                // a malformed or misdirected answer. Drop it.
+            }
             Ok(match_index) => {
-                assert!(match_index <= last_index, "follower {from} acked {match_index} past our last {last_index}");
                 let pr = self.progress.get_mut(&from).expect("progress for every peer");
                 pr.recent_active = true;
                 if pr.on_ack(match_index) {
@@ -270,6 +273,8 @@ impl RaftCore {
         if self.role != Role::Leader {
             return;
         }
+        // A match past our log is malformed; keep the round, drop the match.
+        let match_index = if match_index > self.log.last_index() { 0 } else { match_index };
         let pr = self.progress.get_mut(&from).expect("progress for every peer");
         pr.recent_active = true;
         pr.acked_round = pr.acked_round.max(round);
