@@ -154,16 +154,14 @@ impl Message {
     pub fn is_well_formed(&self) -> bool {
         match &self.body {
             MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, .. } => {
-                let mut expected_index = prev_log_index + 1;
-                let mut min_term = *prev_log_term;
                 if *prev_log_term > self.term {
                     return false;
                 }
-                for entry in entries {
+                let mut min_term = *prev_log_term;
+                for (expected_index, entry) in (prev_log_index + 1..).zip(entries) {
                     if entry.index != expected_index || entry.term < min_term || entry.term > self.term {
                         return false;
                     }
-                    expected_index += 1;
                     min_term = entry.term;
                 }
                 true
