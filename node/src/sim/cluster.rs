@@ -236,6 +236,15 @@ impl Simulation {
             let elapsed_ticks = (self.now_ms - heal_ms) / TICK_MS;
             let late =
                 if leader_found { elapsed_ticks > CONVERGENCE_BOUND_TICKS } else { elapsed_ticks > LEADER_BOUND_TICKS };
+            if late && self.logs_converged() {
+                return Err(Violation {
+                    checker: names::REQUESTS_ANSWERED,
+                    detail: format!(
+                        "logs converged but requests are still unanswered {elapsed_ticks} ticks after the heal: {:?}",
+                        self.outstanding.iter().map(|(id, o)| (id, o.node, &o.op)).collect::<Vec<_>>()
+                    ),
+                });
+            }
             if late {
                 if std::env::var("SIM_DEBUG").is_ok() {
                     for (id, node) in &self.nodes {
@@ -577,9 +586,13 @@ impl Simulation {
         statuses.iter().all(|s| s.term == leader.term && s.leader_id == Some(leader.id)).then_some(leader)
     }
 
-    /// One leader followed by all, identical fully committed durable logs,
-    /// and no request left unanswered.
+    /// Logs converged and no request left unanswered.
     fn converged(&self) -> bool {
+        self.logs_converged() && self.outstanding.is_empty()
+    }
+
+    /// One leader followed by all, identical fully committed durable logs.
+    fn logs_converged(&self) -> bool {
         let statuses: Vec<_> = self.nodes.values().filter_map(|n| n.core.as_ref().map(|c| c.status())).collect();
         let Some(leader) = self.leader_followed_by_all() else { return false };
         let leader_core = self.nodes[&leader.id].core.as_ref().expect("live");
@@ -592,7 +605,7 @@ impl Simulation {
                 && core.log().last_term() == last_term
                 && s.committed_index == s.last_index
                 && s.durable_index == s.last_index
-        }) && self.outstanding.is_empty()
+        })
     }
 
     fn check_after_convergence(&self) -> Result<(), Violation> {

@@ -19,7 +19,8 @@
 //! Commands:
 //! * CI sweep (2,000 seeds × 10,000 fault-phase events in release):
 //!   `cargo test -p dledger-node --release` (`SIM_SEEDS`, `SIM_EVENTS`
-//!   override the counts; the debug build runs 300 seeds × 2,000 events).
+//!   override the counts; a debug-build `cargo test` runs 2,000 seeds ×
+//!   2,000 events).
 //! * Unbounded soak with random seeds, printing each:
 //!   `cargo run -p dledger-node --release --features sim --example soak`.
 

@@ -3,13 +3,9 @@
 
 use super::*;
 
-/// Default seed count: 2,000 in release, fewer in the slower debug build.
+/// Default seed count (both builds; the debug build runs fewer events).
 fn default_seed_count() -> u64 {
-    if cfg!(debug_assertions) {
-        300
-    } else {
-        2000
-    }
+    2000
 }
 
 /// Default fault-phase events per seed: 10,000 in release, 2,000 in debug.
