@@ -30,9 +30,13 @@ use crate::raft::{
 pub const TICK_MS: u64 = 10;
 /// Ticks allowed, after the heal, for one leader to be followed by all nodes.
 pub const LEADER_BOUND_TICKS: u64 = 300;
-/// Ticks allowed, after the heal, for all logs to converge (the backlog of a
-/// node that was down or cut off is shipped with small simulated windows).
-pub const CONVERGENCE_BOUND_TICKS: u64 = 3000;
+/// Once a leader is followed by all, the logs must keep making progress
+/// (some node's commit, durable or last index moves) at least this often
+/// until they converge. A backlog shipped through a tiny window over a slow
+/// link may take long, but it never stands still.
+pub const STALL_BOUND_TICKS: u64 = 300;
+/// Absolute bound on the heal phase.
+pub const CONVERGENCE_BOUND_TICKS: u64 = 50_000;
 
 /// What to run.
 #[derive(Clone, Copy, Debug)]
@@ -70,13 +74,31 @@ pub struct SimReport {
 
 #[derive(Clone, Debug)]
 enum Action {
-    Tick(NodeId, u32),
+    /// (node, incarnation, tick chain generation)
+    Tick(NodeId, u32, u32),
     Deliver(Message),
     DiskSync(NodeId, u32),
     MetaSync(NodeId, u32),
     Client,
     Fault,
     Restart(NodeId),
+    /// A paused node wakes up: deliver the ticks it missed, then tick on.
+    Resume(NodeId, u32, u64),
+    /// An event for a node that was paused when it arrived.
+    Deferred(NodeId, u32, Event),
+}
+
+impl Action {
+    /// The node whose process handles this action, if any.
+    fn node(&self) -> Option<NodeId> {
+        match self {
+            Action::Tick(id, ..) | Action::DiskSync(id, _) | Action::MetaSync(id, _) | Action::Deferred(id, ..) => {
+                Some(*id)
+            }
+            Action::Deliver(message) => Some(message.to),
+            Action::Client | Action::Fault | Action::Restart(_) | Action::Resume(..) => None,
+        }
+    }
 }
 
 struct Scheduled {
@@ -111,6 +133,9 @@ struct SimNode {
     meta_sync_scheduled: bool,
     was_leader_of_term: Option<u64>,
     restored: Option<RestoredState>,
+    /// The process is stopped (SIGSTOP) until then; events wait for it.
+    paused_until_ms: u64,
+    tick_generation: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -174,7 +199,9 @@ impl Simulation {
         let mut network = SimNetwork::default();
         network.drop_per_mille = rng.gen_range(0..100);
         network.duplicate_per_mille = rng.gen_range(0..50);
-        network.max_delay_ms = rng.gen_range(1..=3 * TICK_MS);
+        // Mostly fast links; some seeds have delays near an election timeout.
+        network.max_delay_ms =
+            if rng.gen_bool(0.2) { rng.gen_range(1..=12 * TICK_MS) } else { rng.gen_range(1..=3 * TICK_MS) };
         let mut sim = Simulation {
             options,
             config,
@@ -185,7 +212,11 @@ impl Simulation {
             queue: BinaryHeap::new(),
             now_ms: 0,
             seq: 0,
-            disk_latency_max_ms: rng.gen_range(1..=2 * TICK_MS),
+            disk_latency_max_ms: if rng.gen_bool(0.2) {
+                rng.gen_range(1..=8 * TICK_MS)
+            } else {
+                rng.gen_range(1..=2 * TICK_MS)
+            },
             client_interval_max_ms: rng.gen_range(2..=4 * TICK_MS),
             fault_interval_max_ms: rng.gen_range(5..=100) * TICK_MS,
             healing: false,
@@ -206,6 +237,8 @@ impl Simulation {
                 meta_sync_scheduled: false,
                 was_leader_of_term: None,
                 restored: Some(RestoredState::default()),
+                paused_until_ms: 0,
+                tick_generation: 0,
             };
             sim.nodes.insert(id, node);
             sim.start_node(id);
@@ -224,6 +257,7 @@ impl Simulation {
         self.heal_everything();
         let heal_ms = self.now_ms;
         let mut leader_found = false;
+        let mut last_progress = (Vec::new(), heal_ms);
         loop {
             self.run_one()?;
             if !leader_found && self.leader_followed_by_all().is_some() {
@@ -233,9 +267,22 @@ impl Simulation {
             if self.converged() {
                 break;
             }
+            let positions: Vec<_> = self
+                .nodes
+                .values()
+                .filter_map(|n| n.core.as_ref().map(|c| c.status()))
+                .map(|s| (s.term, s.committed_index, s.durable_index, s.last_index))
+                .collect();
+            if positions != last_progress.0 {
+                last_progress = (positions, self.now_ms);
+            }
             let elapsed_ticks = (self.now_ms - heal_ms) / TICK_MS;
-            let late =
-                if leader_found { elapsed_ticks > CONVERGENCE_BOUND_TICKS } else { elapsed_ticks > LEADER_BOUND_TICKS };
+            let stalled_ticks = (self.now_ms - last_progress.1) / TICK_MS;
+            let late = if leader_found {
+                stalled_ticks > STALL_BOUND_TICKS || elapsed_ticks > CONVERGENCE_BOUND_TICKS
+            } else {
+                elapsed_ticks > LEADER_BOUND_TICKS
+            };
             if late && self.logs_converged() {
                 return Err(Violation {
                     checker: names::REQUESTS_ANSWERED,
@@ -288,11 +335,43 @@ impl Simulation {
         let next = self.queue.pop().expect("ticks keep the queue non-empty");
         self.now_ms = next.at_ms;
         self.report.events_run += 1;
+        if let Some(id) = next.action.node() {
+            let paused_until_ms = self.nodes[&id].paused_until_ms;
+            if self.now_ms < paused_until_ms {
+                // A stopped process handles nothing; what arrives waits (in
+                // socket buffers, completion queues) until it resumes. Its
+                // tick chain ends here; `Resume` starts a new one.
+                if !matches!(next.action, Action::Tick(..)) {
+                    self.seq += 1;
+                    self.queue.push(Scheduled { at_ms: paused_until_ms, seq: self.seq, action: next.action });
+                }
+                return Ok(());
+            }
+        }
         match next.action {
-            Action::Tick(id, incarnation) => {
-                if self.nodes[&id].incarnation == incarnation && self.nodes[&id].core.is_some() {
-                    self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation));
+            Action::Tick(id, incarnation, generation) => {
+                let node = &self.nodes[&id];
+                if node.incarnation == incarnation && node.tick_generation == generation && node.core.is_some() {
+                    self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation, generation));
                     self.step(id, Event::Tick)?;
+                }
+            }
+            Action::Resume(id, incarnation, missed_ticks) => {
+                let node = self.nodes.get_mut(&id).expect("node");
+                if node.incarnation == incarnation && node.core.is_some() {
+                    // The host catches up on the ticks it missed before
+                    // anything else: its clock kept running while stopped.
+                    node.tick_generation += 1;
+                    let generation = node.tick_generation;
+                    for _ in 0..missed_ticks {
+                        self.step(id, Event::Tick)?;
+                    }
+                    self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation, generation));
+                }
+            }
+            Action::Deferred(id, incarnation, event) => {
+                if self.nodes[&id].incarnation == incarnation && self.nodes[&id].core.is_some() {
+                    self.step(id, event)?;
                 }
             }
             Action::Deliver(message) => {
@@ -355,9 +434,11 @@ impl Simulation {
         node.disk_sync_scheduled = false;
         node.meta_sync_scheduled = false;
         node.was_leader_of_term = None;
-        let incarnation = node.incarnation;
+        node.paused_until_ms = 0;
+        node.tick_generation += 1;
+        let (incarnation, generation) = (node.incarnation, node.tick_generation);
         let phase = self.rng.gen_range(1..=TICK_MS);
-        self.schedule(phase, Action::Tick(id, incarnation));
+        self.schedule(phase, Action::Tick(id, incarnation, generation));
     }
 
     fn crash_node(&mut self, id: NodeId) {
@@ -508,7 +589,27 @@ impl Simulation {
             (ClientOp::Transfer, Event::TransferLeadership { request_id, target })
         };
         self.outstanding.insert(request_id, Outstanding { node: target, op });
+        let node = &self.nodes[&target];
+        if self.now_ms < node.paused_until_ms {
+            let action = Action::Deferred(target, node.incarnation, event);
+            self.seq += 1;
+            self.queue.push(Scheduled { at_ms: node.paused_until_ms, seq: self.seq, action });
+            return Ok(());
+        }
         self.step(target, event)
+    }
+
+    /// Stops a node's process for a while (SIGSTOP, a long GC pause).
+    fn pause_node(&mut self, id: NodeId) {
+        let pause_ms = self.rng.gen_range(1..=60) * TICK_MS;
+        let period_ms = self.tick_period_ms[&id];
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.core.is_none() || self.now_ms < node.paused_until_ms {
+            return;
+        }
+        node.paused_until_ms = self.now_ms + pause_ms;
+        let incarnation = node.incarnation;
+        self.schedule(pause_ms, Action::Resume(id, incarnation, pause_ms / period_ms));
     }
 
     fn inject_fault(&mut self) {
@@ -539,9 +640,16 @@ impl Simulation {
                     self.network.cut_one_way(from, to);
                 }
             }
-            54..=73 => {
+            54..=63 => {
                 let id = self.rng.gen_range(1..=n);
                 self.crash_node(id);
+            }
+            64..=73 => {
+                let id = match self.current_leader() {
+                    Some(leader) if self.rng.gen_bool(0.5) => leader,
+                    _ => self.rng.gen_range(1..=n),
+                };
+                self.pause_node(id);
             }
             74..=89 => {
                 // Crash the leader, the node whose loss hurts most.
