@@ -1,15 +1,24 @@
 //! The simulation driver: a cluster of [`RaftCore`]s over a simulated
 //! network, disks, clock and clients, all derived from one seed.
 //!
-//! Time is in simulated milliseconds; every node ticks every `TICK_MS`. The
-//! run has two phases:
-//! 1. *Faults*: `events` events with clients proposing, reading and
-//!    transferring leadership throughout, while faults strike at random:
-//!    partitions (symmetric, one-way, isolating a node), heals, crashes with
-//!    restarts, and changing drop/duplicate rates.
+//! Time is in simulated milliseconds; each node ticks every `TICK_MS` ± 10 %
+//! (clock drift). The run has two phases:
+//! 1. *Faults*: `events` events with clients proposing (single and batch),
+//!    reading and transferring leadership throughout, while faults strike
+//!    at random: partitions (symmetric, one-way, isolating the leader),
+//!    heals, crashes with restarts (see `storage` for what survives),
+//!    process pauses (the host catches up on missed ticks when it resumes),
+//!    and changing drop/duplicate rates. Per seed, links are fast or slow
+//!    (delays up to 12 ticks) and disks fast or slow (up to 8 ticks).
 //! 2. *Heal*: every node restarted, every link healed, no drops, no more
-//!    crashes or clients. A leader must emerge and all logs converge within
-//!    `LIVENESS_BOUND_TICKS`, and every request to a live node be answered.
+//!    crashes or clients. Within `LEADER_BOUND_TICKS` one leader must be
+//!    followed by all nodes; from then on the logs must keep moving (never
+//!    stand still for `STALL_BOUND_TICKS`) until they are identical, fully
+//!    committed and durable, and every request to a live node is answered.
+//!
+//! Every checker in `checkers` runs on what each event changed. Setting
+//! `SIM_DEBUG` prints each node's state and replication progress when a
+//! liveness check fails.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
