@@ -11,7 +11,6 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use dledger_node::raft::InjectedBugs;
 use dledger_node::sim::{env_u64, replay_command, run_seed, SimOptions};
 
 fn main() {
@@ -24,7 +23,7 @@ fn main() {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         let seed = z ^ (z >> 31);
-        let options = SimOptions { seed, events, bugs: InjectedBugs::default() };
+        let options = SimOptions::new(seed, events);
         match run_seed(options) {
             Ok(report) => println!(
                 "seed {seed} ok: {} nodes, {} events, {} leaders, {} crashes, {} acked ({} seeds, {:.0?})",

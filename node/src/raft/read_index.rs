@@ -18,6 +18,11 @@
 //! while the lease holds (and ticks on different nodes run at rates that
 //! differ by less than the drift margin over one timeout), no other leader
 //! can exist, and reads are served at `committed_index` with no round trip.
+//! Host contract: ticks must measure real elapsed time. A host whose
+//! process was stopped (SIGSTOP, a long pause) must deliver the ticks it
+//! missed before anything else when it resumes; otherwise a deposed leader
+//! believes its lease still holds. The simulation proves the read checker
+//! catches exactly that host bug (`host_skips_tick_catch_up`).
 //! Leadership transfer breaks that argument (its vote requests bypass the
 //! followers' stickiness), so a leader stops lease reads when a transfer
 //! starts and only trusts rounds sent after the transfer ends.

@@ -56,6 +56,16 @@ pub struct SimOptions {
     pub events: u64,
     /// Known bugs to re-introduce.
     pub bugs: InjectedBugs,
+    /// Host bug: after a pause, resume ticking without first delivering the
+    /// ticks that were missed (the host contract in `raft::read_index`).
+    pub host_skips_tick_catch_up: bool,
+}
+
+impl SimOptions {
+    /// A correct run of `seed` with `events` fault-phase events.
+    pub fn new(seed: u64, events: u64) -> Self {
+        SimOptions { seed, events, bugs: InjectedBugs::default(), host_skips_tick_catch_up: false }
+    }
 }
 
 /// What a passing run did.
@@ -372,6 +382,7 @@ impl Simulation {
                     // anything else: its clock kept running while stopped.
                     node.tick_generation += 1;
                     let generation = node.tick_generation;
+                    let missed_ticks = if self.options.host_skips_tick_catch_up { 0 } else { missed_ticks };
                     for _ in 0..missed_ticks {
                         self.step(id, Event::Tick)?;
                     }

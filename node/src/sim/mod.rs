@@ -66,7 +66,11 @@ pub const BUG_SWITCHES: [(&str, BugSwitch); 5] = [
 /// The command that replays `options` exactly.
 pub fn replay_command(options: &SimOptions) -> String {
     let mut bugs = options.bugs;
-    let names: Vec<&str> = BUG_SWITCHES.iter().filter(|(_, field)| *field(&mut bugs)).map(|(name, _)| *name).collect();
+    let mut names: Vec<&str> =
+        BUG_SWITCHES.iter().filter(|(_, field)| *field(&mut bugs)).map(|(name, _)| *name).collect();
+    if options.host_skips_tick_catch_up {
+        names.push("host_skips_tick_catch_up");
+    }
     let bug_env = if names.is_empty() { String::new() } else { format!("SIM_BUGS={} ", names.join(",")) };
     format!(
         "{bug_env}SIM_SEED={} SIM_EVENTS={} cargo test -p dledger-node --release sim::tests::sweep -- --nocapture",
@@ -74,17 +78,22 @@ pub fn replay_command(options: &SimOptions) -> String {
     )
 }
 
-/// Bugs named in `SIM_BUGS` (comma-separated switch names), for replays.
-pub fn bugs_from_env() -> InjectedBugs {
-    let mut bugs = InjectedBugs::default();
+/// `template` with the bugs named in `SIM_BUGS` (comma-separated switch
+/// names, including `host_skips_tick_catch_up`) switched on, for replays.
+pub fn options_from_env(template: SimOptions) -> SimOptions {
+    let mut options = template;
     for name in std::env::var("SIM_BUGS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
+        if name == "host_skips_tick_catch_up" {
+            options.host_skips_tick_catch_up = true;
+            continue;
+        }
         let (_, field) = BUG_SWITCHES
             .iter()
             .find(|(known, _)| *known == name)
             .unwrap_or_else(|| panic!("unknown SIM_BUGS entry {name:?}"));
-        *field(&mut bugs) = true;
+        *field(&mut options.bugs) = true;
     }
-    bugs
+    options
 }
 
 /// Reads a `u64` from the environment.
@@ -93,7 +102,7 @@ pub fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Runs `seeds` on all cores; returns the first failure (lowest seed) found.
-pub fn run_seeds(seeds: &[u64], events: u64, bugs: InjectedBugs) -> Result<Vec<SimReport>, (SimOptions, Violation)> {
+pub fn run_seeds(seeds: &[u64], template: SimOptions) -> Result<Vec<SimReport>, (SimOptions, Violation)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);
@@ -107,7 +116,7 @@ pub fn run_seeds(seeds: &[u64], events: u64, bugs: InjectedBugs) -> Result<Vec<S
                 if k >= seeds.len() || !failures.lock().expect("no poison").is_empty() {
                     return;
                 }
-                let options = SimOptions { seed: seeds[k], events, bugs };
+                let options = SimOptions { seed: seeds[k], ..template };
                 match run_seed(options) {
                     Ok(report) => results.lock().expect("no poison").push(report),
                     Err(violation) => failures.lock().expect("no poison").push((options, violation)),
