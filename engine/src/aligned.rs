@@ -65,6 +65,15 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
+    /// `len` bytes from `at`, without forming a reference to the rest of the
+    /// buffer (which the kernel or an I/O thread may be reading).
+    pub fn range_mut(&mut self, at: usize, len: usize) -> &mut [u8] {
+        assert!(at.checked_add(len).is_some_and(|end| end <= self.len), "range {at}+{len} within {}", self.len);
+        // SAFETY: at..at+len is inside the allocation (asserted), and &mut self makes this the
+        // only Rust reference to those bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(at), len) }
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr is valid for len bytes and &mut self guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }

@@ -100,12 +100,12 @@ impl LogConfig {
             return bad("max_batch_bytes must fit in 32 bits".into());
         }
         if !self.segment_size_bytes.is_multiple_of(BLOCK_SIZE as u64)
-            || self.segment_size_bytes < (BLOCK_SIZE + self.max_batch_bytes) as u64
+            || self.segment_size_bytes < (2 * BLOCK_SIZE + self.max_batch_bytes) as u64
             || self.segment_size_bytes > u32::MAX as u64
         {
             return bad(format!(
-                "segment_size_bytes {} must be a multiple of {BLOCK_SIZE}, hold one header block plus one \
-                 batch ({} bytes), and be below 4 GiB",
+                "segment_size_bytes {} must be a multiple of {BLOCK_SIZE}, hold a header block, one \
+                 batch and a seal block ({} bytes), and be below 4 GiB",
                 self.segment_size_bytes, self.max_batch_bytes
             ));
         }

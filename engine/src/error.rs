@@ -50,6 +50,9 @@ pub enum Error {
     /// The caller asked for something the log's invariants forbid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Another process (or another `Log` in this one) has the directory open.
+    #[error("log directory {dir} is in use by another process (its LOCK file is held)")]
+    Locked { dir: PathBuf },
     /// A forced backend cannot be used here.
     #[error("backend {backend} unavailable in {path}: {reason}")]
     BackendUnavailable { backend: &'static str, path: PathBuf, reason: String },

@@ -6,7 +6,7 @@
 //! ```text
 //! +-------------------- batch header, 32 bytes ---------------------+
 //! | magic u32 | header_crc u32 | first_index u64 | entry_count u32  |
-//! | body_len u32 | reserved u64 (zero)                              |
+//! | body_len u32 | flags u32 | reserved u32 (zero)                 |
 //! +-------------------- entry, 24 + len bytes (repeated) -----------+
 //! | crc u32 | len u32 | index u64 | term u64 | payload [len]        |
 //! +-------------------- zero padding to the block boundary ---------+
@@ -17,6 +17,9 @@
 //! (or zero fill) never verify: `header_crc` covers bytes 8..32 of the header,
 //! an entry's `crc` covers bytes 4..24 of its header and its payload.
 //!
+//! Flags: [`FLAG_SEAL`] marks the last batch of a segment (no entries): the
+//! segment ends there, whatever bytes follow (a recycled file's old contents).
+//!
 //! Invariants checked on decode: entry indexes run `first_index,
 //! first_index+1, …` with no gap; `body_len` is exactly the sum of the entry
 //! sizes; a batch never extends past its segment.
@@ -25,6 +28,9 @@
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"DLB1");
 pub const BATCH_HEADER_SIZE: usize = 32;
 pub const ENTRY_HEADER_SIZE: usize = 24;
+/// The batch ends its segment; it carries no entries.
+pub const FLAG_SEAL: u32 = 1;
+const KNOWN_FLAGS: u32 = FLAG_SEAL;
 
 /// Starts a CRC32C that is specific to one segment.
 pub fn salted(salt: u64) -> u32 {
@@ -37,16 +43,22 @@ pub struct BatchHeader {
     pub first_index: u64,
     pub entry_count: u32,
     pub body_len: u32,
+    pub flags: u32,
 }
 
 impl BatchHeader {
+    pub fn is_seal(&self) -> bool {
+        self.flags & FLAG_SEAL != 0
+    }
+
     /// Writes the header, checksum included, into `out[..BATCH_HEADER_SIZE]`.
     pub fn encode(&self, salt: u64, out: &mut [u8]) {
         out[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
         out[8..16].copy_from_slice(&self.first_index.to_le_bytes());
         out[16..20].copy_from_slice(&self.entry_count.to_le_bytes());
         out[20..24].copy_from_slice(&self.body_len.to_le_bytes());
-        out[24..32].fill(0);
+        out[24..28].copy_from_slice(&self.flags.to_le_bytes());
+        out[28..32].fill(0);
         let crc = crc32c::crc32c_append(salted(salt), &out[8..32]);
         out[4..8].copy_from_slice(&crc.to_le_bytes());
     }
@@ -60,11 +72,14 @@ impl BatchHeader {
         if crc != read_u32(bytes, 4) {
             return None;
         }
-        Some(BatchHeader {
+        let h = BatchHeader {
             first_index: read_u64(bytes, 8),
             entry_count: read_u32(bytes, 16),
             body_len: read_u32(bytes, 20),
-        })
+            flags: read_u32(bytes, 24),
+        };
+        let sane = h.flags & !KNOWN_FLAGS == 0 && (!h.is_seal() || h.entry_count == 0);
+        sane.then_some(h)
     }
 
     /// Bytes from the header's start to the end of its last entry (no padding).
@@ -168,7 +183,7 @@ mod tests {
             encode_entry(salt, first + i as u64, 7, p, &mut out[pos..pos + n]);
             pos += n;
         }
-        let h = BatchHeader { first_index: first, entry_count: payloads.len() as u32, body_len: body as u32 };
+        let h = BatchHeader { first_index: first, entry_count: payloads.len() as u32, body_len: body as u32, flags: 0 };
         h.encode(salt, &mut out);
         out
     }

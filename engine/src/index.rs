@@ -40,7 +40,10 @@ pub struct SegmentIndex {
     /// Unique for the life of the open log (names can repeat after truncation).
     pub id: u64,
     pub first_index: u64,
+    /// The segment's name (it may not exist yet: see `unnamed_spare`).
     pub path: PathBuf,
+    /// Where the file still lies as a spare, until its first batch is submitted.
+    pub unnamed_spare: Option<PathBuf>,
     pub file: File,
     pub header: SegmentHeader,
     pub entries: Vec<EntryLoc>,

@@ -43,14 +43,14 @@ use bytes::Bytes;
 
 use crate::aligned::{align_down, align_up, AlignedBuf, BLOCK_SIZE};
 use crate::config::{BackendChoice, LogConfig};
-use crate::frame::{decode_entry, encode_entry, BatchHeader, BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE};
+use crate::frame::{decode_entry, encode_entry, BatchHeader, BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE, FLAG_SEAL};
 use crate::index::{BatchLoc, EntryLoc, SegmentIndex, TermRuns, NOT_IN_RING};
 use crate::io::portable::PortableBackend;
 use crate::io::uring::UringBackend;
 use crate::io::{Backend, BackendKind, WriteReq};
 use crate::meta::{Meta, MetaStore};
 use crate::recovery::{scan_segment, SegmentImage};
-use crate::segment::{self, activate_spare, open_file, parse_segment_file_name, SegmentHeader, SpareMaker};
+use crate::segment::{self, open_file, parse_segment_file_name, SegmentHeader, SpareMaker};
 use crate::{Error, Result};
 
 /// One entry read back from the log.
@@ -74,6 +74,8 @@ struct PendingBatch {
     body_len: u32,
     /// Largest `BATCH_HEADER_SIZE + body_len` this batch may reach.
     capacity: usize,
+    /// The seal batch that ends its segment.
+    seal: bool,
 }
 
 impl PendingBatch {
@@ -125,6 +127,8 @@ pub struct Log {
     next_segment_id: u64,
     fatal: Option<(&'static str, PathBuf, i32)>,
     recovery: RecoveryReport,
+    /// Held for the life of the log: one process per directory.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Log {
@@ -191,6 +195,7 @@ impl Log {
             }
         };
         tracing::info!(dir = %dir.display(), backend = %backend.kind(), direct, "opening log");
+        let lock = lock_dir(&dir)?;
         let meta = MetaStore::open(&dir)?;
         remove_leftover_spares(&dir)?;
         let spares = SpareMaker::start(dir.clone(), cfg.segment_size_bytes, direct, cfg.faults.clone());
@@ -216,6 +221,7 @@ impl Log {
             next_segment_id: 0,
             fatal: None,
             recovery: RecoveryReport::default(),
+            _lock: lock,
         };
         log.recover()?;
         Ok(log)
@@ -283,6 +289,7 @@ impl Log {
                 id,
                 first_index: first,
                 path: path.clone(),
+                unnamed_spare: None,
                 file,
                 header,
                 entries: Vec::new(),
@@ -301,6 +308,9 @@ impl Log {
                 }
                 seg.truncate(from);
                 terms.truncate(from);
+                if kept.header.is_seal() {
+                    return;
+                }
                 seg.batches.push(BatchLoc {
                     first_index: from,
                     file_offset: kept.offset as u32,
@@ -313,8 +323,30 @@ impl Log {
                 }
             })?;
             seg.write_offset = end.end_offset;
+            seg.sealed = end.sealed;
             self.recovery.cut_torn_tail |= end.cut;
             self.segments.push_back(seg);
+        }
+        // A trailing segment without a single batch holds nothing durable: it was named
+        // and then its first batch was torn (or, after a truncation, never written).
+        while self.segments.back().is_some_and(|s| s.batches.is_empty() && !s.sealed) {
+            let s = self.segments.pop_back().expect("checked");
+            tracing::warn!(segment = %s.path.display(), "removing empty trailing segment");
+            std::fs::remove_file(&s.path).map_err(|e| Error::io("remove empty segment", &s.path, e))?;
+        }
+        // Segments before the last are sealed whether or not they end with a seal batch.
+        let n = self.segments.len();
+        for s in self.segments.iter_mut().take(n.saturating_sub(1)) {
+            s.sealed = true;
+        }
+        // What recovery found must be on disk before it is reported durable: a batch
+        // written but not synced before a crash (or a failed sync) may sit in a cache.
+        if let Some(last) = self.segments.back() {
+            last.file.sync_data().map_err(|e| Error::io("fsync last segment", &last.path, e))?;
+        }
+        segment::sync_dir(&dir)?;
+        if self.segments.is_empty() {
+            self.first_index = expected_next;
         }
         self.next_index = expected_next;
         self.durable_index = expected_next - 1;
@@ -384,7 +416,11 @@ impl Log {
 
     /// Durably replaces the metadata record (atomic: old or new survives a crash).
     pub fn save_meta(&mut self, m: &Meta) -> Result<()> {
-        self.meta.save(m)
+        self.check_writable()?;
+        match self.meta.save(m) {
+            Err(Error::Fatal { op, path, source }) => Err(self.make_fatal(op, path, source)),
+            r => r,
+        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -427,7 +463,7 @@ impl Log {
         let seg = self.segments.back_mut().expect("a filling batch has a segment");
         debug_assert_eq!(seg.id, b.segment_id);
         let at = (b.ring_lpos % self.cfg.ring_size_bytes as u64) as usize + b.unpadded();
-        encode_entry(seg.header.salt, index, term, payload, &mut self.ring.as_mut_slice()[at..at + need]);
+        encode_entry(seg.header.salt, index, term, payload, self.ring.range_mut(at, need));
         seg.entries.push(EntryLoc {
             offset: (b.file_offset as usize + b.unpadded()) as u32,
             payload_len: payload.len() as u32,
@@ -439,29 +475,44 @@ impl Log {
         Ok(index)
     }
 
-    /// Starts the filling batch at `next_index`, with room for at least `need` bytes of entries.
-    fn start_batch(&mut self, need: usize) -> Result<()> {
-        debug_assert!(self.filling.is_none());
+    /// Reserves `len` contiguous ring bytes for a new batch without moving `ring_head`;
+    /// fails with `Backpressure` when that would reach a batch not yet durable.
+    fn reserve_ring(&self, len: u64) -> Result<u64> {
         let ring_size = self.cfg.ring_size_bytes as u64;
-        let max_batch = self.cfg.max_batch_bytes as u64;
         let mut lpos = self.ring_head;
         let phys = lpos % ring_size;
-        if ring_size - phys < max_batch {
+        if ring_size - phys < len {
             lpos += ring_size - phys;
         }
         let oldest = self.in_flight.iter().chain(self.queued.iter()).map(|b| b.ring_lpos).min().unwrap_or(lpos);
-        if lpos + max_batch - oldest > ring_size {
+        if lpos + len - oldest > ring_size {
             return Err(Error::Backpressure { pending_bytes: self.ring_head - oldest });
         }
-        let needed_bytes = (align_up(BATCH_HEADER_SIZE + need)) as u64;
-        let has_room =
-            self.segments.back().is_some_and(|s| !s.sealed && s.write_offset + needed_bytes <= s.header.size_bytes);
+        Ok(lpos)
+    }
+
+    /// Marks ring bytes below a new reservation's reach as overwritten for reads.
+    fn claim_ring(&mut self, lpos: u64, len: u64) {
+        self.ring_low = self.ring_low.max((lpos + len).saturating_sub(self.cfg.ring_size_bytes as u64));
+    }
+
+    /// Starts the filling batch at `next_index`, with room for at least `need` bytes of entries.
+    fn start_batch(&mut self, need: usize) -> Result<()> {
+        debug_assert!(self.filling.is_none());
+        let max_batch = self.cfg.max_batch_bytes as u64;
+        let needed_bytes = align_up(BATCH_HEADER_SIZE + need) as u64;
+        // Every segment keeps its last block for the seal batch.
+        let has_room = self
+            .segments
+            .back()
+            .is_some_and(|s| !s.sealed && s.write_offset + needed_bytes + BLOCK_SIZE as u64 <= s.header.size_bytes);
         if !has_room {
             self.roll()?;
         }
-        self.ring_low = self.ring_low.max((lpos + max_batch).saturating_sub(ring_size));
+        let lpos = self.reserve_ring(max_batch)?;
+        self.claim_ring(lpos, max_batch);
         let seg = self.segments.back_mut().expect("rolled");
-        let capacity = (seg.header.size_bytes - seg.write_offset).min(max_batch) as usize;
+        let capacity = (seg.header.size_bytes - BLOCK_SIZE as u64 - seg.write_offset).min(max_batch) as usize;
         let token = self.next_token;
         self.next_token += 1;
         let batch = PendingBatch {
@@ -473,6 +524,7 @@ impl Log {
             entry_count: 0,
             body_len: 0,
             capacity,
+            seal: false,
         };
         seg.batches.push(BatchLoc {
             first_index: self.next_index,
@@ -485,19 +537,48 @@ impl Log {
         Ok(())
     }
 
-    /// Seals the active segment and opens a spare named for `next_index`.
+    /// Seals the active segment with a seal batch and opens a spare for `next_index`.
+    ///
+    /// The spare is renamed to its segment name only when its first batch is
+    /// submitted ([`Log::flush`]), that is after every batch of the segment before
+    /// it, seal included, is durable: so a crash never leaves a named segment
+    /// after one whose tail was not yet written.
     fn roll(&mut self) -> Result<()> {
+        let seal_at = match self.segments.back() {
+            Some(s) if !s.sealed => Some(self.reserve_ring(BLOCK_SIZE as u64)?),
+            _ => None,
+        };
+        let spare = self.spares.take()?;
+        if let (Some(lpos), Some(seg)) = (seal_at, self.segments.back_mut()) {
+            assert!(seg.write_offset + BLOCK_SIZE as u64 <= seg.header.size_bytes, "seal block reserved");
+            let token = self.next_token;
+            self.next_token += 1;
+            let seal = PendingBatch {
+                token,
+                segment_id: seg.id,
+                file_offset: seg.write_offset,
+                ring_lpos: lpos,
+                first_index: self.next_index,
+                entry_count: 0,
+                body_len: 0,
+                capacity: BLOCK_SIZE,
+                seal: true,
+            };
+            self.claim_ring(lpos, BLOCK_SIZE as u64);
+            self.ring_head = lpos;
+            self.filling = Some(seal);
+            self.close_filling();
+        }
         if let Some(s) = self.segments.back_mut() {
             s.sealed = true;
         }
-        let spare = self.spares.take()?;
-        let path = activate_spare(&self.cfg.dir, &spare, self.next_index)?;
         let id = self.next_segment_id;
         self.next_segment_id += 1;
         self.segments.push_back(SegmentIndex {
             id,
             first_index: self.next_index,
-            path,
+            path: self.cfg.dir.join(segment::segment_file_name(self.next_index)),
+            unnamed_spare: Some(spare.path),
             file: spare.file,
             header: spare.header,
             entries: Vec::new(),
@@ -513,10 +594,12 @@ impl Log {
         let Some(b) = self.filling.take() else { return };
         let at = (b.ring_lpos % self.cfg.ring_size_bytes as u64) as usize;
         let seg = self.segments.iter_mut().rev().find(|s| s.id == b.segment_id).expect("segment of a pending batch");
-        let ring = self.ring.as_mut_slice();
-        ring[at + b.unpadded()..at + b.padded()].fill(0);
-        let header = BatchHeader { first_index: b.first_index, entry_count: b.entry_count, body_len: b.body_len };
-        header.encode(seg.header.salt, &mut ring[at..at + BATCH_HEADER_SIZE]);
+        let batch = self.ring.range_mut(at, b.padded());
+        batch[b.unpadded()..].fill(0);
+        let flags = if b.seal { FLAG_SEAL } else { 0 };
+        let header =
+            BatchHeader { first_index: b.first_index, entry_count: b.entry_count, body_len: b.body_len, flags };
+        header.encode(seg.header.salt, &mut batch[..BATCH_HEADER_SIZE]);
         seg.write_offset = b.file_offset + b.padded() as u64;
         assert!(seg.write_offset <= seg.header.size_bytes, "batch overruns its segment");
         self.ring_head = b.ring_lpos + b.padded() as u64;
@@ -537,24 +620,39 @@ impl Log {
             self.close_filling();
         }
         let Some(b) = self.queued.pop_front() else { return Ok(()) };
-        let seg = self.segments.iter().rev().find(|s| s.id == b.segment_id).expect("segment of a queued batch");
+        let seg = self.segments.iter_mut().rev().find(|s| s.id == b.segment_id).expect("segment of a queued batch");
+        if let Some(spare_path) = seg.unnamed_spare.take() {
+            // Everything before this batch is durable (one batch in flight, FIFO): name the segment now.
+            let path = seg.path.clone();
+            let named =
+                std::fs::rename(&spare_path, &path).map_err(|e| ("rename spare to segment", e)).and_then(|()| {
+                    segment::sync_dir(&self.cfg.dir).map_err(|e| ("fsync log directory", std::io::Error::other(e)))
+                });
+            if let Err((op, e)) = named {
+                self.queued.push_front(b);
+                return Err(self.make_fatal(op, path, e));
+            }
+        }
+        let fd = seg.file.as_raw_fd();
+        let path = seg.path.clone();
         let phys = (b.ring_lpos % self.cfg.ring_size_bytes as u64) as usize;
+        assert!(phys + b.padded() <= self.ring.len(), "a batch never wraps the ring");
         let req = WriteReq {
             token: b.token,
-            fd: seg.file.as_raw_fd(),
-            // SAFETY (pointer arithmetic): phys + padded <= ring len, checked when the batch started.
-            buf: self.ring.as_slice()[phys..phys + b.padded()].as_ptr(),
+            fd,
+            // The pointer is derived from the ring's base without forming a reference.
+            buf: self.ring.as_ptr().wrapping_add(phys),
             len: b.padded(),
             offset: b.file_offset,
         };
-        // SAFETY: the ring region of an in-flight batch is never written (start_batch keeps
+        // SAFETY: the ring region of an in-flight batch is never written (reserve_ring keeps
         // new batches at least ring_size away from the oldest unwritten one), the ring and the
         // segment file outlive the request (truncate and purge wait for or skip in-flight
         // batches, and the backend drops first), and only one request is in flight.
         let r = unsafe { self.backend.submit(req) };
         if let Err(e) = r {
             self.queued.push_front(b);
-            return Err(self.make_fatal("submit write", seg.path.clone(), e));
+            return Err(self.make_fatal("submit write", path, e));
         }
         self.in_flight = Some(b);
         Ok(())
@@ -684,7 +782,9 @@ impl Log {
                 let first = seg.entries[(index - seg.first_index) as usize];
                 let mut last = index;
                 let mut span = first.payload_len as usize;
-                while last + 1 < seg_hi && bytes + span < max_bytes.max(1) {
+                // One read covers entries up to max_bytes (or a batch's worth when unlimited).
+                let budget = if max_bytes == 0 { self.cfg.max_batch_bytes } else { max_bytes.saturating_sub(bytes) };
+                while last + 1 < seg_hi && span < budget {
                     let next = seg.entries[(last + 1 - seg.first_index) as usize];
                     span += next.payload_len as usize;
                     last += 1;
@@ -738,9 +838,13 @@ impl Log {
         self.sync_all()?;
         // Delete whole segments past the cut, newest first.
         let mut deleted = false;
-        while self.segments.back().is_some_and(|s| s.first_index >= from_index) {
-            let s = self.segments.pop_back().expect("checked");
-            self.delete_segment(&s)?;
+        while let Some(s) = self.segments.back().filter(|s| s.first_index >= from_index) {
+            let (fd, path, first) = (s.file.as_raw_fd(), s.path.clone(), s.first_index);
+            // Delete, then forget: after a failure the memory still matches the disk.
+            self.delete_segment(fd, &path)?;
+            self.segments.pop_back();
+            self.forget_from(first);
+            self.durable_index = self.durable_index.min(first - 1);
             deleted = true;
         }
         if deleted {
@@ -756,9 +860,9 @@ impl Log {
     }
 
     /// Removes a segment's file; the caller syncs the directory.
-    fn delete_segment(&mut self, s: &SegmentIndex) -> Result<()> {
-        self.backend.forget_file(s.file.as_raw_fd()).map_err(|e| Error::io("unregister segment", &s.path, e))?;
-        std::fs::remove_file(&s.path).map_err(|e| Error::io("delete segment", &s.path, e))
+    fn delete_segment(&mut self, fd: RawFd, path: &Path) -> Result<()> {
+        self.backend.forget_file(fd).map_err(|e| Error::io("unregister segment", path, e))?;
+        std::fs::remove_file(path).map_err(|e| Error::io("delete segment", path, e))
     }
 
     /// Drops whole sealed, durable segments whose entries are all at or below `up_to_index`.
@@ -775,14 +879,15 @@ impl Log {
             if !durable_and_sealed || !pred(s, total) {
                 break;
             }
-            let s = self.segments.pop_front().expect("checked");
-            total -= s.header.size_bytes;
-            self.delete_segment(&s)?;
+            let (fd, path, size) = (s.file.as_raw_fd(), s.path.clone(), s.header.size_bytes);
+            self.delete_segment(fd, &path)?;
+            self.segments.pop_front();
+            total -= size;
             deleted = true;
             self.first_index = self.segments.front().map_or(self.next_index, |n| n.first_index);
+            self.terms.purge(self.first_index);
         }
         if deleted {
-            self.terms.purge(self.first_index);
             segment::sync_dir(&self.cfg.dir)?;
         }
         Ok(self.first_index)
@@ -829,6 +934,26 @@ impl Drop for Log {
             let _ = self.complete(c);
         }
     }
+}
+
+/// Takes the directory's exclusive lock (`LOCK`), failing at once if another log holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    // SAFETY: flock on an fd we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked { dir: dir.to_path_buf() });
+        }
+        return Err(Error::io("lock log directory", &path, e));
+    }
+    Ok(f)
 }
 
 /// Removes spares of an earlier run (possibly half-filled) before the maker starts new ones.

@@ -85,6 +85,8 @@ impl MetaStore {
         let n = file.read_at(&mut buf, 0).map_err(|e| Error::io("read metadata", &path, e))?;
         buf.truncate(n);
         buf.resize(2 * SLOT_SIZE, 0);
+        // A record written but not synced before a crash must not be trusted unless it is on disk.
+        file.sync_data().map_err(|e| Error::io("fsync metadata", &path, e))?;
         let best = buf.chunks(SLOT_SIZE).filter_map(decode).max_by_key(|(seq, _)| *seq);
         let (seq, current) = best.unwrap_or_default();
         Ok(MetaStore { path, file, seq, current })

@@ -24,6 +24,10 @@
 //! and is cut; anything else bad was durable once and is reported, with the
 //! segment, offset and next entry index, and nothing is truncated.
 //!
+//! A seal batch ends a segment: the scan stops there, so bytes after it (a
+//! torn batch cut earlier and never overwritten, or a recycled file's old
+//! contents) are never read as log.
+//!
 //! A limit stated plainly: a durable last batch whose bytes later rot is
 //! indistinguishable from a torn write and is cut; Raft repairs it from peers.
 
@@ -144,6 +148,8 @@ pub struct ScanEnd {
     pub end_offset: u64,
     /// True when a torn tail was cut at `end_offset`.
     pub cut: bool,
+    /// True when the segment ended at its seal batch.
+    pub sealed: bool,
 }
 
 /// One segment's bytes and what recovery knows about it.
@@ -196,11 +202,15 @@ pub fn scan_segment(
                 keep(KeptBatch { offset: pos as u64, header: h, entries: &views });
                 *expected_next = h.first_index + h.entry_count as u64;
                 pos += align_up(h.unpadded_len());
+                if h.is_seal() {
+                    // Whatever follows a seal (zero fill, or a recycled file's old bytes) is not log.
+                    return Ok(ScanEnd { end_offset: pos as u64, cut: false, sealed: true });
+                }
             }
-            Action::End => return Ok(ScanEnd { end_offset: pos as u64, cut: false }),
+            Action::End => return Ok(ScanEnd { end_offset: pos as u64, cut: false, sealed: false }),
             Action::CutTail => {
                 tracing::warn!(segment = %path.display(), offset = pos, next_index = *expected_next, "cut torn tail");
-                return Ok(ScanEnd { end_offset: pos as u64, cut: true });
+                return Ok(ScanEnd { end_offset: pos as u64, cut: true, sealed: false });
             }
             Action::Refuse(reason) => {
                 return Err(Error::Corrupt {
@@ -212,7 +222,7 @@ pub fn scan_segment(
             }
         }
     }
-    Ok(ScanEnd { end_offset: pos as u64, cut: false })
+    Ok(ScanEnd { end_offset: pos as u64, cut: false, sealed: false })
 }
 
 #[cfg(test)]

@@ -150,14 +150,6 @@ pub fn make_spare(dir: &Path, seq: u64, size_bytes: u64, direct: bool, faults: &
     result
 }
 
-/// Renames a spare to its segment name and makes the name durable.
-pub fn activate_spare(dir: &Path, spare: &Spare, first_index: u64) -> Result<PathBuf> {
-    let path = dir.join(segment_file_name(first_index));
-    std::fs::rename(&spare.path, &path).map_err(|e| Error::io("rename spare to segment", &path, e))?;
-    sync_dir(dir)?;
-    Ok(path)
-}
-
 /// Keeps one spare segment ready on a background thread.
 ///
 /// `take` hands over the ready spare (waiting for it only if the thread has not

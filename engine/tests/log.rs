@@ -38,12 +38,11 @@ fn payload(i: u64) -> Vec<u8> {
 
 fn append_durable(log: &mut Log, term: u64, range: std::ops::Range<u64>) {
     for i in range {
-        let got = match log.append(term, &payload(i)) {
-            Err(Error::Backpressure { .. }) => {
-                log.wait_durable(log.durable_index() + 1).unwrap();
-                log.append(term, &payload(i))
+        let got = loop {
+            match log.append(term, &payload(i)) {
+                Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
+                r => break r,
             }
-            r => r,
         };
         assert_eq!(got.unwrap(), i);
     }
@@ -111,7 +110,146 @@ per_backend!(
     backpressure_when_ring_is_full,
     metadata_survives_reopen,
     bad_arguments_are_errors,
+    empty_trailing_segment_is_removed,
+    crash_after_truncating_into_a_sealed_segment,
+    torn_bytes_left_behind_never_break_a_sealed_segment,
+    batch_that_skips_an_index_refuses,
+    zero_block_before_valid_batches_refuses,
+    second_open_of_a_directory_is_refused,
 );
+
+/// Offsets of the batch headers in a segment image (by magic), in order.
+fn batch_offsets(img: &[u8]) -> Vec<usize> {
+    (BLOCK_SIZE..img.len()).step_by(BLOCK_SIZE).filter(|&p| img[p..p + 4] == *b"DLB1").collect()
+}
+
+fn empty_trailing_segment_is_removed(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..300);
+    let segs = log.segment_paths();
+    let last = segs.last().unwrap().clone();
+    let first_of_last = log.read(log.last_index()).unwrap().index;
+    drop(log);
+    // As if the last segment was named but its first batch was torn: nothing in it is valid.
+    let mut img = segment_bytes(&last);
+    img[BLOCK_SIZE..].iter_mut().for_each(|x| *x = 0);
+    std::fs::write(&last, &img).unwrap();
+    let mut log = reopen(dir.path(), b).unwrap();
+    assert!(!last.exists(), "the empty trailing segment is removed");
+    assert_eq!(log.segment_paths().len(), segs.len() - 1);
+    assert!(log.last_index() < first_of_last);
+    let l = log.last_index();
+    check_entries(&log, 1..l + 1, 1);
+    append_durable(&mut log, 1, l + 1..l + 200);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    check_entries(&log, 1..l + 200, 1);
+}
+
+fn crash_after_truncating_into_a_sealed_segment(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..300);
+    let first_seg_end = {
+        let segs = log.segment_paths();
+        let second = segs[1].file_name().unwrap().to_string_lossy().into_owned();
+        second.trim_end_matches(".seg").parse::<u64>().unwrap()
+    };
+    assert!(first_seg_end > 21);
+    log.truncate_suffix(20).unwrap();
+    append_durable(&mut log, 2, 20..25);
+    let c = last_segment(&log);
+    assert!(c.ends_with(format!("{:020}.seg", 20)), "a new segment named for the cut: {c:?}");
+    drop(log);
+    // Crash before C's first batch reached the disk.
+    let mut img = segment_bytes(&c);
+    img[BLOCK_SIZE..2 * BLOCK_SIZE].iter_mut().for_each(|x| *x = 0xEE);
+    std::fs::write(&c, &img).unwrap();
+    let mut log = reopen(dir.path(), b).unwrap();
+    // The truncation was not durable: the first segment's entries are back, whole.
+    assert_eq!(log.last_index(), first_seg_end - 1);
+    check_entries(&log, 1..first_seg_end, 1);
+    let l = log.last_index();
+    append_durable(&mut log, 3, l + 1..l + 10);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    check_entries(&log, 1..first_seg_end, 1);
+    check_entries(&log, l + 1..l + 10, 3);
+}
+
+fn torn_bytes_left_behind_never_break_a_sealed_segment(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..10);
+    let a = last_segment(&log);
+    drop(log);
+    // A large batch torn after its first blocks: garbage over most of the segment.
+    let mut img = segment_bytes(&a);
+    let end = *batch_offsets(&img).last().unwrap() + BLOCK_SIZE;
+    let stop = img.len() - BLOCK_SIZE;
+    img[end..stop].iter_mut().enumerate().for_each(|(k, x)| *x = (k % 251) as u8 | 1);
+    std::fs::write(&a, &img).unwrap();
+    let mut log = reopen(dir.path(), b).unwrap();
+    assert!(log.recovery_report().cut_torn_tail);
+    // Small batches fill part of the garbage, then a roll seals the segment.
+    append_durable(&mut log, 1, 10..20);
+    let big = vec![1u8; 12 * 1024];
+    let mut i = 20;
+    while log.segment_paths().len() < 3 {
+        assert_eq!(log.append(1, &big).unwrap(), i);
+        log.wait_durable(i).unwrap();
+        i += 1;
+    }
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap_or_else(|e| panic!("reopen with old garbage after a seal: {e}"));
+    assert_eq!(log.last_index(), i - 1);
+    check_entries(&log, 1..20, 1);
+}
+
+fn batch_that_skips_an_index_refuses(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    for i in 1..=3u64 {
+        append_durable(&mut log, 1, i..i + 1);
+    }
+    let path = last_segment(&log);
+    drop(log);
+    let mut img = segment_bytes(&path);
+    let offs = batch_offsets(&img);
+    // Put batch 3 where batch 2 was: the log would jump from 1 to 3.
+    let third = img[offs[2]..offs[2] + BLOCK_SIZE].to_vec();
+    img[offs[1]..offs[1] + BLOCK_SIZE].copy_from_slice(&third);
+    std::fs::write(&path, &img).unwrap();
+    let err = reopen(dir.path(), b).unwrap_err();
+    assert!(err.to_string().contains("does not continue"), "{err}");
+    assert_eq!(segment_bytes(&path), img, "nothing truncated");
+}
+
+fn zero_block_before_valid_batches_refuses(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    for i in 1..=3u64 {
+        append_durable(&mut log, 1, i..i + 1);
+    }
+    let path = last_segment(&log);
+    drop(log);
+    let mut img = segment_bytes(&path);
+    let offs = batch_offsets(&img);
+    img[offs[1]..offs[1] + BLOCK_SIZE].iter_mut().for_each(|x| *x = 0);
+    std::fs::write(&path, &img).unwrap();
+    let err = reopen(dir.path(), b).unwrap_err();
+    assert!(err.to_string().contains("unwritten block followed by valid batches"), "{err}");
+}
+
+fn second_open_of_a_directory_is_refused(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(log) = open(dir.path(), b) else { return };
+    let err = reopen(dir.path(), b).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(log);
+    reopen(dir.path(), b).unwrap();
+}
 
 fn append_read_reopen_across_segments(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
@@ -269,14 +407,21 @@ fn corruption_in_sealed_segment_refuses(b: BackendChoice) {
     let segs = log.segment_paths();
     assert!(segs.len() >= 2);
     drop(log);
-    // Corrupt the last batch of the first (sealed) segment.
-    let mut img = segment_bytes(&segs[0]);
-    let last_used = (BLOCK_SIZE..img.len()).step_by(BLOCK_SIZE).rfind(|&p| img[p..p + 4] == *b"DLB1").unwrap();
-    img[last_used + 40] ^= 1;
-    std::fs::write(&segs[0], &img).unwrap();
-    let err = reopen(dir.path(), b).unwrap_err();
-    assert!(matches!(err, Error::Corrupt { ref segment, .. } if segment == &segs[0]), "{err}");
-    assert!(err.to_string().contains("sealed"), "{err}");
+    let original = segment_bytes(&segs[0]);
+    let offs = batch_offsets(&original);
+    // The sealed segment ends with its seal batch; the one before it carries entries.
+    let (last_data, seal) = (offs[offs.len() - 2], offs[offs.len() - 1]);
+    for (at, want) in
+        [(last_data + 40, "bad checksum followed by valid batches"), (seal + 8, "bad checksum in a sealed segment")]
+    {
+        let mut img = original.clone();
+        img[at] ^= 1;
+        std::fs::write(&segs[0], &img).unwrap();
+        let err = reopen(dir.path(), b).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { ref segment, .. } if segment == &segs[0]), "{err}");
+        assert!(err.to_string().contains(want), "flip at {at}: {err}");
+        assert_eq!(segment_bytes(&segs[0]), img, "nothing truncated");
+    }
 }
 
 fn stale_bytes_never_parse(b: BackendChoice) {
@@ -418,6 +563,7 @@ fn no_space_for_segment_is_not_fatal(b: BackendChoice) {
                 i += 1;
                 log.flush().unwrap();
             }
+            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
             Err(e) => break e,
         }
         assert!(i < 10_000, "the failure never surfaced");
@@ -425,7 +571,13 @@ fn no_space_for_segment_is_not_fatal(b: BackendChoice) {
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
     assert!(!err.is_fatal());
     // Space "returns": the next append gets a fresh spare.
-    assert_eq!(log.append(1, &payload(i)).unwrap(), i);
+    let got = loop {
+        match log.append(1, &payload(i)) {
+            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
+            r => break r.unwrap(),
+        }
+    };
+    assert_eq!(got, i);
     log.wait_durable(i).unwrap();
     check_entries(&log, 1..i + 1, 1);
 }

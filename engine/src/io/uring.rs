@@ -53,7 +53,11 @@ impl UringBackend {
     pub unsafe fn new(buf: *mut u8, len: usize, sync_mode: SyncMode, faults: Faults) -> io::Result<UringBackend> {
         let ring = IoUring::new(8)?;
         let eventfd = new_eventfd()?;
-        ring.submitter().register_eventfd(eventfd)?;
+        if let Err(e) = ring.submitter().register_eventfd(eventfd) {
+            // SAFETY: we own this fd and close it once.
+            unsafe { libc::close(eventfd) };
+            return Err(e);
+        }
         let iov = libc::iovec { iov_base: buf.cast(), iov_len: len };
         // SAFETY: the caller keeps the buffer alive for the backend's life, which
         // outlives the ring's registration (the ring is dropped with the backend).
@@ -158,6 +162,8 @@ impl Backend for UringBackend {
         self.in_flight = Some(InFlight { token: req.token, len: req.len, cqes_left, error: None });
         loop {
             match self.ring.submit() {
+                // The kernel may take fewer entries than queued; submit the rest.
+                Ok(_) if !self.ring.submission().is_empty() => continue,
                 Ok(_) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
