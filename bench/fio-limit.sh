@@ -8,7 +8,9 @@
 # engine-bench with one producer whose entries fill exactly one write of that
 # size, and prints both with the ratio. It adds the two figures the engine
 # issue sets targets for: 1 producer of 128 B entries (p99 against fio's 4 KiB
-# write+fdatasync) and 256 producers of 128 B entries (entries/s).
+# write+fdatasync) and 256 producers of 128 B entries (entries/s). The engine
+# runs with 1 GiB of size retention, as a deployment would, so purged segments
+# are recycled instead of new ones zero-filled.
 set -euo pipefail
 dir=./fio-limit-data
 seconds=5
@@ -46,7 +48,7 @@ print("%.2f %.0f %.0f %.0f" % (w["bw_bytes"] / 1e6, p(w["clat_ns"], "50.000000")
 }
 
 engine_run() { # producers entry_size -> "MB/s p50 p99 entries/s"
-  "$bench" --dir "$dir/engine" --producers "$1" --entry-size "$2" --seconds "$seconds" --warmup 1 --json |
+  "$bench" --dir "$dir/engine" --producers "$1" --entry-size "$2" --seconds "$seconds" --warmup 1 --retain-mib 1024 --json |
   python3 -c '
 import json, sys
 j = json.loads(sys.stdin.read())

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use dledger_engine::{Error, Log, LogConfig};
+use dledger_engine::{Error, Log, LogConfig, RetentionPolicy};
 use hdrhistogram::Histogram;
 
 /// One run's settings.
@@ -20,6 +20,9 @@ pub struct LoadSpec {
     pub entry_size_bytes: usize,
     pub duration: Duration,
     pub warmup: Duration,
+    /// Apply size retention (keep about this many bytes of segments) as the run goes,
+    /// as a deployment with retention does; purged segments are then recycled.
+    pub retain_bytes: Option<u64>,
 }
 
 /// One run's figures.
@@ -131,6 +134,10 @@ pub fn run(cfg: LogConfig, spec: &LoadSpec) -> Result<LoadReport, Error> {
             hist.saturating_record(now.duration_since(t).as_micros().max(1) as u64);
             entries += 1;
             waiting += 1;
+        }
+        if let Some(max) = spec.retain_bytes {
+            let policy = RetentionPolicy { max_age: None, max_total_bytes: Some(max) };
+            log.apply_retention(&policy, durable + 1)?;
         }
         if now >= end {
             break;

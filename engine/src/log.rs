@@ -880,8 +880,16 @@ impl Log {
                 break;
             }
             let (fd, path, size) = (s.file.as_raw_fd(), s.path.clone(), s.header.size_bytes);
-            self.delete_segment(fd, &path)?;
-            self.segments.pop_front();
+            self.backend.forget_file(fd).map_err(|e| Error::io("unregister segment", &path, e))?;
+            if size == self.cfg.segment_size_bytes {
+                let s = self.segments.pop_front().expect("checked");
+                if let Some((_, path)) = self.spares.recycle(s.file, s.path) {
+                    std::fs::remove_file(&path).map_err(|e| Error::io("delete segment", &path, e))?;
+                }
+            } else {
+                self.delete_segment(fd, &path)?;
+                self.segments.pop_front();
+            }
             total -= size;
             deleted = true;
             self.first_index = self.segments.front().map_or(self.next_index, |n| n.first_index);
@@ -901,16 +909,20 @@ impl Log {
             if s.end_index() > floor_index {
                 return false;
             }
-            let modified_ms = s
-                .file
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(s.header.created_unix_ms, |d| d.as_millis() as u64);
-            let too_old = policy.max_age.is_some_and(|a| now.saturating_sub(modified_ms) > a.as_millis() as u64);
             let too_big = policy.max_total_bytes.is_some_and(|m| total > m);
-            too_old || too_big
+            if too_big {
+                return true;
+            }
+            policy.max_age.is_some_and(|age| {
+                let modified_ms = s
+                    .file
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(s.header.created_unix_ms, |d| d.as_millis() as u64);
+                now.saturating_sub(modified_ms) > age.as_millis() as u64
+            })
         })
     }
 

@@ -9,6 +9,10 @@
 //! final name and syncs the directory before any batch is written into it, so
 //! a segment's name is durable before its data.
 //!
+//! Purged segments are recycled into spares (renamed, re-salted, no refill)
+//! while fewer than two spares are ready or coming, so that at steady state,
+//! with retention, every byte is written once.
+//!
 //! The header carries the salt; because every checksum is seeded with it,
 //! bytes from a deleted file whose blocks were reused, or from the zero fill,
 //! never parse as an entry.
@@ -150,30 +154,84 @@ pub fn make_spare(dir: &Path, seq: u64, size_bytes: u64, direct: bool, faults: &
     result
 }
 
-/// Keeps one spare segment ready on a background thread.
+/// Turns a purged segment into a spare: rename it, give it a fresh salt, sync.
 ///
-/// `take` hands over the ready spare (waiting for it only if the thread has not
-/// finished, which means the disk cannot keep up with the append rate) and
-/// immediately asks for the next one.
+/// Its blocks are already written, so (unlike a new file) it needs no zero fill:
+/// the old batches never verify under the new salt, and the seal batch that
+/// every sealed segment ends with keeps recovery from reading past the new
+/// data. Falls back to a fresh spare if anything fails.
+pub fn recycle_spare(dir: &Path, seq: u64, old: File, old_path: &Path, direct: bool, faults: &Faults) -> Result<Spare> {
+    let path = dir.join(format!("spare-{seq}.tmp"));
+    let size_bytes = old.metadata().map_err(|e| Error::io("stat recycled segment", old_path, e))?.len();
+    let recycled = (|| -> Result<SegmentHeader> {
+        std::fs::rename(old_path, &path).map_err(|e| Error::io("rename segment to spare", &path, e))?;
+        sync_dir(dir)?;
+        let header = SegmentHeader { salt: fresh_salt(), size_bytes, created_unix_ms: now_unix_ms() };
+        let mut block = AlignedBuf::new(BLOCK_SIZE);
+        header.encode(block.as_mut_slice());
+        old.write_all_at(block.as_slice(), 0).map_err(|e| Error::io("write segment header", &path, e))?;
+        old.sync_data().map_err(|e| Error::io("fsync recycled segment", &path, e))?;
+        Ok(header)
+    })();
+    match recycled {
+        Ok(header) => Ok(Spare { path, file: old, header }),
+        Err(e) => {
+            tracing::warn!(error = %e, "recycling a segment failed; preparing a new one");
+            let _ = std::fs::remove_file(old_path);
+            let _ = std::fs::remove_file(&path);
+            drop(old);
+            make_spare(dir, seq, size_bytes, direct, faults)
+        }
+    }
+}
+
+/// Work for the spare thread.
+enum Job {
+    Fill,
+    Recycle(File, PathBuf),
+}
+
+/// At most this many spares are kept or in the making; more purged segments are deleted.
+const MAX_SPARES: usize = 2;
+
+/// Keeps a spare segment ready on a background thread, recycled from purged
+/// segments when there are any, else newly allocated and zero-filled.
+///
+/// `take` hands over the oldest ready spare (waiting only if none is ready,
+/// which means the disk cannot keep up with the append rate) and asks for the
+/// next one unless one is already coming.
 #[derive(Debug)]
 pub struct SpareMaker {
-    requests: Option<mpsc::Sender<u64>>,
+    requests: Option<mpsc::Sender<Job>>,
     ready: mpsc::Receiver<Result<Spare>>,
     worker: Option<thread::JoinHandle<()>>,
-    next_seq: u64,
-    outstanding: bool,
-    held: Option<Result<Spare>>,
+    /// Jobs sent whose results have not been received.
+    pending: usize,
+    held: std::collections::VecDeque<Result<Spare>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Fill => f.write_str("Fill"),
+            Job::Recycle(_, p) => write!(f, "Recycle({})", p.display()),
+        }
+    }
 }
 
 impl SpareMaker {
     pub fn start(dir: PathBuf, size_bytes: u64, direct: bool, faults: Faults) -> SpareMaker {
-        let (req_tx, req_rx) = mpsc::channel::<u64>();
+        let (req_tx, req_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let worker = thread::Builder::new()
             .name("dledger-prefill".into())
             .spawn(move || {
-                for seq in req_rx {
-                    if ready_tx.send(make_spare(&dir, seq, size_bytes, direct, &faults)).is_err() {
+                for (seq, job) in req_rx.into_iter().enumerate() {
+                    let spare = match job {
+                        Job::Fill => make_spare(&dir, seq as u64, size_bytes, direct, &faults),
+                        Job::Recycle(file, path) => recycle_spare(&dir, seq as u64, file, &path, direct, &faults),
+                    };
+                    if ready_tx.send(spare).is_err() {
                         break;
                     }
                 }
@@ -183,46 +241,75 @@ impl SpareMaker {
             requests: Some(req_tx),
             ready: ready_rx,
             worker: Some(worker),
-            next_seq: 0,
-            outstanding: false,
-            held: None,
+            pending: 0,
+            held: Default::default(),
         };
-        maker.request();
+        maker.send(Job::Fill);
         maker
     }
 
-    fn request(&mut self) {
-        if let Some(tx) = &self.requests {
-            if tx.send(self.next_seq).is_ok() {
-                self.next_seq += 1;
-                self.outstanding = true;
+    fn send(&mut self, job: Job) -> bool {
+        match &self.requests {
+            Some(tx) if tx.send(job).is_ok() => {
+                self.pending += 1;
+                true
             }
+            _ => false,
         }
     }
 
-    /// Blocks until the next spare is prepared (or its preparation failed).
+    fn drain(&mut self) {
+        while let Ok(r) = self.ready.try_recv() {
+            self.pending -= 1;
+            self.held.push_back(r);
+        }
+    }
+
+    /// Blocks until a spare is prepared (or its preparation failed).
     pub fn wait_ready(&mut self) {
-        if self.held.is_some() {
+        self.drain();
+        if !self.held.is_empty() {
             return;
         }
-        if !self.outstanding {
-            self.request();
+        if self.pending == 0 {
+            self.send(Job::Fill);
         }
         let r = self.ready.recv().unwrap_or_else(|_| Err(Error::InvalidArgument("prefill thread stopped".into())));
-        self.outstanding = false;
-        self.held = Some(r);
+        self.pending -= 1;
+        self.held.push_back(r);
     }
 
-    /// Returns the next spare and asks for another one.
+    /// Returns the next spare and makes sure another is coming.
     pub fn take(&mut self) -> Result<Spare> {
         self.wait_ready();
-        let r = self.held.take().expect("wait_ready holds a result");
+        let r = self.held.pop_front().expect("wait_ready holds a result");
         // After a failure (say a full disk) the next spare is asked for only when
         // needed, so that it is made after whatever freed the space.
-        if r.is_ok() {
-            self.request();
+        if r.is_ok() && self.held.is_empty() && self.pending == 0 {
+            self.send(Job::Fill);
         }
         r
+    }
+
+    /// Offers a purged segment for reuse. Returns it back when enough spares are
+    /// ready or coming; the caller then deletes it.
+    pub fn recycle(&mut self, file: File, path: PathBuf) -> Option<(File, PathBuf)> {
+        self.drain();
+        if self.held.len() + self.pending >= MAX_SPARES {
+            return Some((file, path));
+        }
+        let (tx_ok, back) = match &self.requests {
+            Some(tx) => match tx.send(Job::Recycle(file, path)) {
+                Ok(()) => (true, None),
+                Err(mpsc::SendError(Job::Recycle(f, p))) => (false, Some((f, p))),
+                Err(_) => (false, None),
+            },
+            None => return Some((file, path)),
+        };
+        if tx_ok {
+            self.pending += 1;
+        }
+        back
     }
 }
 
@@ -232,8 +319,8 @@ impl Drop for SpareMaker {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
-        // A spare left behind is removed at the next open.
-        if let Some(Ok(spare)) = self.held.take() {
+        // Spares left behind would be removed at the next open anyway.
+        for spare in self.held.drain(..).flatten() {
             let _ = std::fs::remove_file(&spare.path);
         }
         while let Ok(Ok(spare)) = self.ready.try_recv() {

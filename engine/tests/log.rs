@@ -116,7 +116,40 @@ per_backend!(
     batch_that_skips_an_index_refuses,
     zero_block_before_valid_batches_refuses,
     second_open_of_a_directory_is_refused,
+    purged_segments_are_recycled_and_their_old_bytes_ignored,
 );
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+fn purged_segments_are_recycled_and_their_old_bytes_ignored(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..400);
+    let before: Vec<(PathBuf, u64)> = log.segment_paths().iter().map(|p| (p.clone(), inode(p))).collect();
+    let first = log.purge_prefix(250).unwrap();
+    let purged: Vec<u64> =
+        before.iter().filter(|(p, _)| !log.segment_paths().contains(p)).map(|&(_, ino)| ino).collect();
+    assert!(!purged.is_empty(), "purged {purged:?}");
+    append_durable(&mut log, 2, 400..1200);
+    let reused = log.segment_paths().iter().filter(|p| purged.contains(&inode(p))).count();
+    assert!(reused >= 1, "a purged segment file came back as a new segment");
+    check_entries(&log, first..400, 1);
+    check_entries(&log, 400..1200, 2);
+    drop(log);
+    let mut log = reopen(dir.path(), b).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (first, 1199));
+    check_entries(&log, first..400, 1);
+    check_entries(&log, 400..1200, 2);
+    // Purge and append again, so recycled segments get sealed and recycled once more.
+    log.purge_prefix(1000).unwrap();
+    append_durable(&mut log, 3, 1200..2000);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    check_entries(&log, 1200..2000, 3);
+}
 
 /// Offsets of the batch headers in a segment image (by magic), in order.
 fn batch_offsets(img: &[u8]) -> Vec<usize> {

@@ -37,6 +37,10 @@ struct Args {
     /// Segment size in MiB.
     #[arg(long, default_value_t = 256)]
     segment_mib: u64,
+    /// Keep about this many MiB of segments, purging (and recycling) older ones as
+    /// a deployment with retention does; 0 keeps everything.
+    #[arg(long, default_value_t = 0)]
+    retain_mib: u64,
     /// Print one JSON object per run instead of a line of text.
     #[arg(long)]
     json: bool,
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
             entry_size_bytes: args.entry_size,
             duration: Duration::from_secs_f64(args.seconds),
             warmup: Duration::from_secs_f64(args.warmup),
+            retain_bytes: (args.retain_mib > 0).then_some(args.retain_mib << 20),
         };
         let result = run(cfg, &spec);
         let _ = std::fs::remove_dir_all(&dir);
