@@ -11,8 +11,8 @@
 //!    and changing drop/duplicate rates. Per seed, links are fast or slow
 //!    (delays up to 12 ticks) and disks fast or slow (up to 8 ticks).
 //! 2. *Heal*: every node restarted, every link healed, no drops, no more
-//!    crashes or clients. Within `LEADER_BOUND_TICKS` one leader must be
-//!    followed by all nodes; from then on the logs must keep moving (never
+//!    crashes or clients. Within `LEADER_BOUND_ELECTION_TIMEOUTS` maximum
+//!    election timeouts one leader must be followed by all nodes; from then on the logs must keep moving (never
 //!    stand still for `STALL_BOUND_TICKS`) until they are identical, fully
 //!    committed and durable, and every request to a live node is answered.
 //!
@@ -37,8 +37,9 @@ use crate::raft::{
 
 /// Simulated milliseconds per tick.
 pub const TICK_MS: u64 = 10;
-/// Ticks allowed, after the heal, for one leader to be followed by all nodes.
-pub const LEADER_BOUND_TICKS: u64 = 300;
+/// Ticks allowed, after the heal, for one leader to be followed by all
+/// nodes, in maximum election timeouts.
+pub const LEADER_BOUND_ELECTION_TIMEOUTS: u64 = 15;
 /// Once a leader is followed by all, the logs must keep making progress
 /// (some node's commit, durable or last index moves) at least this often
 /// until they converge. A backlog shipped through a tiny window over a slow
@@ -105,6 +106,9 @@ enum Action {
     Resume(NodeId, u32, u64),
     /// An event for a node that was paused when it arrived.
     Deferred(NodeId, u32, Event),
+    /// Crash this node if it is still leader of this term: short-lived
+    /// leaders leave the divergent, uncommitted tails of Figure 8 behind.
+    CrashLeader(NodeId, u64),
 }
 
 impl Action {
@@ -115,7 +119,7 @@ impl Action {
                 Some(*id)
             }
             Action::Deliver(message) => Some(message.to),
-            Action::Client | Action::Fault | Action::Restart(_) | Action::Resume(..) => None,
+            Action::Client | Action::Fault | Action::Restart(_) | Action::Resume(..) | Action::CrashLeader(..) => None,
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct Simulation {
     disk_latency_max_ms: u64,
     client_interval_max_ms: u64,
     fault_interval_max_ms: u64,
+    /// Chance that a newly elected leader crashes within a few ticks.
+    leader_crash_percent: u32,
     healing: bool,
     checkers: Checkers,
     next_request_id: RequestId,
@@ -201,10 +207,20 @@ impl Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let node_count = [1, 3, 3, 5, 5][rng.gen_range(0..5)];
         let voters: Vec<NodeId> = (1..=node_count as u64).collect();
+        // Mostly fast links and disks; some seeds have slow ones.
+        let max_delay_ms =
+            if rng.gen_bool(0.2) { rng.gen_range(1..=12 * TICK_MS) } else { rng.gen_range(1..=3 * TICK_MS) };
+        let disk_latency_max_ms =
+            if rng.gen_bool(0.2) { rng.gen_range(1..=8 * TICK_MS) } else { rng.gen_range(1..=2 * TICK_MS) };
+        // Raft's timing requirement (§5.6): broadcast time ≪ election timeout.
+        // A vote round trip is two message delays plus two metadata saves;
+        // the minimum election timeout is at least twice that.
+        let round_trip_ticks = (2 * max_delay_ms + 2 * disk_latency_max_ms).div_ceil(TICK_MS);
+        let election_timeout_min_ticks = (2 * round_trip_ticks).max(10);
         let check_quorum = rng.gen_bool(0.8);
         let config = Config {
-            election_timeout_min_ticks: 10,
-            election_timeout_max_ticks: 20,
+            election_timeout_min_ticks,
+            election_timeout_max_ticks: 2 * election_timeout_min_ticks,
             heartbeat_ticks: rng.gen_range(1..=3),
             max_inflight_entries: rng.gen_range(2..=32),
             max_inflight_bytes: rng.gen_range(256..=4096),
@@ -218,9 +234,7 @@ impl Simulation {
         let mut network = SimNetwork::default();
         network.drop_per_mille = rng.gen_range(0..100);
         network.duplicate_per_mille = rng.gen_range(0..50);
-        // Mostly fast links; some seeds have delays near an election timeout.
-        network.max_delay_ms =
-            if rng.gen_bool(0.2) { rng.gen_range(1..=12 * TICK_MS) } else { rng.gen_range(1..=3 * TICK_MS) };
+        network.max_delay_ms = max_delay_ms;
         let mut sim = Simulation {
             options,
             config,
@@ -231,13 +245,10 @@ impl Simulation {
             queue: BinaryHeap::new(),
             now_ms: 0,
             seq: 0,
-            disk_latency_max_ms: if rng.gen_bool(0.2) {
-                rng.gen_range(1..=8 * TICK_MS)
-            } else {
-                rng.gen_range(1..=2 * TICK_MS)
-            },
+            disk_latency_max_ms,
             client_interval_max_ms: rng.gen_range(2..=4 * TICK_MS),
             fault_interval_max_ms: rng.gen_range(5..=100) * TICK_MS,
+            leader_crash_percent: [0, 10, 30][rng.gen_range(0..3)],
             healing: false,
             checkers: Checkers::default(),
             next_request_id: 1,
@@ -266,6 +277,11 @@ impl Simulation {
         let fault_at = sim.rng.gen_range(1..=sim.fault_interval_max_ms);
         sim.schedule(fault_at, Action::Fault);
         sim
+    }
+
+    /// The Raft configuration this seed chose.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Runs both phases; the first violation ends the run.
@@ -300,7 +316,7 @@ impl Simulation {
             let late = if leader_found {
                 stalled_ticks > STALL_BOUND_TICKS || elapsed_ticks > CONVERGENCE_BOUND_TICKS
             } else {
-                elapsed_ticks > LEADER_BOUND_TICKS
+                elapsed_ticks > LEADER_BOUND_ELECTION_TIMEOUTS * self.config.election_timeout_max_ticks
             };
             if late && self.logs_converged() {
                 return Err(Violation {
@@ -313,6 +329,10 @@ impl Simulation {
             }
             if late {
                 if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!(
+                        "config {:?}; network max delay {} ms; disk latency max {} ms",
+                        self.config, self.network.max_delay_ms, self.disk_latency_max_ms
+                    );
                     for (id, node) in &self.nodes {
                         if let Some(core) = &node.core {
                             eprintln!(
@@ -387,6 +407,12 @@ impl Simulation {
                         self.step(id, Event::Tick)?;
                     }
                     self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation, generation));
+                }
+            }
+            Action::CrashLeader(id, term) => {
+                let status = self.nodes[&id].core.as_ref().map(|c| c.status());
+                if !self.healing && status.is_some_and(|s| s.role == Role::Leader && s.term == term) {
+                    self.crash_node(id);
                 }
             }
             Action::Deferred(id, incarnation, event) => {
@@ -493,6 +519,10 @@ impl Simulation {
             self.checkers.leader_completeness(id, status.term, core.log())?;
             self.report.leaders_elected += 1;
             self.leader_guess = Some(id);
+            if !self.healing && self.rng.gen_range(0..100) < self.leader_crash_percent {
+                let delay_ms = self.rng.gen_range(1..=3 * TICK_MS);
+                self.schedule(delay_ms, Action::CrashLeader(id, status.term));
+            }
             self.nodes.get_mut(&id).expect("node").was_leader_of_term = Some(status.term);
         }
         Ok(())

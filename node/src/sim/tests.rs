@@ -87,8 +87,11 @@ fn checker_catches_skipped_prev_log_term_check() {
 
 #[test]
 fn checker_catches_old_term_commit_by_count() {
+    // The rarest of the bugs to surface: it needs a Figure 8 history (an
+    // old-term entry counted onto a majority, then a leader of a newer term
+    // without it). About 1 seed in 250 of 10,000 events shows it.
     let bugs = InjectedBugs { commit_old_term_by_count: true, ..InjectedBugs::default() };
-    let (seeds, violation) = first_violation(bugs, 2000);
+    let (seeds, violation) = first_violation(bugs, 3000);
     println!("commit_old_term_by_count caught after {seeds} seeds by {}", violation.checker);
 }
 
@@ -128,7 +131,7 @@ fn checker_catches_a_host_that_forgets_ticks_missed_while_paused() {
     let events = env_u64("SIM_EVENTS").unwrap_or(10_000);
     let template = SimOptions { host_skips_tick_catch_up: true, ..SimOptions::new(0, events) };
     let mut seed = 0;
-    while seed < 2000 {
+    while seed < 3000 {
         let seeds: Vec<u64> = (seed..seed + 16).collect();
         match run_seeds(&seeds, template) {
             Ok(_) => seed += 16,
@@ -147,5 +150,5 @@ fn checker_catches_a_host_that_forgets_ticks_missed_while_paused() {
             }
         }
     }
-    panic!("a stale lease read went unnoticed in 2000 seeds");
+    panic!("a stale lease read went unnoticed in 3000 seeds");
 }
