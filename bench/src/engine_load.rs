@@ -177,6 +177,7 @@ mod tests {
             entry_size_bytes: 128,
             duration: Duration::from_millis(200),
             warmup: Duration::ZERO,
+            retain_bytes: Some(8 << 20),
         };
         let r = run(cfg, &spec).unwrap();
         assert!(r.entries > 0 && r.batches > 0);
