@@ -217,7 +217,9 @@ impl Simulation {
         // the minimum election timeout is at least twice that.
         let round_trip_ticks = (2 * max_delay_ms + 2 * disk_latency_max_ms).div_ceil(TICK_MS);
         let election_timeout_min_ticks = (2 * round_trip_ticks).max(10);
-        let check_quorum = rng.gen_bool(0.8);
+        // A host that forgets missed ticks only hurts lease reads: test it
+        // where they are on.
+        let check_quorum = rng.gen_bool(0.8) || options.host_skips_tick_catch_up;
         let config = Config {
             election_timeout_min_ticks,
             election_timeout_max_ticks: 2 * election_timeout_min_ticks,
@@ -227,7 +229,8 @@ impl Simulation {
             max_entries_per_append: rng.gen_range(1..=16),
             pre_vote: rng.gen_bool(0.8),
             check_quorum,
-            lease: (check_quorum && rng.gen_bool(0.5)).then_some(LeaseConfig { drift_margin_ticks: 2 }),
+            lease: (check_quorum && (rng.gen_bool(0.5) || options.host_skips_tick_catch_up))
+                .then_some(LeaseConfig { drift_margin_ticks: 2 }),
             preferred_leader: rng.gen_bool(0.2).then(|| rng.gen_range(1..=node_count as u64)),
             injected_bugs: options.bugs,
         };
