@@ -484,3 +484,36 @@ fn with_lease_a_restarted_node_refuses_votes_for_an_election_timeout() {
     let out = core.step(recv(3, 2, 4, request));
     assert!(!out.is_empty());
 }
+
+#[test]
+fn transfer_is_reported_done_when_a_higher_term_ends_our_leadership() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    core.step(Event::TransferLeadership { request_id: 9, target: 2 });
+    let request = MessageBody::VoteRequest { last_log_index: 2, last_log_term: 2, leadership_transfer: true };
+    let out = core.step(recv(2, 1, 3, request));
+    assert_eq!(
+        out,
+        vec![
+            Command::SaveMeta(HardState { term: 3, voted_for: Some(2) }),
+            Command::Reply(ClientReply::TransferDone { request_id: 9, target: 2, new_term: 3 }),
+        ],
+        "the vote for the target waits for the save"
+    );
+}
+
+#[test]
+fn replication_that_stalls_for_an_election_timeout_falls_back_to_probing() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    core.step(Event::Propose { request_id: 1, payloads: vec![Bytes::from_static(b"x")] });
+    assert_eq!(core.progress(2).map(|p| (p.state, p.next_index)), Some((ProgressState::Replicate, 4)));
+    for _ in 0..10 {
+        // Node 2 stays in touch (heartbeats) but its ack for index 3 was lost.
+        core.step(recv(2, 1, 2, MessageBody::HeartbeatResponse { round: 0, match_index: 2 }));
+        core.step(Event::Tick);
+    }
+    assert_eq!(core.progress(2).map(|p| p.state), Some(ProgressState::Probe));
+    assert_eq!(core.progress(2).map(|p| p.match_index), Some(2));
+}
