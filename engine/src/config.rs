@@ -64,6 +64,10 @@ pub struct LogConfig {
     pub ring_size_bytes: usize,
     pub backend: BackendChoice,
     pub sync_mode: SyncMode,
+    /// Open for reading only: nothing on disk is created, changed or synced (a
+    /// read-only file system, a copy under inspection); every write fails with
+    /// `Error::ReadOnly`. A torn tail is skipped in memory, not cut.
+    pub read_only: bool,
     /// Test hooks that inject I/O errors; inert by default.
     #[doc(hidden)]
     pub faults: Faults,
@@ -78,6 +82,7 @@ impl LogConfig {
             ring_size_bytes: 32 << 20,
             backend: BackendChoice::Auto,
             sync_mode: SyncMode::LinkedFdatasync,
+            read_only: false,
             faults: Faults::default(),
         }
     }

@@ -30,6 +30,19 @@
 //! written again: a truncation into a sealed segment makes the next batch open
 //! a new segment named for the cut, leaving dead bytes in the sealed one.
 //!
+//! **Segment roll.** A roll queues a seal batch into the old segment and takes a
+//! prepared spare; the spare is renamed to its segment name (and the directory
+//! synced) only when its first batch is submitted, after everything before it
+//! is durable. That rename is the one synchronous metadata operation left on
+//! the append path: one directory sync per segment (64 MiB by default).
+//!
+//! **Known limit: truncations are not remembered across deletions.** If a
+//! truncation into a sealed segment A created segment C, and a later
+//! truncation deletes C before its own marker batch is durable, a crash in
+//! between brings back A's entries past the first cut. They are entries the
+//! log durably held before (uncommitted ones, as Raft only truncates those),
+//! never invented ones; the leader truncates them again.
+//!
 //! **Failures.** A failed write or data sync makes the log fatal: entries not
 //! yet durable are forgotten, appends fail, reads of durable entries work,
 //! and reopening recovers. `NoSpace` while preparing a segment fails the
@@ -108,7 +121,8 @@ pub struct Log {
     cfg: LogConfig,
     direct: bool,
     segments: VecDeque<SegmentIndex>,
-    spares: SpareMaker,
+    /// `None` when opened read-only.
+    spares: Option<SpareMaker>,
     meta: MetaStore,
     terms: TermRuns,
     first_index: u64,
@@ -127,8 +141,8 @@ pub struct Log {
     next_segment_id: u64,
     fatal: Option<(&'static str, PathBuf, i32)>,
     recovery: RecoveryReport,
-    /// Held for the life of the log: one process per directory.
-    _lock: std::fs::File,
+    /// Held for the life of the log: one writer per directory (readers share it).
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Log {
@@ -162,10 +176,19 @@ impl Log {
     pub fn open(cfg: LogConfig) -> Result<Log> {
         cfg.validate()?;
         let dir = cfg.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
-        let direct_probe = probe_direct(&dir).map_err(|e| Error::io("create file in log directory", &dir, e))?;
+        let direct_probe = if cfg.read_only {
+            if !dir.is_dir() {
+                return Err(Error::io("open log directory", &dir, std::io::ErrorKind::NotFound.into()));
+            }
+            Err("opened read-only".to_string())
+        } else {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
+            probe_direct(&dir).map_err(|e| Error::io("create file in log directory", &dir, e))?
+        };
         let mut ring = AlignedBuf::new(cfg.ring_size_bytes);
-        let (backend, direct): (Box<dyn Backend>, bool) = match cfg.backend {
+        // A read-only log never writes: it needs no io_uring whatever the choice.
+        let choice = if cfg.read_only { BackendChoice::Portable } else { cfg.backend };
+        let (backend, direct): (Box<dyn Backend>, bool) = match choice {
             BackendChoice::Portable => (
                 Box::new(PortableBackend::new(cfg.faults.clone()).map_err(|e| Error::io("start I/O thread", &dir, e))?),
                 direct_probe.is_ok(),
@@ -195,10 +218,14 @@ impl Log {
             }
         };
         tracing::info!(dir = %dir.display(), backend = %backend.kind(), direct, "opening log");
-        let lock = lock_dir(&dir)?;
-        let meta = MetaStore::open(&dir)?;
-        remove_leftover_spares(&dir)?;
-        let spares = SpareMaker::start(dir.clone(), cfg.segment_size_bytes, direct, cfg.faults.clone());
+        let lock = lock_dir(&dir, cfg.read_only)?;
+        let (meta, spares) = if cfg.read_only {
+            (MetaStore::open_read_only(&dir)?, None)
+        } else {
+            let meta = MetaStore::open(&dir)?;
+            remove_leftover_spares(&dir)?;
+            (meta, Some(SpareMaker::start(dir.clone(), cfg.segment_size_bytes, direct, cfg.faults.clone())))
+        };
         let mut log = Log {
             backend,
             ring,
@@ -245,7 +272,9 @@ impl Log {
         let count = names.len();
         for (i, &first) in names.iter().enumerate() {
             let path = dir.join(segment::segment_file_name(first));
-            let file = open_file(&path, false, self.direct).map_err(|e| Error::io("open segment", &path, e))?;
+            let file =
+                if self.cfg.read_only { std::fs::File::open(&path) } else { open_file(&path, false, self.direct) }
+                    .map_err(|e| Error::io("open segment", &path, e))?;
             let len = file.metadata().map_err(|e| Error::io("stat segment", &path, e))?.len();
             let corrupt = |reason| Error::Corrupt { segment: path.clone(), offset: 0, entry_index: first, reason };
             let sealed = i + 1 < count;
@@ -269,8 +298,10 @@ impl Log {
                     return Err(corrupt("sealed segment is shorter than its header says"));
                 }
                 tracing::warn!(segment = %path.display(), len, size, "segment shorter than its size; extending");
-                file.set_len(header.size_bytes).map_err(|e| Error::io("extend segment", &path, e))?;
-                file.sync_all().map_err(|e| Error::io("fsync segment", &path, e))?;
+                if !self.cfg.read_only {
+                    file.set_len(header.size_bytes).map_err(|e| Error::io("extend segment", &path, e))?;
+                    file.sync_all().map_err(|e| Error::io("fsync segment", &path, e))?;
+                }
             }
             if image.as_ref().is_none_or(|b| b.len() < size) {
                 image = Some(AlignedBuf::new(size));
@@ -331,8 +362,10 @@ impl Log {
         // and then its first batch was torn (or, after a truncation, never written).
         while self.segments.back().is_some_and(|s| s.batches.is_empty() && !s.sealed) {
             let s = self.segments.pop_back().expect("checked");
-            tracing::warn!(segment = %s.path.display(), "removing empty trailing segment");
-            std::fs::remove_file(&s.path).map_err(|e| Error::io("remove empty segment", &s.path, e))?;
+            if !self.cfg.read_only {
+                tracing::warn!(segment = %s.path.display(), "removing empty trailing segment");
+                std::fs::remove_file(&s.path).map_err(|e| Error::io("remove empty segment", &s.path, e))?;
+            }
         }
         // Segments before the last are sealed whether or not they end with a seal batch.
         let n = self.segments.len();
@@ -341,10 +374,12 @@ impl Log {
         }
         // What recovery found must be on disk before it is reported durable: a batch
         // written but not synced before a crash (or a failed sync) may sit in a cache.
-        if let Some(last) = self.segments.back() {
-            last.file.sync_data().map_err(|e| Error::io("fsync last segment", &last.path, e))?;
+        if !self.cfg.read_only {
+            if let Some(last) = self.segments.back() {
+                last.file.sync_data().map_err(|e| Error::io("fsync last segment", &last.path, e))?;
+            }
+            segment::sync_dir(&dir)?;
         }
-        segment::sync_dir(&dir)?;
         if self.segments.is_empty() {
             self.first_index = expected_next;
         }
@@ -424,6 +459,9 @@ impl Log {
     }
 
     fn check_writable(&self) -> Result<()> {
+        if self.cfg.read_only {
+            return Err(Error::ReadOnly { op: "writing (the log was opened read-only)", path: self.cfg.dir.clone() });
+        }
         match &self.fatal {
             None => Ok(()),
             Some((op, path, errno)) => {
@@ -548,7 +586,7 @@ impl Log {
             Some(s) if !s.sealed => Some(self.reserve_ring(BLOCK_SIZE as u64)?),
             _ => None,
         };
-        let spare = self.spares.take()?;
+        let spare = self.spares.as_mut().expect("a writable log has a spare maker").take()?;
         if let (Some(lpos), Some(seg)) = (seal_at, self.segments.back_mut()) {
             assert!(seg.write_offset + BLOCK_SIZE as u64 <= seg.header.size_bytes, "seal block reserved");
             let token = self.next_token;
@@ -872,6 +910,7 @@ impl Log {
     }
 
     fn purge_while(&mut self, mut pred: impl FnMut(&SegmentIndex, u64) -> bool) -> Result<u64> {
+        self.check_writable()?;
         let mut deleted = false;
         let mut total: u64 = self.segments.iter().map(|s| s.header.size_bytes).sum();
         while let Some(s) = self.segments.front() {
@@ -883,7 +922,8 @@ impl Log {
             self.backend.forget_file(fd).map_err(|e| Error::io("unregister segment", &path, e))?;
             if size == self.cfg.segment_size_bytes {
                 let s = self.segments.pop_front().expect("checked");
-                if let Some((_, path)) = self.spares.recycle(s.file, s.path) {
+                let spares = self.spares.as_mut().expect("a writable log has a spare maker");
+                if let Some((_, path)) = spares.recycle(s.file, s.path) {
                     std::fs::remove_file(&path).map_err(|e| Error::io("delete segment", &path, e))?;
                 }
             } else {
@@ -929,7 +969,9 @@ impl Log {
     /// Blocks until the next segment is prepared, so that the next roll does not wait
     /// and no fill is in progress. For start-up and benchmarks; appends never need it.
     pub fn wait_spare_ready(&mut self) {
-        self.spares.wait_ready();
+        if let Some(s) = self.spares.as_mut() {
+            s.wait_ready();
+        }
     }
 
     /// Paths of the segment files, oldest first (for tools and tests).
@@ -948,24 +990,31 @@ impl Drop for Log {
     }
 }
 
-/// Takes the directory's exclusive lock (`LOCK`), failing at once if another log holds it.
-fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+/// Takes the directory's lock (`LOCK`): exclusive for a writer, shared for a
+/// reader, failing at once if a writer holds it. A reader on a directory without
+/// a LOCK file (a read-only copy) goes without.
+fn lock_dir(dir: &Path, read_only: bool) -> Result<Option<std::fs::File>> {
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
+    let opened = if read_only {
+        std::fs::File::open(&path)
+    } else {
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+    };
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open lock file", &path, e)),
+    };
+    let mode = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
     // SAFETY: flock on an fd we own; no memory is passed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if unsafe { libc::flock(f.as_raw_fd(), mode | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(Error::Locked { dir: dir.to_path_buf() });
         }
         return Err(Error::io("lock log directory", &path, e));
     }
-    Ok(f)
+    Ok(Some(f))
 }
 
 /// Removes spares of an earlier run (possibly half-filled) before the maker starts new ones.

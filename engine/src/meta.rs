@@ -92,6 +92,29 @@ impl MetaStore {
         Ok(MetaStore { path, file, seq, current })
     }
 
+    /// Reads the record without creating, syncing or locking anything.
+    pub fn open_read_only(dir: &Path) -> Result<MetaStore> {
+        let path = dir.join(META_FILE);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(MetaStore {
+                    path: path.clone(),
+                    file: File::open(dir).map_err(|e| Error::io("open log directory", dir, e))?,
+                    seq: 0,
+                    current: Meta::default(),
+                })
+            }
+            Err(e) => return Err(Error::io("open metadata", &path, e)),
+        };
+        let mut buf = vec![0u8; 2 * SLOT_SIZE];
+        let n = file.read_at(&mut buf, 0).map_err(|e| Error::io("read metadata", &path, e))?;
+        buf.truncate(n);
+        buf.resize(2 * SLOT_SIZE, 0);
+        let (seq, current) = buf.chunks(SLOT_SIZE).filter_map(decode).max_by_key(|(seq, _)| *seq).unwrap_or_default();
+        Ok(MetaStore { path, file, seq, current })
+    }
+
     pub fn get(&self) -> &Meta {
         &self.current
     }

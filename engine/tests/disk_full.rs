@@ -126,6 +126,15 @@ fn read_only_mount(backend: BackendChoice) {
     let err = Log::open(config(&dir, backend)).unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "expected ReadOnly, got {err}");
     assert!(err.to_string().contains("read-only"), "{err}");
+    // Opened for reading, the log on the read-only file system serves every entry.
+    let mut ro = config(&dir, backend);
+    ro.read_only = true;
+    let mut log = Log::open(ro).unwrap();
+    assert_eq!(log.last_index(), 20);
+    assert_eq!(&log.read(20).unwrap().payload[..], &20u64.to_le_bytes());
+    let err = log.append(1, b"x").unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    drop(log);
     fs.remount("rw");
     let log = Log::open(config(&dir, backend)).unwrap();
     assert_eq!(log.last_index(), 20, "nothing was lost or changed");

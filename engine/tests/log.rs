@@ -117,7 +117,39 @@ per_backend!(
     zero_block_before_valid_batches_refuses,
     second_open_of_a_directory_is_refused,
     purged_segments_are_recycled_and_their_old_bytes_ignored,
+    read_only_open_changes_nothing,
 );
+
+fn read_only_open_changes_nothing(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..100);
+    let mut ro = config(dir.path(), b);
+    ro.read_only = true;
+    assert!(matches!(Log::open(ro.clone()), Err(Error::Locked { .. })), "a writer holds the directory");
+    let path = last_segment(&log);
+    drop(log);
+    // A torn tail: skipped in memory, left on disk.
+    let mut img = segment_bytes(&path);
+    let end = *batch_offsets(&img).last().unwrap() + BLOCK_SIZE;
+    img[end..end + 100].fill(0x77);
+    std::fs::write(&path, &img).unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let files = listing(dir.path());
+    let mut log = Log::open(ro).unwrap();
+    assert_eq!(log.last_index(), 99);
+    check_entries(&log, 1..100, 1);
+    assert!(matches!(log.append(1, b"x"), Err(Error::ReadOnly { .. })));
+    assert!(matches!(log.truncate_suffix(50), Err(Error::ReadOnly { .. })));
+    assert!(matches!(log.purge_prefix(50), Err(Error::ReadOnly { .. })));
+    drop(log);
+    assert_eq!(segment_bytes(&path), img, "the torn tail is still there");
+    assert_eq!(listing(dir.path()), files, "no file created or removed");
+}
 
 fn inode(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
