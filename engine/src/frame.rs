@@ -89,15 +89,22 @@ impl BatchHeader {
 }
 
 /// Writes one entry (header and payload) into `out`, which must be exactly
-/// `ENTRY_HEADER_SIZE + payload.len()` bytes.
-pub fn encode_entry(salt: u64, index: u64, term: u64, payload: &[u8], out: &mut [u8]) {
-    debug_assert_eq!(out.len(), ENTRY_HEADER_SIZE + payload.len());
-    let len = u32::try_from(payload.len()).expect("entry length checked by caller");
+/// `ENTRY_HEADER_SIZE` plus the parts' total length; the payload is the
+/// concatenation of `parts`.
+pub fn encode_entry(salt: u64, index: u64, term: u64, parts: &[&[u8]], out: &mut [u8]) {
+    let payload_len = out.len() - ENTRY_HEADER_SIZE;
+    debug_assert_eq!(payload_len, parts.iter().map(|p| p.len()).sum::<usize>());
+    let len = u32::try_from(payload_len).expect("entry length checked by caller");
     out[4..8].copy_from_slice(&len.to_le_bytes());
     out[8..16].copy_from_slice(&index.to_le_bytes());
     out[16..24].copy_from_slice(&term.to_le_bytes());
-    out[ENTRY_HEADER_SIZE..].copy_from_slice(payload);
-    let crc = crc32c::crc32c_append(crc32c::crc32c_append(salted(salt), &out[4..24]), payload);
+    let mut crc = crc32c::crc32c_append(salted(salt), &out[4..24]);
+    let mut at = ENTRY_HEADER_SIZE;
+    for part in parts {
+        out[at..at + part.len()].copy_from_slice(part);
+        crc = crc32c::crc32c_append(crc, part);
+        at += part.len();
+    }
     out[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -180,7 +187,7 @@ mod tests {
         let mut pos = BATCH_HEADER_SIZE;
         for (i, p) in payloads.iter().enumerate() {
             let n = ENTRY_HEADER_SIZE + p.len();
-            encode_entry(salt, first + i as u64, 7, p, &mut out[pos..pos + n]);
+            encode_entry(salt, first + i as u64, 7, &[p], &mut out[pos..pos + n]);
             pos += n;
         }
         let h = BatchHeader { first_index: first, entry_count: payloads.len() as u32, body_len: body as u32, flags: 0 };
@@ -236,7 +243,7 @@ mod tests {
         let h = BatchHeader::decode(3, &b).unwrap();
         // Re-encode the second entry with a skipped index.
         let at = BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE + 1;
-        encode_entry(3, 9, 7, b"b", &mut b[at..at + ENTRY_HEADER_SIZE + 1]);
+        encode_entry(3, 9, 7, &[b"b"], &mut b[at..at + ENTRY_HEADER_SIZE + 1]);
         let mut v = Vec::new();
         assert!(!decode_body(3, &h, &b, &mut v));
     }

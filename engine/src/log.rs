@@ -475,17 +475,24 @@ impl Log {
     /// Appends one entry; returns its index. The entry is readable at once and
     /// durable once a completion reports an index at or above it.
     pub fn append(&mut self, term: u64, payload: &[u8]) -> Result<u64> {
+        self.append_parts(term, &[payload])
+    }
+
+    /// Appends one entry whose payload is the concatenation of `parts` (a host's
+    /// own header and the client's bytes, say), copied once into the batch.
+    pub fn append_parts(&mut self, term: u64, parts: &[&[u8]]) -> Result<u64> {
         self.check_writable()?;
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         let max = self.cfg.max_entry_bytes();
-        if payload.len() > max {
-            return Err(Error::EntryTooLarge { size_bytes: payload.len(), max_bytes: max });
+        if payload_len > max {
+            return Err(Error::EntryTooLarge { size_bytes: payload_len, max_bytes: max });
         }
         if let Some(last) = self.last_term() {
             if term < last {
                 return Err(Error::InvalidArgument(format!("term {term} is below the last term {last}")));
             }
         }
-        let need = ENTRY_HEADER_SIZE + payload.len();
+        let need = ENTRY_HEADER_SIZE + payload_len;
         if self.filling.is_some_and(|b| b.unpadded() + need > b.capacity) {
             // A full batch goes to the disk at once if the disk is idle.
             self.close_filling();
@@ -501,11 +508,9 @@ impl Log {
         let seg = self.segments.back_mut().expect("a filling batch has a segment");
         debug_assert_eq!(seg.id, b.segment_id);
         let at = (b.ring_lpos % self.cfg.ring_size_bytes as u64) as usize + b.unpadded();
-        encode_entry(seg.header.salt, index, term, payload, self.ring.range_mut(at, need));
-        seg.entries.push(EntryLoc {
-            offset: (b.file_offset as usize + b.unpadded()) as u32,
-            payload_len: payload.len() as u32,
-        });
+        encode_entry(seg.header.salt, index, term, parts, self.ring.range_mut(at, need));
+        seg.entries
+            .push(EntryLoc { offset: (b.file_offset as usize + b.unpadded()) as u32, payload_len: payload_len as u32 });
         b.entry_count += 1;
         b.body_len += need as u32;
         self.terms.push(index, term);

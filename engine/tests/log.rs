@@ -118,7 +118,18 @@ per_backend!(
     second_open_of_a_directory_is_refused,
     purged_segments_are_recycled_and_their_old_bytes_ignored,
     read_only_open_changes_nothing,
+    append_parts_stores_the_concatenation,
 );
+
+fn append_parts_stores_the_concatenation(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    let i = log.append_parts(1, &[b"\x01", b"hello", b"", b" world"]).unwrap();
+    log.wait_durable(i).unwrap();
+    assert_eq!(&log.read(i).unwrap().payload[..], b"\x01hello world");
+    drop(log);
+    assert_eq!(&reopen(dir.path(), b).unwrap().read(i).unwrap().payload[..], b"\x01hello world");
+}
 
 fn read_only_open_changes_nothing(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
