@@ -4,6 +4,8 @@
 //! calls them after every event with what that event changed.
 //!
 //! * Election Safety (§5.2): at most one leader per term.
+//! * Leader Append-Only (§5.3): a leader never overwrites or deletes entries
+//!   in its log.
 //! * Log Matching (§5.3): two logs holding an entry with the same index and
 //!   term hold the same entries up to it. Checked incrementally: every
 //!   (index, term) ever written anywhere maps to one (kind, payload, term of
@@ -39,6 +41,8 @@ pub struct Violation {
 pub mod names {
     /// §5.2.
     pub const ELECTION_SAFETY: &str = "Election Safety (§5.2)";
+    /// §5.3.
+    pub const LEADER_APPEND_ONLY: &str = "Leader Append-Only (§5.3)";
     /// §5.3.
     pub const LOG_MATCHING: &str = "Log Matching (§5.3)";
     /// §5.4.
@@ -98,6 +102,18 @@ impl Checkers {
             );
         }
         Ok(())
+    }
+
+    /// Leader Append-Only: `status` is the node that asked to truncate its
+    /// log from `truncate_from` (after the event that asked for it).
+    pub fn leader_append_only(&self, status: &Status, truncate_from: Option<LogIndex>) -> Result<(), Violation> {
+        match truncate_from {
+            Some(from) if status.role == Role::Leader => fail(
+                names::LEADER_APPEND_ONLY,
+                format!("leader {} of term {} truncated its log from index {from}", status.id, status.term),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Log Matching: `entries` were just written to `node`'s log, which now

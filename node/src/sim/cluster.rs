@@ -544,6 +544,8 @@ impl Simulation {
                 }
             }
             Command::PersistEntries { truncate_from, entries } => {
+                let status = self.nodes[&id].core.as_ref().expect("live").status();
+                self.checkers.leader_append_only(&status, truncate_from)?;
                 let node = self.nodes.get_mut(&id).expect("node");
                 node.disk.persist(truncate_from, &entries);
                 self.checkers.log_matching(id, &entries, node.disk.entries())?;
