@@ -65,9 +65,16 @@ pub struct ReadIndexState {
 
 impl ReadIndexState {
     /// Starts a new heartbeat round at `now_ticks` and returns its number.
-    pub fn start_round(&mut self, now_ticks: u64) -> u64 {
+    /// Send ticks are kept only for leases, and only while they could still
+    /// extend one (a leader cut off from its quorum keeps no backlog).
+    pub fn start_round(&mut self, now_ticks: u64, lease_ticks: Option<u64>) -> u64 {
         self.round += 1;
-        self.rounds_sent.push_back((self.round, now_ticks));
+        if let Some(lease_ticks) = lease_ticks {
+            while self.rounds_sent.front().is_some_and(|&(_, sent)| sent + lease_ticks <= now_ticks) {
+                self.rounds_sent.pop_front();
+            }
+            self.rounds_sent.push_back((self.round, now_ticks));
+        }
         self.round
     }
 

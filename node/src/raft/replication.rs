@@ -97,7 +97,7 @@ impl RaftCore {
 
     /// Sends a heartbeat round to every peer; a new round number each time.
     pub(super) fn broadcast_heartbeat(&mut self) {
-        let round = self.reads.start_round(self.now_ticks);
+        let round = self.reads.start_round(self.now_ticks, self.config.lease_ticks());
         let commit = self.log.committed_index();
         let peers: Vec<NodeId> = self.peers().collect();
         for peer in peers {
