@@ -323,3 +323,38 @@ fn seed_659_a_restarted_follower_learns_the_commit_index_again() {
     }
     assert_eq!(c.status(3).committed_index, 2);
 }
+
+#[test]
+fn leadership_transfer_hands_over_to_a_caught_up_target() {
+    // Thesis §3.10: the leader catches the target up, sends TimeoutNow, the
+    // target wins at once (voters waive their leader stickiness for it).
+    let mut c = Cluster::new(config(), &[(1, 1, &[]), (2, 1, &[]), (3, 1, &[])]);
+    c.time_out(1);
+    c.deliver_all();
+    c.step(1, Event::Propose { request_id: 1, payloads: vec![Bytes::from_static(b"a")] });
+    c.deliver_all();
+    c.step(1, Event::TransferLeadership { request_id: 2, target: 3 });
+    c.deliver_all();
+    assert_eq!((c.status(3).role, c.status(3).term), (Role::Leader, 3));
+    assert_eq!(c.status(1).leader_id, Some(3));
+    assert!(c.replies.contains(&ClientReply::TransferDone { request_id: 2, target: 3, new_term: 3 }));
+    assert_eq!(c.log_terms(3), vec![2, 2, 3], "the new leader's no-op follows everything the old one had");
+}
+
+#[test]
+fn split_vote_is_resolved_by_the_next_randomized_timeout() {
+    // §5.2: two candidates split the vote; neither wins; a later timeout
+    // (randomized, so rarely simultaneous) elects one of them.
+    let no_pre_vote = Config { pre_vote: false, check_quorum: false, ..config() };
+    let mut c = Cluster::new(no_pre_vote, &[(1, 1, &[]), (2, 1, &[]), (3, 1, &[]), (4, 1, &[])]);
+    c.time_out(1);
+    c.time_out(2);
+    c.deliver(1, 3);
+    c.deliver(2, 4);
+    c.deliver_all();
+    assert_ne!(c.status(1).role, Role::Leader);
+    assert_ne!(c.status(2).role, Role::Leader);
+    c.time_out(1);
+    c.deliver_all();
+    assert_eq!((c.status(1).role, c.status(1).term), (Role::Leader, 3));
+}
