@@ -39,6 +39,19 @@
 //! `Committed` reply means the entry is durable on a quorum. The leader's own
 //! write runs in parallel with replication.
 //!
+//! **Time.** Ticks must track real elapsed time: after a stall (a paused
+//! process, a long GC) the host delivers the ticks it missed before any other
+//! event. Leases depend on it (see `read_index`).
+//!
+//! **Reads.** `ReadReady { read_index }` means: serve the read once the state
+//! machine has applied `read_index` (the core has already emitted the `Apply`
+//! up to the commit index, so a host that applies synchronously can serve at
+//! once).
+//!
+//! **Not yet.** Snapshots and prefix compaction (the core holds its whole log
+//! in memory and the first index is always 1), membership changes, and
+//! repairing entries the engine reports corrupt in mid-log.
+//!
 //! # Testing
 //!
 //! Handler tests (`handler_tests.rs`) assert the exact commands one event
