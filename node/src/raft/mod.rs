@@ -70,6 +70,7 @@
 //! * `progress`: a leader's per-follower state and replication window.
 //! * `core`: the [`RaftCore`] state, dispatch, role changes, the send gate.
 //! * `election`, `replication`, `read_index`, `transfer`: the handlers.
+#![forbid(unsafe_code)]
 
 mod command;
 mod config;

@@ -1,0 +1,302 @@
+//! The client library: append, read, read barrier, status and leadership
+//! transfer against a dledger cluster.
+//!
+//! A [`Client`] talks to one group. It finds the leader itself (any endpoint
+//! answers `NotLeader` with the leader's address), follows redirects, and
+//! retries on leader change until its deadline; then it says why it gave up:
+//! [`ClientError::NoQuorum`] when no leader could be found (a quorum is down
+//! or partitioned), [`ClientError::Timeout`] when a leader took the request
+//! but did not answer in time. An append that failed with a leader change may
+//! still have committed (Raft's usual at-least-once caveat): retried appends
+//! can appear twice.
+#![allow(missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::server::wire::{
+    decode_frame, encode_frame, ClientEntry, Frame, GroupStatus, Hello, Request, Response, ServerError,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("no leader reachable within {0:?}: a quorum of nodes is down or cut off")]
+    NoQuorum(Duration),
+    #[error("the request was not answered within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Server(ServerError),
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("protocol error from {endpoint}: {reason}")]
+    Protocol { endpoint: String, reason: String },
+}
+
+/// One open connection.
+struct Conn {
+    endpoint: String,
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    async fn open(endpoint: &str, cluster: &str) -> Result<Conn, ClientError> {
+        let unreachable =
+            |e: std::io::Error| ClientError::Unreachable { endpoint: endpoint.into(), reason: e.to_string() };
+        let mut stream = TcpStream::connect(endpoint).await.map_err(unreachable)?;
+        let _ = stream.set_nodelay(true);
+        let mut b = BytesMut::new();
+        encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: cluster.into() }), &mut b);
+        stream.write_all(&b).await.map_err(unreachable)?;
+        Ok(Conn { endpoint: endpoint.into(), stream, buf: BytesMut::with_capacity(64 * 1024) })
+    }
+
+    async fn call(&mut self, id: u64, group: u64, request: Request) -> Result<Response, ClientError> {
+        let mut b = BytesMut::new();
+        encode_frame(&Frame::Request { id, group, request }, &mut b);
+        let unreachable =
+            |e: std::io::Error, ep: &str| ClientError::Unreachable { endpoint: ep.into(), reason: e.to_string() };
+        self.stream.write_all(&b).await.map_err(|e| unreachable(e, &self.endpoint))?;
+        loop {
+            match decode_frame(&mut self.buf, DEFAULT_MAX_FRAME_BYTES) {
+                Ok(Some(Frame::Response { id: rid, response })) if rid == id => return Ok(response),
+                Ok(Some(Frame::Response { .. })) => continue, // the answer to an abandoned call
+                Ok(Some(_)) => {
+                    return Err(ClientError::Protocol {
+                        endpoint: self.endpoint.clone(),
+                        reason: "unexpected frame".into(),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol { endpoint: self.endpoint.clone(), reason: e.to_string() }),
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| unreachable(e, &self.endpoint))?;
+            if n == 0 {
+                return Err(ClientError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: "connection closed".into(),
+                });
+            }
+        }
+    }
+}
+
+/// A client of one group of a cluster.
+pub struct Client {
+    endpoints: Vec<String>,
+    cluster: String,
+    group: u64,
+    timeout: Duration,
+    leader: Option<String>,
+    conns: Vec<Conn>,
+    next_id: u64,
+    rotate: usize,
+}
+
+impl Client {
+    /// A client for `group` of the cluster reachable at `endpoints`; calls give up after `timeout`.
+    pub fn new(endpoints: Vec<String>, cluster: &str, group: u64, timeout: Duration) -> Client {
+        Client {
+            endpoints,
+            cluster: cluster.into(),
+            group,
+            timeout,
+            leader: None,
+            conns: Vec::new(),
+            next_id: 1,
+            rotate: 0,
+        }
+    }
+
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The leader address last learned, if any.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    async fn conn(&mut self, endpoint: &str) -> Result<&mut Conn, ClientError> {
+        if let Some(i) = self.conns.iter().position(|c| c.endpoint == endpoint) {
+            return Ok(&mut self.conns[i]);
+        }
+        let c = Conn::open(endpoint, &self.cluster).await?;
+        self.conns.push(c);
+        Ok(self.conns.last_mut().expect("pushed"))
+    }
+
+    /// One request to one endpoint, bounded by `limit`.
+    pub async fn call_at(
+        &mut self,
+        endpoint: &str,
+        request: Request,
+        limit: Duration,
+    ) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let group = self.group;
+        let r = tokio::time::timeout(limit, async {
+            let c = self.conn(endpoint).await?;
+            c.call(id, group, request).await
+        })
+        .await;
+        match r {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                self.conns.retain(|c| c.endpoint != endpoint);
+                Err(e)
+            }
+            Err(_) => {
+                // The connection may still deliver the late answer; drop it to stay in step.
+                self.conns.retain(|c| c.endpoint != endpoint);
+                Err(ClientError::Timeout(limit))
+            }
+        }
+    }
+
+    /// Sends `request` to the leader, finding it and retrying until the deadline.
+    async fn call_leader(&mut self, request: Request) -> Result<Response, ClientError> {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut backoff = Duration::from_millis(10);
+        let mut leader_took_it = false;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(if leader_took_it {
+                    ClientError::Timeout(self.timeout)
+                } else {
+                    ClientError::NoQuorum(self.timeout)
+                });
+            }
+            let target = match &self.leader {
+                Some(l) => l.clone(),
+                None => {
+                    self.rotate += 1;
+                    self.endpoints[self.rotate % self.endpoints.len()].clone()
+                }
+            };
+            match self.call_at(&target, request.clone(), deadline - now).await {
+                Ok(Response::Error(ServerError::NotLeader { address: Some(a), .. })) if a != target => {
+                    self.leader = Some(a);
+                    leader_took_it = false;
+                    continue;
+                }
+                Ok(Response::Error(ServerError::NotLeader { .. }))
+                | Ok(Response::Error(ServerError::LeadershipLost))
+                | Ok(Response::Error(ServerError::ShuttingDown))
+                | Err(ClientError::Unreachable { .. })
+                | Err(ClientError::Protocol { .. }) => {
+                    self.leader = None;
+                    leader_took_it = false;
+                }
+                Err(ClientError::Timeout(_)) => {
+                    self.leader = None;
+                    leader_took_it = true;
+                    continue;
+                }
+                Ok(other) => {
+                    self.leader = Some(target);
+                    return Ok(other);
+                }
+                Err(e) => return Err(e),
+            }
+            // Wait a little before the next round (an election takes a few hundred ms).
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Appends one entry; returns its (index, term) once committed.
+    pub async fn append(&mut self, payload: Bytes) -> Result<(u64, u64), ClientError> {
+        let (first, _, term) = self.append_batch(vec![payload]).await?;
+        Ok((first, term))
+    }
+
+    /// Appends entries as one batch; returns (first index, last index, term) once committed.
+    pub async fn append_batch(&mut self, payloads: Vec<Bytes>) -> Result<(u64, u64, u64), ClientError> {
+        match self.call_leader(Request::Append { payloads }).await? {
+            Response::Appended { first_index, last_index, term } => Ok((first_index, last_index, term)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A linearizable read barrier: an index every committed write before the call is at or below.
+    pub async fn read_barrier(&mut self) -> Result<u64, ClientError> {
+        match self.call_leader(Request::ReadBarrier).await? {
+            Response::ReadIndex(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Committed entries `[lo, hi)` (at most `max_bytes` of payload, 0: no limit),
+    /// linearizably: a read barrier first, then the read at the leader, so every
+    /// entry acknowledged before the call is visible.
+    pub async fn read(&mut self, lo: u64, hi: u64, max_bytes: u32) -> Result<Vec<ClientEntry>, ClientError> {
+        self.read_barrier().await?;
+        match self.call_leader(Request::Read { lo, hi, max_bytes }).await? {
+            Response::Entries(e) => Ok(e),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One committed entry (linearizably, as [`Client::read`]).
+    pub async fn get(&mut self, index: u64) -> Result<ClientEntry, ClientError> {
+        let mut e = self.read(index, index + 1, 0).await?;
+        match e.len() {
+            1 => Ok(e.remove(0)),
+            _ => Err(ClientError::Protocol { endpoint: String::new(), reason: "expected one entry".into() }),
+        }
+    }
+
+    /// The entries `[lo, hi)` that `endpoint` itself has committed (no redirect;
+    /// a follower may be behind). For tools and tests that compare nodes.
+    pub async fn read_at(
+        &mut self,
+        endpoint: &str,
+        lo: u64,
+        hi: u64,
+        max_bytes: u32,
+    ) -> Result<Vec<ClientEntry>, ClientError> {
+        match self.call_at(endpoint, Request::Read { lo, hi, max_bytes }, self.timeout).await? {
+            Response::Entries(e) => Ok(e),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the leader to hand over to `target`.
+    pub async fn transfer_leader(&mut self, target: u64) -> Result<u64, ClientError> {
+        match self.call_leader(Request::TransferLeader { target }).await? {
+            Response::Transferred { new_term } => {
+                self.leader = None;
+                Ok(new_term)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What `endpoint` knows of every group it hosts (no redirect).
+    pub async fn node_status(&mut self, endpoint: &str) -> Result<Vec<GroupStatus>, ClientError> {
+        let saved = self.group;
+        self.group = crate::server::wire::ALL_GROUPS;
+        let r = self.call_at(endpoint, Request::Status, self.timeout).await;
+        self.group = saved;
+        match r? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    match r {
+        Response::Error(e) => ClientError::Server(e),
+        other => ClientError::Protocol { endpoint: String::new(), reason: format!("unexpected answer {other:?}") },
+    }
+}

@@ -1,0 +1,470 @@
+//! One Raft group on one core: the Raft core, its engine log, and the client
+//! requests waiting on it.
+//!
+//! Everything here runs on the group's core thread and is owned by one task,
+//! so the append path — request in, `Propose`, `PersistEntries` into the
+//! engine's batch, the write and sync, `EntriesDurable`, commit, reply —
+//! takes no lock. Commands of one step are executed in order (the core's
+//! contract, see `raft::Command`); storage completions come back through the
+//! engine's eventfd and are fed to the core as `EntriesDurable`.
+//!
+//! Persistence mapping: a Raft entry is one engine entry whose payload is a
+//! one-byte kind (0 no-op, 1 command) followed by the client's bytes, written
+//! with `append_parts` so the client bytes are copied once. Term and vote are
+//! the engine's metadata record.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dledger_engine::{Log, Meta};
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::wire::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
+use crate::raft::{
+    ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, Message, NodeId,
+    RaftCore, RestoredState, Role,
+};
+
+/// Where a client's answer goes: the writer of its connection.
+pub type ReplyTo = UnboundedSender<Frame>;
+
+/// What a group's task receives from other tasks and cores.
+#[derive(Debug)]
+pub enum GroupInput {
+    Raft(Message),
+    Client {
+        id: u64,
+        request: Request,
+        reply: ReplyTo,
+    },
+    /// Render this group's metrics in the Prometheus text format.
+    Metrics(tokio::sync::oneshot::Sender<String>),
+    /// Stop: finish what is in flight (within a grace period), sync, exit.
+    Shutdown,
+}
+
+/// A Raft message this group wants sent.
+pub type Outgoing = (NodeId, u64, Message);
+
+struct Pending {
+    reply: ReplyTo,
+    client_id: u64,
+    started: Instant,
+}
+
+struct GroupMetrics {
+    append_latency_us: Histogram<u64>,
+    batch_entries: Histogram<u64>,
+    proposals: u64,
+    entries_appended: u64,
+    bytes_written: u64,
+    elections_won: u64,
+}
+
+impl GroupMetrics {
+    fn new() -> Self {
+        GroupMetrics {
+            append_latency_us: Histogram::new_with_bounds(1, 600_000_000, 2).expect("bounds"),
+            batch_entries: Histogram::new_with_bounds(1, 1_000_000, 2).expect("bounds"),
+            proposals: 0,
+            entries_appended: 0,
+            bytes_written: 0,
+            elections_won: 0,
+        }
+    }
+}
+
+/// The fatal error of a group: its disk failed and the process must restart it.
+#[derive(Debug, thiserror::Error)]
+#[error("group {group}: {source}")]
+pub struct GroupFatal {
+    pub group: u64,
+    #[source]
+    pub source: dledger_engine::Error,
+}
+
+pub struct GroupHost {
+    pub group: u64,
+    node_id: NodeId,
+    core: RaftCore,
+    log: Log,
+    /// Addresses of the voters, for NotLeader answers.
+    addresses: HashMap<NodeId, String>,
+    pending: HashMap<u64, Pending>,
+    /// Read barriers waiting for apply: (read_index, request id).
+    reads: Vec<(u64, u64)>,
+    next_request: u64,
+    reported_durable: u64,
+    applied_index: u64,
+    /// Messages produced, drained by the core's loop after each turn.
+    pub outbox: Vec<Outgoing>,
+    metrics: GroupMetrics,
+    was_leader: bool,
+}
+
+fn encode_kind(kind: EntryKind) -> &'static [u8] {
+    match kind {
+        EntryKind::Noop => &[0],
+        EntryKind::Command => &[1],
+    }
+}
+
+impl GroupHost {
+    /// Restores the group from its log and starts its Raft core.
+    pub fn open(
+        group: u64,
+        node_id: NodeId,
+        voters: Vec<NodeId>,
+        addresses: HashMap<NodeId, String>,
+        raft: RaftConfig,
+        log: Log,
+    ) -> Result<GroupHost, String> {
+        if log.first_index() != 1 && log.last_index() >= log.first_index() {
+            return Err(format!(
+                "group {group}: log starts at {} (prefix purge is not supported yet)",
+                log.first_index()
+            ));
+        }
+        let mut entries = Vec::with_capacity(log.last_index() as usize);
+        let mut next = 1;
+        while next <= log.last_index() {
+            let mut chunk = Vec::new();
+            log.read_range(next, log.last_index() + 1, 16 << 20, &mut chunk).map_err(|e| e.to_string())?;
+            for e in chunk {
+                let kind = match e.payload.first() {
+                    Some(0) => EntryKind::Noop,
+                    Some(1) => EntryKind::Command,
+                    _ => return Err(format!("group {group}: entry {} has no valid kind byte", e.index)),
+                };
+                entries.push(Entry { index: e.index, term: e.term, kind, payload: e.payload.slice(1..) });
+                next = e.index + 1;
+            }
+        }
+        let m = log.meta();
+        let meta = HardState { term: m.current_term, voted_for: m.voted_for };
+        let seed = node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ dledger_engine::segment::fresh_salt();
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let core = RaftCore::new(node_id, voters, raft, RestoredState { meta, entries }, rng)
+            .map_err(|e| format!("group {group}: {e}"))?;
+        let reported_durable = log.durable_index();
+        Ok(GroupHost {
+            group,
+            node_id,
+            core,
+            log,
+            addresses,
+            pending: HashMap::new(),
+            reads: Vec::new(),
+            next_request: 1,
+            reported_durable,
+            applied_index: 0,
+            outbox: Vec::new(),
+            metrics: GroupMetrics::new(),
+            was_leader: false,
+        })
+    }
+
+    pub fn eventfd(&self) -> std::os::unix::io::RawFd {
+        self.log.eventfd()
+    }
+
+    pub fn role(&self) -> Role {
+        self.core.status().role
+    }
+
+    pub fn tick(&mut self) -> Result<(), GroupFatal> {
+        self.step(Event::Tick)
+    }
+
+    pub fn on_message(&mut self, m: Message) -> Result<(), GroupFatal> {
+        self.step(Event::Message(m))
+    }
+
+    /// Reaps engine completions and reports newly durable entries to the core.
+    pub fn on_storage_ready(&mut self) -> Result<(), GroupFatal> {
+        loop {
+            match self.log.poll_completions() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => return Err(self.fatal(e)),
+            }
+        }
+        self.report_durable()
+    }
+
+    /// Submits what the last steps appended (group commit: one batch per turn).
+    pub fn flush(&mut self) -> Result<(), GroupFatal> {
+        self.log.flush().map_err(|e| self.fatal(e))
+    }
+
+    fn fatal(&self, source: dledger_engine::Error) -> GroupFatal {
+        GroupFatal { group: self.group, source }
+    }
+
+    fn report_durable(&mut self) -> Result<(), GroupFatal> {
+        let d = self.log.durable_index();
+        if d != self.reported_durable {
+            self.reported_durable = d;
+            if let Some(term) = self.log.term_at(d) {
+                self.step(Event::EntriesDurable { index: d, term })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, event: Event) -> Result<(), GroupFatal> {
+        let commands = self.core.step(event);
+        self.execute(commands)
+    }
+
+    fn execute(&mut self, commands: Vec<Command>) -> Result<(), GroupFatal> {
+        for c in commands {
+            match c {
+                Command::SaveMeta(hs) => {
+                    let blob = self.log.meta().blob.clone();
+                    let meta = Meta { current_term: hs.term, voted_for: hs.voted_for, blob };
+                    self.log.save_meta(&meta).map_err(|e| self.fatal(e))?;
+                    self.step(Event::MetaSaved(hs))?;
+                }
+                Command::PersistEntries { truncate_from, entries } => {
+                    if let Some(from) = truncate_from {
+                        self.log.truncate_suffix(from).map_err(|e| self.fatal(e))?;
+                        self.reported_durable = self.reported_durable.min(from - 1);
+                    }
+                    if !entries.is_empty() {
+                        self.metrics.batch_entries.saturating_record(entries.len() as u64);
+                    }
+                    for e in &entries {
+                        loop {
+                            match self.log.append_parts(e.term, &[encode_kind(e.kind), &e.payload]) {
+                                Ok(i) => {
+                                    debug_assert_eq!(i, e.index);
+                                    break;
+                                }
+                                // The disk is behind by a whole ring: wait for it.
+                                Err(dledger_engine::Error::Backpressure { .. }) => {
+                                    let next = self.log.durable_index() + 1;
+                                    self.log.wait_durable(next).map_err(|e| self.fatal(e))?;
+                                }
+                                Err(err) => return Err(self.fatal(err)),
+                            }
+                        }
+                        self.metrics.entries_appended += 1;
+                        self.metrics.bytes_written += e.payload.len() as u64 + 1;
+                    }
+                }
+                Command::Send(m) => self.outbox.push((m.to, self.group, m)),
+                Command::Apply(entries) => {
+                    if let Some(last) = entries.last() {
+                        self.applied_index = last.index;
+                    }
+                    self.answer_reads();
+                }
+                Command::Reply(r) => self.reply(r),
+            }
+        }
+        let leader = self.core.status().role == Role::Leader;
+        if leader && !self.was_leader {
+            self.metrics.elections_won += 1;
+        }
+        self.was_leader = leader;
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied_index;
+        let mut i = 0;
+        while i < self.reads.len() {
+            if self.reads[i].0 <= applied {
+                let (read_index, id) = self.reads.swap_remove(i);
+                self.respond(id, Response::ReadIndex(read_index));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn respond(&mut self, request_id: u64, response: Response) {
+        if let Some(p) = self.pending.remove(&request_id) {
+            if matches!(response, Response::Appended { .. }) {
+                self.metrics.append_latency_us.saturating_record(p.started.elapsed().as_micros() as u64);
+            }
+            // A closed connection has nobody to answer.
+            let _ = p.reply.send(Frame::Response { id: p.client_id, response });
+        }
+    }
+
+    fn not_leader(&self, hint: Option<NodeId>) -> ServerError {
+        ServerError::NotLeader { leader: hint, address: hint.and_then(|h| self.addresses.get(&h).cloned()) }
+    }
+
+    fn reply(&mut self, r: ClientReply) {
+        match r {
+            ClientReply::Committed { request_id, first_index, last_index, term } => {
+                self.respond(request_id, Response::Appended { first_index, last_index, term })
+            }
+            ClientReply::ReadReady { request_id, read_index } => {
+                self.reads.push((read_index, request_id));
+                self.answer_reads();
+            }
+            ClientReply::TransferDone { request_id, new_term, .. } => {
+                self.respond(request_id, Response::Transferred { new_term })
+            }
+            ClientReply::Failed { request_id, error } => {
+                let e = match error {
+                    ClientError::NotLeader { leader_hint } => self.not_leader(leader_hint),
+                    ClientError::LeadershipLost { .. } => ServerError::LeadershipLost,
+                    ClientError::TransferInProgress { target } => self.not_leader(Some(target)),
+                    ClientError::TransferFailed { target, reason } => {
+                        ServerError::TransferFailed(format!("to node {target}: {reason}"))
+                    }
+                    ClientError::EmptyProposal => ServerError::BadRequest("an append needs at least one entry".into()),
+                };
+                self.respond(request_id, Response::Error(e));
+            }
+        }
+    }
+
+    /// Handles a client request: answers at once or registers it with the core.
+    pub fn on_client(&mut self, client_id: u64, request: Request, reply: ReplyTo) -> Result<(), GroupFatal> {
+        let answer = |reply: &ReplyTo, response| {
+            let _ = reply.send(Frame::Response { id: client_id, response });
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let event = match request {
+            Request::Append { payloads } => {
+                self.metrics.proposals += 1;
+                Event::Propose { request_id, payloads }
+            }
+            Request::ReadBarrier => Event::ReadIndex { request_id },
+            Request::TransferLeader { target } => Event::TransferLeadership { request_id, target },
+            Request::Get { index } => {
+                answer(&reply, self.read(index, index + 1, 0));
+                return Ok(());
+            }
+            Request::Read { lo, hi, max_bytes } => {
+                answer(&reply, self.read(lo, hi, max_bytes as usize));
+                return Ok(());
+            }
+            Request::Status => {
+                answer(&reply, Response::Status(vec![self.status()]));
+                return Ok(());
+            }
+        };
+        self.pending.insert(request_id, Pending { reply, client_id, started: Instant::now() });
+        self.step(event)
+    }
+
+    /// Committed entries `[lo, hi)`, up to `max_bytes` of payload (0: no limit).
+    fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Response {
+        let commit = self.core.log().committed_index();
+        if lo == 0 || lo > commit || hi <= lo {
+            return Response::Error(ServerError::OutOfRange { index: lo, first: 1, commit });
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in self.core.log().entries(lo, (hi - 1).min(commit)) {
+            // A leader's no-op shows as an entry with an empty payload.
+            bytes += e.payload.len();
+            out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.clone() });
+            if max_bytes > 0 && bytes >= max_bytes {
+                break;
+            }
+        }
+        Response::Entries(out)
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let s = self.core.status();
+        let role = match s.role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate | Role::PreCandidate => "candidate",
+        };
+        let mut followers = Vec::new();
+        if s.role == Role::Leader {
+            for id in self.addresses.keys().copied().filter(|&id| id != self.node_id) {
+                if let Some(p) = self.core.progress(id) {
+                    followers.push((id, p.match_index));
+                }
+            }
+            followers.sort_unstable();
+        }
+        GroupStatus {
+            group: self.group,
+            node: self.node_id,
+            role: role.to_string(),
+            term: s.term,
+            leader: s.leader_id,
+            last_index: s.last_index,
+            commit_index: s.committed_index,
+            durable_index: s.durable_index,
+            followers,
+        }
+    }
+
+    /// Fails every waiting request (the node is stopping).
+    pub fn fail_all(&mut self, error: ServerError) {
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.respond(id, Response::Error(error.clone()));
+        }
+        self.reads.clear();
+    }
+
+    /// Makes everything appended durable (for shutdown) and reports it.
+    pub fn sync(&mut self) -> Result<(), GroupFatal> {
+        self.log.sync_all().map_err(|e| self.fatal(e))?;
+        self.report_durable()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Prometheus text lines for this group.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = self.core.status();
+        let g = self.group;
+        let role = match s.role {
+            Role::Leader => 3,
+            Role::Candidate => 2,
+            Role::PreCandidate => 1,
+            Role::Follower => 0,
+        };
+        let m = &self.metrics;
+        let _ = writeln!(out, "dledger_term{{group=\"{g}\"}} {}", s.term);
+        let _ = writeln!(out, "dledger_role{{group=\"{g}\"}} {role}");
+        let _ = writeln!(out, "dledger_last_index{{group=\"{g}\"}} {}", s.last_index);
+        let _ = writeln!(out, "dledger_commit_index{{group=\"{g}\"}} {}", s.committed_index);
+        let _ = writeln!(out, "dledger_durable_index{{group=\"{g}\"}} {}", s.durable_index);
+        let _ = writeln!(out, "dledger_proposals_total{{group=\"{g}\"}} {}", m.proposals);
+        let _ = writeln!(out, "dledger_entries_appended_total{{group=\"{g}\"}} {}", m.entries_appended);
+        let _ = writeln!(out, "dledger_bytes_written_total{{group=\"{g}\"}} {}", m.bytes_written);
+        let _ = writeln!(out, "dledger_leader_elections_won_total{{group=\"{g}\"}} {}", m.elections_won);
+        for (name, h) in
+            [("dledger_append_latency_us", &m.append_latency_us), ("dledger_batch_entries", &m.batch_entries)]
+        {
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                let _ = writeln!(out, "{name}{{group=\"{g}\",quantile=\"{q}\"}} {}", h.value_at_quantile(q));
+            }
+            let _ = writeln!(out, "{name}_count{{group=\"{g}\"}} {}", h.len());
+        }
+        if s.role == Role::Leader {
+            for (node, match_index) in self.status().followers {
+                let lag = s.last_index.saturating_sub(match_index);
+                let _ = writeln!(out, "dledger_follower_lag_entries{{group=\"{g}\",follower=\"{node}\"}} {lag}");
+            }
+        }
+    }
+
+    /// The committed payloads `[lo, hi)` (tests and tools).
+    pub fn committed(&self, lo: u64, hi: u64) -> Vec<Bytes> {
+        self.core.log().entries(lo, hi.saturating_sub(1)).iter().map(|e| e.payload.clone()).collect()
+    }
+}

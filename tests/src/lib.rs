@@ -1,0 +1,2 @@
+//! Integration and fault tests of dledger-rs: they start real `dledger`
+//! processes on 127.0.0.1 (see `tests/harness`). The library itself is empty.

@@ -1,0 +1,221 @@
+//! Real `dledger` processes on 127.0.0.1 for integration and fault tests.
+//!
+//! Ports come from the OS (bind to port 0, note the port, release it), data
+//! lives in a temporary directory, every wait polls with a deadline and says
+//! what it waited for, and dropping a [`Cluster`] kills its processes.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dledger_node::client::Client;
+use dledger_node::server::wire::GroupStatus;
+
+pub fn dledger_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dledger-under-test"))
+}
+
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await; // poll interval
+    }
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub endpoint: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub groups: u64,
+}
+
+impl Cluster {
+    /// Writes configs for `n` nodes hosting `groups` groups on `cores` cores each, and starts them.
+    pub fn start(n: usize, groups: u64, cores: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(n);
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let peers: String = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("[[peers]]\nid = {}\naddress = \"{e}\"\n", i + 1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, ep) in endpoints.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = dir.path().join(format!("n{id}.toml"));
+            let text = format!(
+                "node_id = {id}\nlisten = \"{ep}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = {cores}\nsegment_mib = 8\n\n{peers}",
+                dir.path().join(format!("n{id}")).display()
+            );
+            std::fs::write(&config, text).unwrap();
+            nodes.push(NodeProc {
+                id,
+                endpoint: ep.clone(),
+                config,
+                log: dir.path().join(format!("n{id}.log")),
+                child: None,
+            });
+        }
+        let mut c = Cluster { dir, nodes, groups };
+        for id in 1..=n as u64 {
+            c.start_node(id);
+        }
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.endpoint.clone()).collect()
+    }
+
+    fn node(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let n = self.node(id);
+        assert!(n.child.is_none(), "node {id} already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
+        let child = Command::new(dledger_bin())
+            .arg("server")
+            .arg("--config")
+            .arg(&n.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dledger server");
+        n.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to sync or answer.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut c = self.node(id).child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not exit within 20 s of SIGTERM");
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn client(&self, group: u64) -> Client {
+        Client::new(self.endpoints(), "dledger", group, Duration::from_secs(10))
+    }
+
+    pub async fn status(&self, id: u64) -> Option<Vec<GroupStatus>> {
+        let ep = self.nodes.iter().find(|n| n.id == id).unwrap().endpoint.clone();
+        let mut c = Client::new(vec![ep.clone()], "dledger", 0, Duration::from_millis(500));
+        c.node_status(&ep).await.ok()
+    }
+
+    /// The leader of `group` once one is known to every running node... or at least one.
+    pub async fn leader(&self, group: u64) -> u64 {
+        eventually(&format!("a leader of group {group}"), Duration::from_secs(20), || async move {
+            for n in &self.nodes {
+                if n.child.is_none() {
+                    continue;
+                }
+                if let Some(s) = self.status(n.id).await {
+                    if let Some(g) = s.iter().find(|g| g.group == group && g.role == "leader") {
+                        return Some(g.node);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Waits until `id` has committed at least `index` in `group`.
+    pub async fn wait_commit(&self, id: u64, group: u64, index: u64) {
+        eventually(&format!("node {id} to commit {index} in group {group}"), Duration::from_secs(30), || async move {
+            let s = self.status(id).await?;
+            s.iter().find(|g| g.group == group && g.commit_index >= index).map(|_| ())
+        })
+        .await
+    }
+
+    /// Every committed entry `[1, upto]` of `group` as node `id` holds it.
+    pub async fn committed_log(&self, id: u64, group: u64, upto: u64) -> Vec<(u64, u64, Bytes)> {
+        let ep = self.nodes.iter().find(|n| n.id == id).unwrap().endpoint.clone();
+        let mut c = Client::new(vec![ep.clone()], "dledger", group, Duration::from_secs(10));
+        let mut out = Vec::new();
+        let mut next = 1;
+        while next <= upto {
+            let chunk = c.read_at(&ep, next, upto + 1, 1 << 20).await.unwrap();
+            assert!(!chunk.is_empty(), "node {id} returned nothing at {next}");
+            for e in chunk {
+                assert_eq!(e.index, next);
+                next += 1;
+                out.push((e.index, e.term, e.payload));
+            }
+        }
+        out
+    }
+
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes.iter().find(|n| n.id == id).unwrap().log).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!("---- log of node {} ----\n{}", n.id, std::fs::read_to_string(&n.log).unwrap_or_default());
+            }
+        }
+    }
+}
