@@ -223,3 +223,89 @@ async fn a_follower_answers_not_leader_with_the_leaders_address() {
         })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_mid_load_loses_nothing_acknowledged() {
+    let mut c = Cluster::start(3, 1, 1);
+    let leader = c.leader(0).await;
+    // Clients keep appending while the leader is asked to stop.
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let mut client = c.client(0);
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for s in 0..150 {
+                let p = payload(k, s);
+                if let Ok((i, t)) = client.append(p.clone()).await {
+                    acked.push((i, t, p));
+                }
+            }
+            acked
+        }));
+    }
+    eventually("some appends before the stop", Duration::from_secs(10), || {
+        let c = &c;
+        async move { c.status(leader).await.and_then(|s| (s[0].commit_index > 50).then_some(())) }
+    })
+    .await;
+    assert!(c.stop(leader).success(), "the leader exits cleanly on SIGTERM");
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    c.start_node(leader);
+    let new = c.leader(0).await;
+    let last = acked.iter().map(|a| a.0).max().unwrap();
+    c.wait_commit(new, 0, last).await;
+    c.wait_commit(leader, 0, last).await;
+    assert_acked_present(&acked, &c.committed_log(new, 0, last).await);
+    assert_acked_present(&acked, &c.committed_log(leader, 0, last).await);
+    assert!(c.log_text(leader).contains("group stopped"), "the group shut down in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_speaks_prometheus_text() {
+    // A single-node cluster with the metrics endpoint on.
+    let dir = tempfile::tempdir().unwrap();
+    let ports = harness::free_ports(2);
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = 1\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n[[peers]]\nid = 1\naddress = \"127.0.0.1:{0}\"\n",
+            ports[0],
+            ports[1],
+            dir.path().join("d").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(harness::dledger_bin())
+        .args(["server", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("127.0.0.1:{}", ports[0]);
+    let mut lone = dledger_node::client::Client::new(vec![endpoint], "dledger", 0, Duration::from_secs(10));
+    lone.append(Bytes::from_static(b"x")).await.unwrap();
+    let text = eventually("the metrics endpoint", Duration::from_secs(10), || async {
+        let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{}", ports[1])).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for name in [
+        "dledger_term{",
+        "dledger_role{",
+        "dledger_commit_index{",
+        "dledger_append_latency_us{",
+        "dledger_bytes_written_total{",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}
