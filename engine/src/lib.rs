@@ -31,7 +31,7 @@ pub use config::{BackendChoice, LogConfig, SyncMode};
 pub use error::{Error, Result};
 pub use faults::{FailPoint, Faults};
 pub use io::BackendKind;
-pub use log::{Entry, Log, RecoveryReport};
+pub use log::{Entry, Log, LogStats, RecoveryReport};
 pub use meta::{Meta, MAX_BLOB_BYTES};
 pub use probe::{probe, ProbeReport};
 pub use retention::RetentionPolicy;

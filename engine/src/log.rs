@@ -103,6 +103,17 @@ impl PendingBatch {
     }
 }
 
+/// Counters of the write path, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches written and synced.
+    pub batches_written: u64,
+    /// Bytes those batches took on disk (headers and padding included).
+    pub bytes_written: u64,
+    /// Submit-to-completion time of the last batch (write plus data sync), in microseconds.
+    pub last_write_sync_us: u64,
+}
+
 /// What a successful open found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -141,6 +152,8 @@ pub struct Log {
     next_segment_id: u64,
     fatal: Option<(&'static str, PathBuf, i32)>,
     recovery: RecoveryReport,
+    stats: LogStats,
+    in_flight_since: Option<std::time::Instant>,
     /// Held for the life of the log: one writer per directory (readers share it).
     _lock: Option<std::fs::File>,
 }
@@ -248,6 +261,8 @@ impl Log {
             next_segment_id: 0,
             fatal: None,
             recovery: RecoveryReport::default(),
+            stats: LogStats::default(),
+            in_flight_since: None,
             _lock: lock,
         };
         log.recover()?;
@@ -399,6 +414,10 @@ impl Log {
     /// True when writes go through O_DIRECT.
     pub fn is_direct(&self) -> bool {
         self.direct
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats
     }
 
     pub fn recovery_report(&self) -> &RecoveryReport {
@@ -698,6 +717,7 @@ impl Log {
             return Err(self.make_fatal("submit write", path, e));
         }
         self.in_flight = Some(b);
+        self.in_flight_since = Some(std::time::Instant::now());
         Ok(())
     }
 
@@ -726,6 +746,11 @@ impl Log {
             let path = self.segments.iter().find(|s| s.id == b.segment_id).map(|s| s.path.clone()).unwrap_or_default();
             return Err(self.make_fatal(op, path, e));
         }
+        if let Some(t) = self.in_flight_since.take() {
+            self.stats.last_write_sync_us = t.elapsed().as_micros() as u64;
+        }
+        self.stats.batches_written += 1;
+        self.stats.bytes_written += b.padded() as u64;
         let end = b.end_index();
         assert!(end > self.durable_index || b.entry_count == 0, "durable index never moves back");
         self.durable_index = end - 1;

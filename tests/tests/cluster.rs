@@ -305,6 +305,7 @@ async fn metrics_endpoint_speaks_prometheus_text() {
         "dledger_commit_index{",
         "dledger_append_latency_us{",
         "dledger_bytes_written_total{",
+        "dledger_write_sync_latency_us{",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }

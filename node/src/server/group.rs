@@ -57,6 +57,8 @@ struct Pending {
 
 struct GroupMetrics {
     append_latency_us: Histogram<u64>,
+    write_sync_us: Histogram<u64>,
+    batches_seen: u64,
     batch_entries: Histogram<u64>,
     proposals: u64,
     entries_appended: u64,
@@ -68,6 +70,8 @@ impl GroupMetrics {
     fn new() -> Self {
         GroupMetrics {
             append_latency_us: Histogram::new_with_bounds(1, 600_000_000, 2).expect("bounds"),
+            write_sync_us: Histogram::new_with_bounds(1, 600_000_000, 2).expect("bounds"),
+            batches_seen: 0,
             batch_entries: Histogram::new_with_bounds(1, 1_000_000, 2).expect("bounds"),
             proposals: 0,
             entries_appended: 0,
@@ -187,7 +191,13 @@ impl GroupHost {
     pub fn on_storage_ready(&mut self) -> Result<(), GroupFatal> {
         loop {
             match self.log.poll_completions() {
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => {
+                    let st = self.log.stats();
+                    if st.batches_written != self.metrics.batches_seen {
+                        self.metrics.batches_seen = st.batches_written;
+                        self.metrics.write_sync_us.saturating_record(st.last_write_sync_us.max(1));
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => return Err(self.fatal(e)),
             }
@@ -445,11 +455,15 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_durable_index{{group=\"{g}\"}} {}", s.durable_index);
         let _ = writeln!(out, "dledger_proposals_total{{group=\"{g}\"}} {}", m.proposals);
         let _ = writeln!(out, "dledger_entries_appended_total{{group=\"{g}\"}} {}", m.entries_appended);
-        let _ = writeln!(out, "dledger_bytes_written_total{{group=\"{g}\"}} {}", m.bytes_written);
+        let _ = writeln!(out, "dledger_bytes_written_total{{group=\"{g}\"}} {}", self.log.stats().bytes_written);
+        let _ = writeln!(out, "dledger_payload_bytes_total{{group=\"{g}\"}} {}", m.bytes_written);
         let _ = writeln!(out, "dledger_leader_elections_won_total{{group=\"{g}\"}} {}", m.elections_won);
-        for (name, h) in
-            [("dledger_append_latency_us", &m.append_latency_us), ("dledger_batch_entries", &m.batch_entries)]
-        {
+        let histograms = [
+            ("dledger_append_latency_us", &m.append_latency_us),
+            ("dledger_write_sync_latency_us", &m.write_sync_us),
+            ("dledger_batch_entries", &m.batch_entries),
+        ];
+        for (name, h) in histograms {
             for q in [0.5, 0.9, 0.99, 0.999] {
                 let _ = writeln!(out, "{name}{{group=\"{g}\",quantile=\"{q}\"}} {}", h.value_at_quantile(q));
             }
