@@ -16,7 +16,9 @@ pub struct LeaseConfig {
 }
 
 /// Test-only switches that re-introduce known Raft bugs, to prove that the
-/// simulation's checkers catch them. All `false` in any real configuration.
+/// simulation's checkers catch them. The `Config` field that holds them
+/// exists only in tests and with the `sim` feature; elsewhere every switch
+/// is a constant `false` and the checks compile away.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InjectedBugs {
     /// Followers accept an append whose `prev_log_term` does not match.
@@ -58,7 +60,19 @@ pub struct Config {
     /// Hand leadership over to this node whenever it is caught up.
     pub preferred_leader: Option<NodeId>,
     /// Bug injection for the simulation; leave at the default.
+    #[cfg(any(test, feature = "sim"))]
     pub injected_bugs: InjectedBugs,
+}
+
+impl InjectedBugs {
+    /// Every switch off.
+    pub const NONE: InjectedBugs = InjectedBugs {
+        skip_prev_log_term_check: false,
+        commit_old_term_by_count: false,
+        vote_without_log_check: false,
+        ack_before_durable: false,
+        read_without_quorum_round: false,
+    };
 }
 
 impl Default for Config {
@@ -74,6 +88,7 @@ impl Default for Config {
             check_quorum: true,
             lease: None,
             preferred_leader: None,
+            #[cfg(any(test, feature = "sim"))]
             injected_bugs: InjectedBugs::default(),
         }
     }
@@ -146,6 +161,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The bug-injection switches in force (all off outside tests and sims).
+    #[inline]
+    pub(crate) fn bugs(&self) -> InjectedBugs {
+        #[cfg(any(test, feature = "sim"))]
+        return self.injected_bugs;
+        #[cfg(not(any(test, feature = "sim")))]
+        return InjectedBugs::NONE;
     }
 
     /// Ticks a lease lasts after the heartbeat round that confirmed it was sent.

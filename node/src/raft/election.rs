@@ -76,8 +76,7 @@ impl RaftCore {
         last_log_term: Term,
         last_log_index: LogIndex,
     ) {
-        let log_ok =
-            self.config.injected_bugs.vote_without_log_check || self.log.is_up_to_date(last_log_term, last_log_index);
+        let log_ok = self.config.bugs().vote_without_log_check || self.log.is_up_to_date(last_log_term, last_log_index);
         let granted = proposed_term > self.term && log_ok && !self.in_leader_lease();
         // A grant echoes the term asked; a refusal carries our own term, so
         // a pre-candidate behind us catches up.
@@ -104,8 +103,7 @@ impl RaftCore {
     }
 
     pub(super) fn on_vote_request(&mut self, from: NodeId, last_log_term: Term, last_log_index: LogIndex) {
-        let log_ok =
-            self.config.injected_bugs.vote_without_log_check || self.log.is_up_to_date(last_log_term, last_log_index);
+        let log_ok = self.config.bugs().vote_without_log_check || self.log.is_up_to_date(last_log_term, last_log_index);
         let can_vote = self.voted_for.is_none() || self.voted_for == Some(from);
         let granted = can_vote && log_ok && matches!(self.role, Role::Follower | Role::PreCandidate);
         if granted {

@@ -112,7 +112,7 @@ impl RaftCore {
         let round = self.reads.round + 1;
         let mut need_round = false;
         for request_id in request_ids {
-            if self.lease_valid() || self.quorum() == 1 || self.config.injected_bugs.read_without_quorum_round {
+            if self.lease_valid() || self.quorum() == 1 || self.config.bugs().read_without_quorum_round {
                 self.reply(ClientReply::ReadReady { request_id, read_index });
             } else {
                 self.reads.pending.push_back(PendingRead { request_id, read_index, round });

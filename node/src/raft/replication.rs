@@ -145,7 +145,7 @@ impl RaftCore {
 
         let prev_matches = match self.log.term_at(prev_log_index) {
             None => false,
-            Some(term) => term == prev_log_term || self.config.injected_bugs.skip_prev_log_term_check,
+            Some(term) => term == prev_log_term || self.config.bugs().skip_prev_log_term_check,
         };
         if !prev_matches {
             let hint = match self.log.term_at(prev_log_index) {
@@ -198,7 +198,7 @@ impl RaftCore {
     /// What a follower may acknowledge: verified against this term's leader
     /// and durable.
     fn ackable_index(&self) -> LogIndex {
-        if self.config.injected_bugs.ack_before_durable {
+        if self.config.bugs().ack_before_durable {
             return self.verified_index.min(self.log.last_index());
         }
         self.verified_index.min(self.log.durable_index())
@@ -326,7 +326,7 @@ impl RaftCore {
             return;
         }
         let term_ok = self.log.term_at(quorum_index) == Some(self.term);
-        if (term_ok || self.config.injected_bugs.commit_old_term_by_count) && self.log.commit_to(quorum_index) {
+        if (term_ok || self.config.bugs().commit_old_term_by_count) && self.log.commit_to(quorum_index) {
             self.apply_committed();
         }
     }
