@@ -92,6 +92,40 @@ enum Cmd {
         #[arg(long)]
         to: u64,
     },
+    /// Load a running cluster and report throughput and latency (optionally against an SLO).
+    Bench {
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        #[arg(long, default_value = "dledger")]
+        cluster: String,
+        /// Concurrent clients, each with one request in flight.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Payload bytes per entry.
+        #[arg(long, default_value_t = 256)]
+        entry_size: usize,
+        /// Entries per request.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Spread clients over groups 0..groups.
+        #[arg(long, default_value_t = 1)]
+        groups: u64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Open loop: requests per second over all clients (latency from the intended send time).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        json: bool,
+        /// For example "p99<=5ms,p999<=20ms"; exit non-zero when missed.
+        #[arg(long)]
+        slo: Option<String>,
+        /// Write an SVG with the latency distribution and the per-second timeline.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// What the storage engine can use in a directory.
     Doctor {
         #[arg(long, default_value = ".")]
@@ -207,6 +241,65 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
         Cmd::Cluster { endpoints, cluster, json } => {
             let rows = cluster_rows(&endpoints, &cluster).await;
             print_rows(&rows, json);
+            Ok(())
+        }
+        Cmd::Bench {
+            endpoints,
+            cluster,
+            clients,
+            entry_size,
+            batch,
+            groups,
+            seconds,
+            warmup,
+            rate,
+            json,
+            slo,
+            plot,
+        } => {
+            let slo = slo.as_deref().map(crate::loadgen::parse_slo).transpose()?;
+            let spec = crate::loadgen::BenchSpec {
+                endpoints,
+                cluster,
+                clients,
+                entry_size,
+                batch,
+                groups,
+                seconds,
+                warmup,
+                rate,
+                timeout: Duration::from_secs(10),
+            };
+            let bar = indicatif::ProgressBar::new(((warmup + seconds) * 10.0) as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
+                    .map_err(|e| e.to_string())?,
+            );
+            let mut last = (Duration::ZERO, 0u64);
+            let report = crate::loadgen::run(spec, |elapsed, entries| {
+                bar.set_position((elapsed.as_secs_f64() * 10.0) as u64);
+                let dt = (elapsed - last.0).as_secs_f64().max(1e-3);
+                bar.set_message(format!("{:.0} entries/s", (entries - last.1) as f64 / dt));
+                last = (elapsed, entries);
+            })
+            .await;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())?);
+            } else {
+                print!("{report}");
+            }
+            if let Some(path) = plot {
+                crate::loadgen::plot_svg(&report, &path)?;
+                eprintln!("plot written to {}", path.display());
+            }
+            if let Some(slo) = slo {
+                let missed = crate::loadgen::check_slo(&report, &slo);
+                if !missed.is_empty() {
+                    return Err(format!("SLO missed: {}", missed.join("; ")));
+                }
+                eprintln!("SLO met");
+            }
             Ok(())
         }
         Cmd::Doctor { dir } => {

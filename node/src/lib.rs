@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod loadgen;
 pub mod raft;
 pub mod server;
 

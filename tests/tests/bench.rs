@@ -1,0 +1,43 @@
+//! `dledger bench` against a real cluster: the report, its JSON, the plot and
+//! the SLO gate (figures are printed, never asserted beyond sanity).
+
+mod harness;
+
+use std::process::Command;
+
+use harness::{dledger_bin, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_json_plots_and_gates_on_an_slo() {
+    let c = Cluster::start(3, 2, 1);
+    c.leader(0).await;
+    c.leader(1).await;
+    let eps = c.endpoints().join(",");
+    let plot = c.path().join("bench.svg");
+    let o = Command::new(dledger_bin())
+        .args(["bench", "--endpoints", &eps, "--clients", "8", "--groups", "2", "--batch", "4"])
+        .args(["--seconds", "1", "--warmup", "0.2", "--json", "--plot", plot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    for k in ["entries_per_sec", "mb_per_sec", "p50_ms", "p99_ms", "p999_ms", "max_ms", "errors", "timeline"] {
+        assert!(j.get(k).is_some(), "report lacks {k}: {j}");
+    }
+    assert!(j["entries_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["entries"].as_u64().unwrap() % 4, 0, "whole batches of 4");
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "an SVG with lines");
+    println!("bench: {}", String::from_utf8_lossy(&o.stdout).lines().take(12).collect::<Vec<_>>().join(" "));
+
+    // Open loop with an SLO nobody can meet: non-zero exit naming what was missed.
+    let o = Command::new(dledger_bin())
+        .args(["bench", "--endpoints", &eps, "--clients", "2", "--rate", "100", "--seconds", "0.5", "--warmup", "0"])
+        .args(["--slo", "p99<=1us"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("SLO missed: p99 was"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("open loop at 100 requests/s"));
+}
