@@ -14,7 +14,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
             if name != "target" && !name.starts_with('.') {
                 rust_files(&path, out);
             }
-        } else if name.ends_with(".rs") && !path.ends_with("bench/tests/tidy.rs") {
+        } else if name.ends_with(".rs") && name != "tidy.rs" {
+            // Tidy checkers name the tokens they forbid; they are skipped.
             out.push(path);
         }
     }
