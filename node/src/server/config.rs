@@ -17,6 +17,7 @@
 //! [[peers]]                         # every voter, this node included
 //! id = 1
 //! address = "127.0.0.1:20911"
+//! # client_address = "..."          # if clients reach it elsewhere than `address`
 //! ```
 //!
 //! Defaults are chosen for failover well under a second: a follower notices a
@@ -58,7 +59,12 @@ fn default_max_frame_mib() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub id: u64,
+    /// Where this node reaches the peer (its `listen`, or a proxy in front of it).
     pub address: String,
+    /// Where clients reach the peer, when that differs from `address`
+    /// (told to clients in `NotLeader` answers).
+    #[serde(default)]
+    pub client_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -141,8 +147,10 @@ impl ServerConfig {
             return bad("peer id 0 is reserved for clients".into());
         }
         for p in &self.peers {
-            if p.address.parse::<SocketAddr>().is_err() {
-                return bad(format!("peer {} address {:?} is not ip:port", p.id, p.address));
+            for a in std::iter::once(&p.address).chain(p.client_address.as_ref()) {
+                if a.parse::<SocketAddr>().is_err() {
+                    return bad(format!("peer {} address {a:?} is not ip:port", p.id));
+                }
             }
         }
         if self.listen.parse::<SocketAddr>().is_err() {
@@ -169,8 +177,9 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The address clients should use for each node.
     pub fn addresses(&self) -> HashMap<u64, String> {
-        self.peers.iter().map(|p| (p.id, p.address.clone())).collect()
+        self.peers.iter().map(|p| (p.id, p.client_address.clone().unwrap_or_else(|| p.address.clone()))).collect()
     }
 
     pub fn voters(&self) -> Vec<u64> {

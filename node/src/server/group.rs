@@ -107,6 +107,9 @@ pub struct GroupHost {
     pub outbox: Vec<Outgoing>,
     metrics: GroupMetrics,
     was_leader: bool,
+    /// Entries the core asked to persist that the engine has not taken yet (full disk).
+    backlog: std::collections::VecDeque<Entry>,
+    disk_full: bool,
 }
 
 fn encode_kind(kind: EntryKind) -> &'static [u8] {
@@ -168,6 +171,8 @@ impl GroupHost {
             outbox: Vec::new(),
             metrics: GroupMetrics::new(),
             was_leader: false,
+            backlog: Default::default(),
+            disk_full: false,
         })
     }
 
@@ -180,6 +185,9 @@ impl GroupHost {
     }
 
     pub fn tick(&mut self) -> Result<(), GroupFatal> {
+        if !self.backlog.is_empty() {
+            self.drain_backlog()?;
+        }
         self.step(Event::Tick)
     }
 
@@ -241,30 +249,17 @@ impl GroupHost {
                 }
                 Command::PersistEntries { truncate_from, entries } => {
                     if let Some(from) = truncate_from {
-                        self.log.truncate_suffix(from).map_err(|e| self.fatal(e))?;
+                        self.backlog.retain(|e| e.index < from);
+                        if from <= self.log.last_index() {
+                            self.log.truncate_suffix(from).map_err(|e| self.fatal(e))?;
+                        }
                         self.reported_durable = self.reported_durable.min(from - 1);
                     }
                     if !entries.is_empty() {
                         self.metrics.batch_entries.saturating_record(entries.len() as u64);
                     }
-                    for e in &entries {
-                        loop {
-                            match self.log.append_parts(e.term, &[encode_kind(e.kind), &e.payload]) {
-                                Ok(i) => {
-                                    debug_assert_eq!(i, e.index);
-                                    break;
-                                }
-                                // The disk is behind by a whole ring: wait for it.
-                                Err(dledger_engine::Error::Backpressure { .. }) => {
-                                    let next = self.log.durable_index() + 1;
-                                    self.log.wait_durable(next).map_err(|e| self.fatal(e))?;
-                                }
-                                Err(err) => return Err(self.fatal(err)),
-                            }
-                        }
-                        self.metrics.entries_appended += 1;
-                        self.metrics.bytes_written += e.payload.len() as u64 + 1;
-                    }
+                    self.backlog.extend(entries);
+                    self.drain_backlog()?;
                 }
                 Command::Send(m) => self.outbox.push((m.to, self.group, m)),
                 Command::Apply(entries) => {
@@ -281,6 +276,40 @@ impl GroupHost {
             self.metrics.elections_won += 1;
         }
         self.was_leader = leader;
+        Ok(())
+    }
+
+    /// Hands waiting entries to the engine, in order. A full disk is not fatal:
+    /// the entries wait here (not durable, so never acknowledged) and are retried
+    /// every tick until space returns.
+    fn drain_backlog(&mut self) -> Result<(), GroupFatal> {
+        while let Some(e) = self.backlog.front() {
+            match self.log.append_parts(e.term, &[encode_kind(e.kind), &e.payload]) {
+                Ok(i) => {
+                    debug_assert_eq!(i, e.index);
+                    self.metrics.entries_appended += 1;
+                    self.metrics.bytes_written += e.payload.len() as u64 + 1;
+                    self.backlog.pop_front();
+                }
+                // The disk is behind by a whole ring: wait for it.
+                Err(dledger_engine::Error::Backpressure { .. }) => {
+                    let next = self.log.durable_index() + 1;
+                    self.log.wait_durable(next).map_err(|e| self.fatal(e))?;
+                }
+                Err(err @ dledger_engine::Error::NoSpace { .. }) => {
+                    if !self.disk_full {
+                        tracing::error!(group = self.group, error = %err, "disk full: entries wait in memory until space returns");
+                        self.disk_full = true;
+                    }
+                    return Ok(());
+                }
+                Err(err) => return Err(self.fatal(err)),
+            }
+        }
+        if self.disk_full {
+            tracing::info!(group = self.group, "disk has space again; appends resume");
+            self.disk_full = false;
+        }
         Ok(())
     }
 
@@ -453,6 +482,7 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_last_index{{group=\"{g}\"}} {}", s.last_index);
         let _ = writeln!(out, "dledger_commit_index{{group=\"{g}\"}} {}", s.committed_index);
         let _ = writeln!(out, "dledger_durable_index{{group=\"{g}\"}} {}", s.durable_index);
+        let _ = writeln!(out, "dledger_disk_full{{group=\"{g}\"}} {}", self.disk_full as u8);
         let _ = writeln!(out, "dledger_proposals_total{{group=\"{g}\"}} {}", m.proposals);
         let _ = writeln!(out, "dledger_entries_appended_total{{group=\"{g}\"}} {}", m.entries_appended);
         let _ = writeln!(out, "dledger_bytes_written_total{{group=\"{g}\"}} {}", self.log.stats().bytes_written);

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +53,11 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
     pub groups: u64,
+    /// With `start_proxied`: the proxy carrying (from → to).
+    pub proxies: std::collections::HashMap<(u64, u64), proxy::Proxy>,
+    /// Starts of each node so far (index id - 1): a restarted node's volatile
+    /// commit index begins again at 0, so samples are compared per run.
+    pub runs: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
 }
 
 impl Cluster {
@@ -81,11 +88,105 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut c = Cluster { dir, nodes, groups };
+        let runs = std::sync::Arc::new((0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
+        let mut c = Cluster { dir, nodes, groups, proxies: Default::default(), runs };
         for id in 1..=n as u64 {
             c.start_node(id);
         }
         c
+    }
+
+    /// Like `start`, but every node reaches every other through a [`proxy::Proxy`]
+    /// the test controls (clients still use the real ports).
+    pub async fn start_proxied(n: usize, groups: u64, extra_config: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(n);
+        let real: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut proxies = std::collections::HashMap::new();
+        for a in 1..=n as u64 {
+            for b in 1..=n as u64 {
+                if a != b {
+                    proxies.insert((a, b), proxy::Proxy::start(real[b as usize - 1].clone()).await);
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for a in 1..=n as u64 {
+            let mut peers = String::new();
+            for b in 1..=n as u64 {
+                let r = &real[b as usize - 1];
+                if a == b {
+                    peers.push_str(&format!("[[peers]]\nid = {b}\naddress = \"{r}\"\n"));
+                } else {
+                    let p = proxies[&(a, b)].port;
+                    peers.push_str(&format!(
+                        "[[peers]]\nid = {b}\naddress = \"127.0.0.1:{p}\"\nclient_address = \"{r}\"\n"
+                    ));
+                }
+            }
+            let config = dir.path().join(format!("n{a}.toml"));
+            let text = format!(
+                "node_id = {a}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = 1\nsegment_mib = 8\n{extra_config}\n{peers}",
+                real[a as usize - 1],
+                dir.path().join(format!("n{a}")).display()
+            );
+            std::fs::write(&config, text).unwrap();
+            nodes.push(NodeProc {
+                id: a,
+                endpoint: real[a as usize - 1].clone(),
+                config,
+                log: dir.path().join(format!("n{a}.log")),
+                child: None,
+            });
+        }
+        let runs = std::sync::Arc::new((0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
+        let mut c = Cluster { dir, nodes, groups, proxies, runs };
+        for id in 1..=n as u64 {
+            c.start_node(id);
+        }
+        c
+    }
+
+    /// Cuts every link between nodes of different sides (both directions).
+    pub fn partition(&self, sides: &[&[u64]]) {
+        let side = |id: u64| sides.iter().position(|s| s.contains(&id));
+        for (&(a, b), p) in &self.proxies {
+            if side(a) != side(b) {
+                p.cut();
+            }
+        }
+    }
+
+    /// Cuts only `from → to`.
+    pub fn cut_link(&self, from: u64, to: u64) {
+        self.proxies[&(from, to)].cut();
+    }
+
+    pub fn heal(&self) {
+        for p in self.proxies.values() {
+            p.heal();
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes.iter().any(|n| n.id == id && n.child.is_some())
+    }
+
+    fn signal(&mut self, id: u64, sig: i32) {
+        let pid = self.node(id).child.as_ref().map(|c| c.id() as i32);
+        if let Some(pid) = pid {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// SIGSTOP: the process freezes (no ticks, no I/O) until `resume`.
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    pub fn resume(&mut self, id: u64) {
+        self.signal(id, libc::SIGCONT);
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -111,6 +212,7 @@ impl Cluster {
             .spawn()
             .expect("spawn dledger server");
         n.child = Some(child);
+        self.runs[id as usize - 1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// SIGKILL: no chance to sync or answer.
