@@ -55,7 +55,8 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = run("umount", &[self.mnt.to_str().unwrap()]);
+        // Lazy: an io_uring instance may still hold a file for a moment after close.
+        let _ = run("umount", &["-l", self.mnt.to_str().unwrap()]);
     }
 }
 

@@ -63,6 +63,15 @@ pub struct Cluster {
 impl Cluster {
     /// Writes configs for `n` nodes hosting `groups` groups on `cores` cores each, and starts them.
     pub fn start(n: usize, groups: u64, cores: usize) -> Cluster {
+        Self::start_with(n, groups, cores, "segment_mib = 8\n")
+    }
+
+    /// `start` with extra TOML lines (which must not repeat the harness's own keys).
+    pub fn start_with_config(n: usize, groups: u64, extra: &str) -> Cluster {
+        Self::start_with(n, groups, 1, extra)
+    }
+
+    fn start_with(n: usize, groups: u64, cores: usize, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -76,7 +85,7 @@ impl Cluster {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("n{id}.toml"));
             let text = format!(
-                "node_id = {id}\nlisten = \"{ep}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = {cores}\nsegment_mib = 8\n\n{peers}",
+                "node_id = {id}\nlisten = \"{ep}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = {cores}\n{extra}\n{peers}",
                 dir.path().join(format!("n{id}")).display()
             );
             std::fs::write(&config, text).unwrap();

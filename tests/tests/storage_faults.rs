@@ -1,0 +1,159 @@
+//! Storage faults under real processes: a corrupt sealed segment on a
+//! stopped follower, and a follower whose disk fills up.
+
+mod harness;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use harness::{eventually, Cluster};
+
+async fn fill(c: &Cluster, entries: usize, size: usize) -> Vec<(u64, u64)> {
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let mut client = c.client(0);
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for s in 0..entries / 8 {
+                let p = Bytes::from(format!("{k}-{s}-{}", "x".repeat(size)));
+                acked.push(client.append(p).await.unwrap());
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_sealed_segment_on_a_follower_refuses_to_start_and_serves_nothing_wrong() {
+    let mut c = Cluster::start_with_config(3, 1, "segment_mib = 2\n");
+    let leader = c.leader(0).await;
+    let acked = fill(&c, 4000, 1000).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    assert!(c.stop(follower).success());
+    let dir = c.data_dir(follower).join("group-0");
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 2, "a sealed segment exists: {segs:?}");
+    let mut img = std::fs::read(&segs[0]).unwrap();
+    // Flip a bit inside the entries of the segment's first batch (not its padding, which
+    // holds no data): the batch header at 4096 gives the body length at bytes 20..24.
+    let body_len = u32::from_le_bytes(img[4096 + 20..4096 + 24].try_into().unwrap()) as usize;
+    assert!(body_len > 0);
+    img[4096 + 32 + body_len / 2] ^= 0x10;
+    std::fs::write(&segs[0], &img).unwrap();
+    let before = std::fs::read(&segs[0]).unwrap();
+    let mut child = Command::new(harness::dledger_bin())
+        .args(["server", "--config", c.nodes[follower as usize - 1].config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = eventually("the node to refuse to start", Duration::from_secs(20), || {
+        let exited = child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "a node with a corrupt sealed segment must not start");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("corrupt log") && err.contains(&*segs[0].to_string_lossy()), "{err}");
+    assert_eq!(std::fs::read(&segs[0]).unwrap(), before, "nothing was truncated or rewritten");
+    // The two others go on, with every acknowledged entry.
+    let mut client = c.client(0);
+    let (last, _) = client.append(Bytes::from_static(b"after")).await.unwrap();
+    let max = acked.iter().map(|a| a.0).max().unwrap();
+    assert!(last > max);
+    let log = c.committed_log(c.leader(0).await, 0, max).await;
+    for (i, t) in acked {
+        assert_eq!(log[i as usize - 1].1, t, "entry {i}");
+    }
+}
+
+/// A small ext4 file system on a loop device, unmounted on drop.
+struct SmallFs {
+    mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new(mib: u64) -> Result<SmallFs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let img = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        std::fs::File::create(&img).and_then(|f| f.set_len(mib << 20)).map_err(|e| e.to_string())?;
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&img)) {
+            return Err("mkfs.ext4 failed or missing".into());
+        }
+        if !ok(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt)) {
+            return Err("mount -o loop failed".into());
+        }
+        Ok(SmallFs { mnt, _dir: dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_loses_nothing_and_resumes_when_space_returns() {
+    let fs = match SmallFs::new(64) {
+        Ok(fs) => fs,
+        Err(why) => return println!("SKIP: no loop-mounted ext4 here: {why}"),
+    };
+    let mut c = Cluster::start_with_config(3, 1, "segment_mib = 2\n");
+    let leader = c.leader(0).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    // Move the follower's data onto the small file system, and fill that almost up.
+    assert!(c.stop(follower).success());
+    let small_data = fs.mnt.join("data");
+    let status = Command::new("cp").arg("-a").arg(c.data_dir(follower)).arg(&small_data).status().unwrap();
+    assert!(status.success());
+    let cfg = &c.nodes[follower as usize - 1].config;
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .replace(&*c.data_dir(follower).to_string_lossy(), &small_data.to_string_lossy());
+    std::fs::write(cfg, text).unwrap();
+    let filler = fs.mnt.join("filler");
+    let _ = Command::new("fallocate").args(["-l", "50M"]).arg(&filler).status();
+    c.start_node(follower);
+    let acked = fill(&c, 8000, 1000).await;
+    let max = acked.iter().map(|a| a.0).max().unwrap();
+    eventually("the follower to report a full disk", Duration::from_secs(30), || {
+        let c = &c;
+        async move { c.log_text(follower).contains("disk full").then_some(()) }
+    })
+    .await;
+    let stuck = c.status(follower).await.expect("the follower still answers").first().unwrap().last_index;
+    assert!(stuck < max, "the follower could not take everything ({stuck} < {max})");
+    // Space returns: the follower catches up on its own.
+    std::fs::remove_file(&filler).unwrap();
+    c.wait_commit(follower, 0, max).await;
+    let on_follower = c.committed_log(follower, 0, max).await;
+    let on_leader = c.committed_log(leader, 0, max).await;
+    assert_eq!(on_follower, on_leader);
+    for (i, t) in acked {
+        assert_eq!(on_leader[i as usize - 1].1, t, "entry {i}");
+    }
+    assert!(c.log_text(follower).contains("appends resume"));
+    c.kill(follower);
+}
