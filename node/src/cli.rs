@@ -400,11 +400,7 @@ fn print_rows(rows: &[Row], json: bool) {
 }
 
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    ls.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
+    crate::server::ports::free_ports(n).map_err(|e| e.to_string())
 }
 
 fn endpoints_of(dir: &Path) -> Result<Vec<String>, String> {

@@ -32,8 +32,10 @@ async fn fill(c: &Cluster, entries: usize, size: usize) -> Vec<(u64, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_sealed_segment_on_a_follower_refuses_to_start_and_serves_nothing_wrong() {
     let mut c = Cluster::start_with_config(3, 1, "segment_mib = 2\n");
-    let leader = c.leader(0).await;
+    c.leader(0).await;
     let acked = fill(&c, 4000, 1000).await;
+    // The leader may have moved during the load: pick a follower now.
+    let leader = c.leader(0).await;
     let follower = if leader == 3 { 2 } else { 3 };
     assert!(c.stop(follower).success());
     let dir = c.data_dir(follower).join("group-0");

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod group;
+pub mod ports;
 pub mod runtime;
 pub mod transport;
 pub mod wire;

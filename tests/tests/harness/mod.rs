@@ -1,6 +1,8 @@
 //! Real `dledger` processes on 127.0.0.1 for integration and fault tests.
 //!
-//! Ports come from the OS (bind to port 0, note the port, release it), data
+//! Ports are free ones below the kernel's ephemeral range (see
+//! `dledger_node::server::ports`: port 0 then release races with outgoing
+//! connections), data
 //! lives in a temporary directory, every wait polls with a deadline and says
 //! what it waited for, and dropping a [`Cluster`] kills its processes.
 
@@ -20,9 +22,9 @@ pub fn dledger_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dledger-under-test"))
 }
 
+/// Free ports below the ephemeral range (see `dledger_node::server::ports`).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    dledger_node::server::ports::free_ports(n).expect("free ports")
 }
 
 /// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
