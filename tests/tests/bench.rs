@@ -26,6 +26,8 @@ async fn bench_reports_json_plots_and_gates_on_an_slo() {
     }
     assert!(j["entries_per_sec"].as_f64().unwrap() > 0.0);
     assert_eq!(j["entries"].as_u64().unwrap() % 4, 0, "whole batches of 4");
+    let per_second: u64 = j["timeline"].as_array().unwrap().iter().map(|s| s["entries"].as_u64().unwrap()).sum();
+    assert_eq!(per_second, j["entries"].as_u64().unwrap(), "the timeline adds up to the total");
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "an SVG with lines");
     println!("bench: {}", String::from_utf8_lossy(&o.stdout).lines().take(12).collect::<Vec<_>>().join(" "));
