@@ -438,13 +438,16 @@ async fn run_group(
             host.fail_all(ServerError::Internal(e.to_string()));
             std::process::exit(70);
         }
+        // Wake only the writers that got something: an idle link costs no syscall.
         for (to, g, m) in host.outbox.drain(..) {
             if let Some(l) = links.get(&to) {
                 l.push(g, m);
             }
         }
         for l in links.values() {
-            l.wake();
+            if l.has_queued() {
+                l.wake();
+            }
         }
         if let Some(since) = stopping_since {
             if !host.has_pending() || since.elapsed() > SHUTDOWN_GRACE {

@@ -46,6 +46,10 @@ impl PeerLink {
         }
     }
 
+    pub fn has_queued(&self) -> bool {
+        !self.queue.borrow().is_empty()
+    }
+
     pub fn wake(&self) {
         self.notify.notify_one();
     }
