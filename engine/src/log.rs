@@ -92,6 +92,21 @@ struct PendingBatch {
 }
 
 impl PendingBatch {
+    /// A batch with no entries yet, starting at the segment's write offset.
+    fn empty(token: u64, seg: &SegmentIndex, ring_lpos: u64, first_index: u64, capacity: usize, seal: bool) -> Self {
+        PendingBatch {
+            token,
+            segment_id: seg.id,
+            file_offset: seg.write_offset,
+            ring_lpos,
+            first_index,
+            entry_count: 0,
+            body_len: 0,
+            capacity,
+            seal,
+        }
+    }
+
     fn unpadded(&self) -> usize {
         BATCH_HEADER_SIZE + self.body_len as usize
     }
@@ -537,6 +552,11 @@ impl Log {
         Ok(index)
     }
 
+    fn take_token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token - 1
+    }
+
     /// Reserves `len` contiguous ring bytes for a new batch without moving `ring_head`;
     /// fails with `Backpressure` when that would reach a batch not yet durable.
     fn reserve_ring(&self, len: u64) -> Result<u64> {
@@ -573,21 +593,10 @@ impl Log {
         }
         let lpos = self.reserve_ring(max_batch)?;
         self.claim_ring(lpos, max_batch);
+        let token = self.take_token();
         let seg = self.segments.back_mut().expect("rolled");
         let capacity = (seg.header.size_bytes - BLOCK_SIZE as u64 - seg.write_offset).min(max_batch) as usize;
-        let token = self.next_token;
-        self.next_token += 1;
-        let batch = PendingBatch {
-            token,
-            segment_id: seg.id,
-            file_offset: seg.write_offset,
-            ring_lpos: lpos,
-            first_index: self.next_index,
-            entry_count: 0,
-            body_len: 0,
-            capacity,
-            seal: false,
-        };
+        let batch = PendingBatch::empty(token, seg, lpos, self.next_index, capacity, false);
         seg.batches.push(BatchLoc {
             first_index: self.next_index,
             file_offset: seg.write_offset as u32,
@@ -611,21 +620,10 @@ impl Log {
             _ => None,
         };
         let spare = self.spares.as_mut().expect("a writable log has a spare maker").take()?;
+        let token = self.take_token();
         if let (Some(lpos), Some(seg)) = (seal_at, self.segments.back_mut()) {
             assert!(seg.write_offset + BLOCK_SIZE as u64 <= seg.header.size_bytes, "seal block reserved");
-            let token = self.next_token;
-            self.next_token += 1;
-            let seal = PendingBatch {
-                token,
-                segment_id: seg.id,
-                file_offset: seg.write_offset,
-                ring_lpos: lpos,
-                first_index: self.next_index,
-                entry_count: 0,
-                body_len: 0,
-                capacity: BLOCK_SIZE,
-                seal: true,
-            };
+            let seal = PendingBatch::empty(token, seg, lpos, self.next_index, BLOCK_SIZE, true);
             self.claim_ring(lpos, BLOCK_SIZE as u64);
             self.ring_head = lpos;
             self.filling = Some(seal);
