@@ -25,8 +25,14 @@ use crate::server::wire::{
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    #[error("no leader reachable within {0:?}: a quorum of nodes is down or cut off")]
-    NoQuorum(Duration),
+    /// No leader could be found before the deadline. When `maybe_applied`, an
+    /// earlier attempt reached a leader that then lost leadership: the append may
+    /// still commit (its outcome is unknown), so a retry may duplicate it.
+    #[error(
+        "no leader reachable within {waited:?}: a quorum of nodes is down or cut off{}",
+        if *maybe_applied { "; an earlier attempt reached a leader, so the request may still take effect" } else { "" }
+    )]
+    NoQuorum { waited: Duration, maybe_applied: bool },
     #[error("the request was not answered within {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
@@ -165,14 +171,18 @@ impl Client {
         let start = Instant::now();
         let deadline = start + self.timeout;
         let mut backoff = Duration::from_millis(10);
-        let mut leader_took_it = false;
+        // Sticky: once a request may have reached a leader, its outcome is unknown.
+        let mut maybe_applied = false;
+        // The last attempt was held by a leader that did not answer in time.
+        let mut leader_silent = false;
+        let mut redirects = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(if leader_took_it {
+                return Err(if leader_silent {
                     ClientError::Timeout(self.timeout)
                 } else {
-                    ClientError::NoQuorum(self.timeout)
+                    ClientError::NoQuorum { waited: self.timeout, maybe_applied }
                 });
             }
             let target = match &self.leader {
@@ -185,20 +195,30 @@ impl Client {
             match self.call_at(&target, request.clone(), deadline - now).await {
                 Ok(Response::Error(ServerError::NotLeader { address: Some(a), .. })) if a != target => {
                     self.leader = Some(a);
-                    leader_took_it = false;
-                    continue;
+                    redirects += 1;
+                    // Stale hints can point in a circle during an election: slow down after a few.
+                    if redirects < 3 {
+                        continue;
+                    }
+                    redirects = 0;
                 }
-                Ok(Response::Error(ServerError::NotLeader { .. }))
-                | Ok(Response::Error(ServerError::LeadershipLost))
+                Ok(Response::Error(ServerError::NotLeader { .. })) => {
+                    self.leader = None;
+                    leader_silent = false;
+                }
+                // A leader may have taken the request: its outcome is unknown from now on.
+                Ok(Response::Error(ServerError::LeadershipLost))
                 | Ok(Response::Error(ServerError::ShuttingDown))
                 | Err(ClientError::Unreachable { .. })
                 | Err(ClientError::Protocol { .. }) => {
                     self.leader = None;
-                    leader_took_it = false;
+                    maybe_applied = true;
+                    leader_silent = false;
                 }
                 Err(ClientError::Timeout(_)) => {
                     self.leader = None;
-                    leader_took_it = true;
+                    maybe_applied = true;
+                    leader_silent = true;
                     continue;
                 }
                 Ok(other) => {
@@ -239,10 +259,23 @@ impl Client {
     /// linearizably: a read barrier first, then the read at the leader, so every
     /// entry acknowledged before the call is visible.
     pub async fn read(&mut self, lo: u64, hi: u64, max_bytes: u32) -> Result<Vec<ClientEntry>, ClientError> {
-        self.read_barrier().await?;
-        match self.call_leader(Request::Read { lo, hi, max_bytes }).await? {
-            Response::Entries(e) => Ok(e),
-            other => Err(unexpected(other)),
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            self.read_barrier().await?;
+            // The read goes to the node that answered the barrier and to no other: a
+            // lagging follower could miss entries acknowledged before the call.
+            if let Some(at) = self.leader.clone() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.call_at(&at, Request::Read { lo, hi, max_bytes }, left).await {
+                    Ok(Response::Entries(e)) => return Ok(e),
+                    Ok(Response::Error(ServerError::NotLeader { .. })) | Err(_) => {}
+                    Ok(other) => return Err(unexpected(other)),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(self.timeout));
+            }
+            self.leader = None;
         }
     }
 

@@ -60,7 +60,7 @@ fn new_hist() -> Histogram<u64> {
 
 fn error_kind(e: &ClientError) -> String {
     match e {
-        ClientError::NoQuorum(_) => "no_quorum".into(),
+        ClientError::NoQuorum { .. } => "no_quorum".into(),
         ClientError::Timeout(_) => "timeout".into(),
         ClientError::Unreachable { .. } => "unreachable".into(),
         ClientError::Protocol { .. } => "protocol".into(),

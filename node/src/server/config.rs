@@ -171,6 +171,9 @@ impl ServerConfig {
         if self.election_timeout_max_ticks <= self.election_timeout_min_ticks {
             return bad("election_timeout_max_ticks must exceed election_timeout_min_ticks".into());
         }
+        if self.max_frame_mib < 2 {
+            return bad(format!("max_frame_mib {} must be at least 2", self.max_frame_mib));
+        }
         if let Some(b) = &self.backend {
             b.parse::<dledger_engine::BackendChoice>().map_err(ConfigError::Invalid)?;
         }
@@ -198,7 +201,8 @@ impl ServerConfig {
             preferred_leader: self.preferred_leader,
             max_entries_per_append: 1024,
             max_inflight_entries: 16 * 1024,
-            max_inflight_bytes: 64 << 20,
+            // A whole window must fit in one frame, or a follower would refuse it forever.
+            max_inflight_bytes: ((self.max_frame_mib << 20).saturating_sub(64 << 10)).max(1 << 20),
             ..Default::default()
         }
     }

@@ -28,6 +28,9 @@ use crate::raft::{
     RaftCore, RestoredState, Role,
 };
 
+/// The most payload bytes one read answer carries (well below any frame limit).
+pub const MAX_READ_BYTES: usize = 8 << 20;
+
 /// Where a client's answer goes: the writer of its connection.
 pub type ReplyTo = UnboundedSender<Frame>;
 
@@ -376,13 +379,21 @@ impl GroupHost {
         self.next_request += 1;
         let event = match request {
             Request::Append { payloads } => {
+                // One kind byte is stored before each payload.
+                let max = self.log.config().max_entry_bytes().saturating_sub(1);
+                if let Some(big) = payloads.iter().find(|p| p.len() > max) {
+                    let e =
+                        ServerError::BadRequest(format!("entry of {} bytes exceeds the maximum of {max}", big.len()));
+                    answer(&reply, Response::Error(e));
+                    return Ok(());
+                }
                 self.metrics.proposals += 1;
                 Event::Propose { request_id, payloads }
             }
             Request::ReadBarrier => Event::ReadIndex { request_id },
             Request::TransferLeader { target } => Event::TransferLeadership { request_id, target },
             Request::Get { index } => {
-                answer(&reply, self.read(index, index + 1, 0));
+                answer(&reply, self.read(index, index.saturating_add(1), 0));
                 return Ok(());
             }
             Request::Read { lo, hi, max_bytes } => {
@@ -398,8 +409,10 @@ impl GroupHost {
         self.step(event)
     }
 
-    /// Committed entries `[lo, hi)`, up to `max_bytes` of payload (0: no limit).
+    /// Committed entries `[lo, hi)`, up to `max_bytes` of payload (0: the cap), never
+    /// more than [`MAX_READ_BYTES`] so that an answer always fits in a frame.
     fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Response {
+        let max_bytes = if max_bytes == 0 { MAX_READ_BYTES } else { max_bytes.min(MAX_READ_BYTES) };
         let commit = self.core.log().committed_index();
         if lo == 0 || lo > commit || hi <= lo {
             return Response::Error(ServerError::OutOfRange { index: lo, first: 1, commit });
@@ -410,7 +423,7 @@ impl GroupHost {
             // A leader's no-op shows as an entry with an empty payload.
             bytes += e.payload.len();
             out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.clone() });
-            if max_bytes > 0 && bytes >= max_bytes {
+            if bytes >= max_bytes {
                 break;
             }
         }

@@ -169,7 +169,8 @@ pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
             .map_err(|message| StartError::Group { group, message })?;
         hosts.push(host);
     }
-    let cores = cfg.cores().max(1);
+    // A core without a group would have nothing to run: never more cores than groups.
+    let cores = cfg.cores().max(1).min(cfg.groups as usize);
     let stop = Arc::new(AtomicBool::new(false));
     let fatal = Arc::new(std::sync::OnceLock::new());
     let mut inboxes = Vec::new();
@@ -311,7 +312,12 @@ async fn run_core(
         tasks.push(tokio::task::spawn_local(run_group(host, inbox, links.clone(), cfg.tick_ms, fatal.clone())));
     }
     for t in tasks {
-        let _ = t.await;
+        if let Err(e) = t.await {
+            // A group that panicked is a replica lost: stop the node loudly, as for a disk failure.
+            tracing::error!(core, error = %e, "a group task failed; the node stops");
+            let _ = fatal.set(format!("core {core}: group task failed: {e}"));
+            std::process::exit(70);
+        }
     }
     tracing::debug!(core, "core finished");
 }
@@ -401,6 +407,8 @@ async fn run_group(
     loop {
         let r = tokio::select! {
             biased;
+            // Ticks first: the core must see time pass before anything that arrived after it.
+            _ = ticker.tick() => host.tick(),
             ready = efd.readable() => {
                 if let Ok(mut g) = ready {
                     g.clear_ready();
@@ -428,7 +436,6 @@ async fn run_group(
                     Ok(())
                 }
             },
-            _ = ticker.tick() => host.tick(),
         };
         // End of the turn: one engine batch, one wake-up per peer.
         let r = r.and_then(|()| host.flush());
@@ -455,9 +462,19 @@ async fn run_group(
                     tracing::error!(group, error = %e, "final sync failed");
                 }
                 host.fail_all(ServerError::ShuttingDown);
+                // Whatever is still queued gets an answer too.
+                inbox.close();
+                while let Ok(input) = inbox.try_recv() {
+                    if let GroupInput::Client { id, reply, .. } = input {
+                        let response = super::wire::Response::Error(ServerError::ShuttingDown);
+                        let _ = reply.send(super::wire::Frame::Response { id, response });
+                    }
+                }
                 tracing::info!(group, "group stopped");
                 // Let the connection writers send the last answers.
-                tokio::task::yield_now().await;
+                for _ in 0..8 {
+                    tokio::task::yield_now().await;
+                }
                 return;
             }
         }

@@ -106,7 +106,7 @@ pub struct GroupStatus {
 pub enum ServerError {
     #[error("not the leader (leader: {leader:?} at {address:?})")]
     NotLeader { leader: Option<u64>, address: Option<String> },
-    #[error("leadership lost before the request committed")]
+    #[error("leadership lost with the request in flight; its outcome is unknown (it may still commit)")]
     LeadershipLost,
     #[error("leadership transfer failed: {0}")]
     TransferFailed(String),
