@@ -194,6 +194,18 @@ fn purged_segments_are_recycled_and_their_old_bytes_ignored(b: BackendChoice) {
     check_entries(&log, 1200..2000, 3);
 }
 
+/// A closed log of three batches of one entry each; its segment's path and image.
+fn three_single_entry_batches(dir: &Path, b: BackendChoice) -> Option<(PathBuf, Vec<u8>)> {
+    let mut log = open(dir, b)?;
+    for i in 1..=3u64 {
+        append_durable(&mut log, 1, i..i + 1);
+    }
+    let path = last_segment(&log);
+    drop(log);
+    let img = segment_bytes(&path);
+    Some((path, img))
+}
+
 /// Offsets of the batch headers in a segment image (by magic), in order.
 fn batch_offsets(img: &[u8]) -> Vec<usize> {
     (BLOCK_SIZE..img.len()).step_by(BLOCK_SIZE).filter(|&p| img[p..p + 4] == *b"DLB1").collect()
@@ -285,13 +297,7 @@ fn torn_bytes_left_behind_never_break_a_sealed_segment(b: BackendChoice) {
 
 fn batch_that_skips_an_index_refuses(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut log) = open(dir.path(), b) else { return };
-    for i in 1..=3u64 {
-        append_durable(&mut log, 1, i..i + 1);
-    }
-    let path = last_segment(&log);
-    drop(log);
-    let mut img = segment_bytes(&path);
+    let Some((path, mut img)) = three_single_entry_batches(dir.path(), b) else { return };
     let offs = batch_offsets(&img);
     // Put batch 3 where batch 2 was: the log would jump from 1 to 3.
     let third = img[offs[2]..offs[2] + BLOCK_SIZE].to_vec();
@@ -304,13 +310,7 @@ fn batch_that_skips_an_index_refuses(b: BackendChoice) {
 
 fn zero_block_before_valid_batches_refuses(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut log) = open(dir.path(), b) else { return };
-    for i in 1..=3u64 {
-        append_durable(&mut log, 1, i..i + 1);
-    }
-    let path = last_segment(&log);
-    drop(log);
-    let mut img = segment_bytes(&path);
+    let Some((path, mut img)) = three_single_entry_batches(dir.path(), b) else { return };
     let offs = batch_offsets(&img);
     img[offs[1]..offs[1] + BLOCK_SIZE].iter_mut().for_each(|x| *x = 0);
     std::fs::write(&path, &img).unwrap();
@@ -453,13 +453,7 @@ fn crash_at_every_byte_of_the_last_batch(b: BackendChoice) {
 
 fn corruption_mid_log_refuses_and_truncates_nothing(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut log) = open(dir.path(), b) else { return };
-    for i in 1..=3u64 {
-        append_durable(&mut log, 1, i..i + 1);
-    }
-    let path = last_segment(&log);
-    drop(log);
-    let mut img = segment_bytes(&path);
+    let Some((path, mut img)) = three_single_entry_batches(dir.path(), b) else { return };
     // Flip a payload byte of the first batch (index 1), which is followed by valid batches.
     img[BLOCK_SIZE + 32 + 24] ^= 0xff;
     std::fs::write(&path, &img).unwrap();
