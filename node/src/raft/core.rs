@@ -192,7 +192,8 @@ impl RaftCore {
         match event {
             Event::Message(message) => self.on_message(message),
             Event::Tick => self.on_tick(),
-            Event::Propose { request_id, payloads } => self.on_propose(request_id, payloads),
+            Event::Propose { request_id, payloads } => self.on_propose(vec![(request_id, payloads)]),
+            Event::ProposeBatch(proposals) => self.on_propose(proposals),
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
             Event::TransferLeadership { request_id, target } => self.on_transfer_request(Some(request_id), target),
             Event::EntriesDurable { index, term } => self.on_entries_durable(index, term),
@@ -375,35 +376,35 @@ impl RaftCore {
         true
     }
 
-    fn on_propose(&mut self, request_id: RequestId, payloads: Vec<bytes::Bytes>) {
-        if self.role != Role::Leader {
-            let leader_hint = self.leader_id;
-            self.reply(ClientReply::Failed { request_id, error: ClientError::NotLeader { leader_hint } });
-            return;
+    fn on_propose(&mut self, proposals: Vec<(RequestId, Vec<bytes::Bytes>)>) {
+        let mut entries: Vec<Entry> = Vec::new();
+        for (request_id, payloads) in proposals {
+            if self.role != Role::Leader {
+                let leader_hint = self.leader_id;
+                self.reply(ClientReply::Failed { request_id, error: ClientError::NotLeader { leader_hint } });
+                continue;
+            }
+            if let Some(transfer) = &self.transfer {
+                let target = transfer.target;
+                self.reply(ClientReply::Failed { request_id, error: ClientError::TransferInProgress { target } });
+                continue;
+            }
+            if payloads.is_empty() {
+                self.reply(ClientReply::Failed { request_id, error: ClientError::EmptyProposal });
+                continue;
+            }
+            let first_index = self.log.last_index() + 1 + entries.len() as u64;
+            entries.reserve(payloads.len());
+            for (k, payload) in payloads.into_iter().enumerate() {
+                let index = first_index + k as u64;
+                entries.push(Entry { index, term: self.term, kind: super::message::EntryKind::Command, payload });
+            }
+            let last_index = self.log.last_index() + entries.len() as u64;
+            self.proposals.push_back(PendingProposal { request_id, first_index, last_index });
         }
-        if let Some(transfer) = &self.transfer {
-            let target = transfer.target;
-            self.reply(ClientReply::Failed { request_id, error: ClientError::TransferInProgress { target } });
-            return;
+        if !entries.is_empty() {
+            self.append_as_leader(entries);
         }
-        if payloads.is_empty() {
-            self.reply(ClientReply::Failed { request_id, error: ClientError::EmptyProposal });
-            return;
-        }
-        let first_index = self.log.last_index() + 1;
-        let entries: Vec<Entry> = payloads
-            .into_iter()
-            .enumerate()
-            .map(|(k, payload)| Entry {
-                index: first_index + k as u64,
-                term: self.term,
-                kind: super::message::EntryKind::Command,
-                payload,
-            })
-            .collect();
-        let last_index = first_index + entries.len() as u64 - 1;
-        self.proposals.push_back(PendingProposal { request_id, first_index, last_index });
-        self.append_as_leader(entries);
     }
 
     fn on_meta_saved(&mut self, hard_state: HardState) {

@@ -20,6 +20,11 @@ pub enum Event {
         /// One entry per element; must be non-empty.
         payloads: Vec<Bytes>,
     },
+    /// Several client appends that arrived together: each is handled as its
+    /// own `Propose` (own reply, own all-or-nothing range), but their entries
+    /// are persisted and replicated as one batch, so a busy leader sends one
+    /// append per peer per batch rather than one per request.
+    ProposeBatch(Vec<(RequestId, Vec<Bytes>)>),
     /// A linearizable read barrier: reply with an index the host may serve
     /// reads at once it has applied up to it.
     ReadIndex {

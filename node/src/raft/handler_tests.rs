@@ -187,6 +187,58 @@ fn leader_commits_on_quorum_durability_with_its_own_write_in_parallel() {
 }
 
 #[test]
+fn a_batch_of_proposals_is_one_write_and_one_append_per_peer_with_a_reply_each() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    assert_eq!(core.status().committed_index, 2);
+
+    let b = Bytes::from_static;
+    let out = core.step(Event::ProposeBatch(vec![(1, vec![b(b"a"), b(b"b")]), (2, vec![]), (3, vec![b(b"c")])]));
+    let (ea, eb, ec) = (command_entry(3, 2, b"a"), command_entry(4, 2, b"b"), command_entry(5, 2, b"c"));
+    let all = vec![ea.clone(), eb.clone(), ec.clone()];
+    assert_eq!(
+        out,
+        vec![
+            Command::Reply(ClientReply::Failed { request_id: 2, error: ClientError::EmptyProposal }),
+            Command::PersistEntries { truncate_from: None, entries: all.clone() },
+            send(1, 2, 2, append((2, 2), all.clone(), 2)),
+        ],
+        "one persist and one message for three requests (node 3 is still being probed)"
+    );
+    // Durable up to 4 on a quorum: request 1 commits whole, request 3 waits.
+    core.step(Event::EntriesDurable { index: 5, term: 2 });
+    let out = core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(4) }));
+    assert_eq!(
+        out,
+        vec![
+            Command::Apply(vec![ea, eb]),
+            Command::Reply(ClientReply::Committed { request_id: 1, first_index: 3, last_index: 4, term: 2 }),
+        ]
+    );
+    let out = core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(5) }));
+    assert_eq!(
+        out,
+        vec![
+            Command::Apply(vec![ec]),
+            Command::Reply(ClientReply::Committed { request_id: 3, first_index: 5, last_index: 5, term: 2 }),
+        ]
+    );
+}
+
+#[test]
+fn a_batch_of_proposals_to_a_follower_fails_each_with_a_hint() {
+    let mut core = node(2, &VOTERS, 3, &[1]);
+    core.step(recv(1, 2, 3, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
+    let out = core.step(Event::ProposeBatch(vec![(8, vec![Bytes::from_static(b"x")]), (9, vec![])]));
+    let not_leader = |request_id| {
+        Command::Reply(ClientReply::Failed { request_id, error: ClientError::NotLeader { leader_hint: Some(1) } })
+    };
+    assert_eq!(out, vec![not_leader(8), not_leader(9)]);
+    assert_eq!(core.status().last_index, 1, "a follower appends nothing");
+}
+
+#[test]
 fn leader_pipelines_batches_up_to_the_window() {
     let config = Config { max_inflight_entries: 4, max_entries_per_append: 2, ..config() };
     let mut core = node_with(1, &VOTERS, Config { pre_vote: false, ..config }, HardState::default(), &[]);

@@ -8,6 +8,8 @@
 //! data_dir = "./data/n1"
 //! groups = 1                        # Raft groups 0..groups, each with its own log
 //! cores = 0                         # event loops (0 = every CPU)
+//! # cpus = [0, 1]                   # pin event loop i to cpus[i % len]; [] = no pinning;
+//!                                   # absent = loop i on CPU i (a node that owns its host)
 //! metrics_listen = "127.0.0.1:9911" # optional Prometheus endpoint
 //! tick_ms = 10
 //! election_timeout_min_ticks = 15   # 150 ms
@@ -79,6 +81,10 @@ pub struct ServerConfig {
     pub groups: u64,
     #[serde(default)]
     pub cores: usize,
+    /// Where the event loops are pinned; see the module docs. Several nodes
+    /// sharing a host must not all pin to CPU 0: give them disjoint lists or `[]`.
+    #[serde(default)]
+    pub cpus: Option<Vec<usize>>,
     #[serde(default)]
     pub metrics_listen: Option<String>,
     #[serde(default = "default_tick_ms")]
@@ -174,6 +180,12 @@ impl ServerConfig {
         if self.max_frame_mib < 2 {
             return bad(format!("max_frame_mib {} must be at least 2", self.max_frame_mib));
         }
+        if let Some(cpus) = &self.cpus {
+            let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if let Some(c) = cpus.iter().find(|&&c| c >= all) {
+                return bad(format!("cpus: CPU {c} is not on this machine (it has {all})"));
+            }
+        }
         if let Some(b) = &self.backend {
             b.parse::<dledger_engine::BackendChoice>().map_err(ConfigError::Invalid)?;
         }
@@ -204,6 +216,15 @@ impl ServerConfig {
             // A whole window must fit in one frame, or a follower would refuse it forever.
             max_inflight_bytes: ((self.max_frame_mib << 20).saturating_sub(64 << 10)).max(1 << 20),
             ..Default::default()
+        }
+    }
+
+    /// The CPU event loop `core` is pinned to, if any.
+    pub fn cpu_of(&self, core: usize) -> Option<usize> {
+        match &self.cpus {
+            None => Some(core % std::thread::available_parallelism().map_or(1, |n| n.get())),
+            Some(list) if list.is_empty() => None,
+            Some(list) => Some(list[core % list.len()]),
         }
     }
 
@@ -238,6 +259,15 @@ address = "127.0.0.1:7002"
         let c = ServerConfig::from_toml(GOOD).unwrap();
         assert_eq!((c.groups, c.tick_ms, c.election_timeout_min_ticks, c.heartbeat_ticks), (1, 10, 15, 3));
         assert_eq!(c.cluster, "dledger");
+        assert_eq!(c.cpu_of(0), Some(0), "a node that owns its host pins loop i to CPU i");
+    }
+
+    #[test]
+    fn cpus_place_the_event_loops() {
+        let c = ServerConfig::from_toml(&format!("cpus = [0]\n{GOOD}")).unwrap();
+        assert_eq!((c.cpu_of(0), c.cpu_of(3)), (Some(0), Some(0)));
+        let c = ServerConfig::from_toml(&format!("cpus = []\n{GOOD}")).unwrap();
+        assert_eq!(c.cpu_of(0), None, "an empty list leaves placement to the kernel");
     }
 
     #[test]
@@ -249,6 +279,7 @@ address = "127.0.0.1:7002"
             (format!("{GOOD}\nbogus = 1\n"), "unknown field `bogus`"),
             (format!("groups = 0\n{GOOD}"), "groups 0"),
             (format!("heartbeat_ticks = 20\n{GOOD}"), "heartbeat_ticks"),
+            (format!("cpus = [100000]\n{GOOD}"), "CPU 100000 is not on this machine"),
         ];
         for (text, want) in cases {
             let e = ServerConfig::from_toml(&text).unwrap_err().to_string();

@@ -113,6 +113,10 @@ pub struct GroupHost {
     /// Entries the core asked to persist that the engine has not taken yet (full disk).
     backlog: std::collections::VecDeque<Entry>,
     disk_full: bool,
+    /// Client appends of this turn not yet given to the core: they go in as
+    /// one `ProposeBatch` (one engine write and one message per peer for all
+    /// of them) before any other event and at the end of the turn.
+    proposals: Vec<(u64, Vec<Bytes>)>,
 }
 
 fn encode_kind(kind: EntryKind) -> &'static [u8] {
@@ -176,6 +180,7 @@ impl GroupHost {
             was_leader: false,
             backlog: Default::default(),
             disk_full: false,
+            proposals: Vec::new(),
         })
     }
 
@@ -216,9 +221,20 @@ impl GroupHost {
         self.report_durable()
     }
 
-    /// Submits what the last steps appended (group commit: one batch per turn).
+    /// Ends a turn: proposes the queued appends and submits what the turn
+    /// appended (group commit: one engine batch per turn).
     pub fn flush(&mut self) -> Result<(), GroupFatal> {
+        self.propose_queued()?;
         self.log.flush().map_err(|e| self.fatal(e))
+    }
+
+    fn propose_queued(&mut self) -> Result<(), GroupFatal> {
+        if self.proposals.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.proposals);
+        let commands = self.core.step(Event::ProposeBatch(batch));
+        self.execute(commands)
     }
 
     fn fatal(&self, source: dledger_engine::Error) -> GroupFatal {
@@ -237,6 +253,8 @@ impl GroupHost {
     }
 
     fn step(&mut self, event: Event) -> Result<(), GroupFatal> {
+        // Queued appends go first: the core sees inputs in arrival order.
+        self.propose_queued()?;
         let commands = self.core.step(event);
         self.execute(commands)
     }
@@ -388,7 +406,9 @@ impl GroupHost {
                     return Ok(());
                 }
                 self.metrics.proposals += 1;
-                Event::Propose { request_id, payloads }
+                self.pending.insert(request_id, Pending { reply, client_id, started: Instant::now() });
+                self.proposals.push((request_id, payloads));
+                return Ok(());
             }
             Request::ReadBarrier => Event::ReadIndex { request_id },
             Request::TransferLeader { target } => Event::TransferLeadership { request_id, target },

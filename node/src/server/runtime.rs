@@ -207,7 +207,9 @@ pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
         let t = std::thread::Builder::new()
             .name(format!("dledger-core-{core}"))
             .spawn(move || {
-                pin_to_cpu(core % std::thread::available_parallelism().map_or(1, |n| n.get()));
+                if let Some(cpu) = cfg.cpu_of(core) {
+                    pin_to_cpu(cpu);
+                }
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -381,6 +383,38 @@ async fn metrics_loop(
     }
 }
 
+/// Inputs one group handles in a turn beyond the one that woke it.
+const MAX_INPUTS_PER_TURN: usize = 256;
+
+fn handle_input(
+    host: &mut GroupHost,
+    input: Option<GroupInput>,
+    stopping_since: &mut Option<Instant>,
+) -> Result<(), super::group::GroupFatal> {
+    match input {
+        Some(GroupInput::Raft(m)) => host.on_message(m),
+        Some(GroupInput::Client { id, request, reply }) => {
+            if stopping_since.is_some() {
+                let response = super::wire::Response::Error(ServerError::ShuttingDown);
+                let _ = reply.send(super::wire::Frame::Response { id, response });
+                Ok(())
+            } else {
+                host.on_client(id, request, reply)
+            }
+        }
+        Some(GroupInput::Metrics(tx)) => {
+            let mut s = String::new();
+            host.render_metrics(&mut s);
+            let _ = tx.send(s);
+            Ok(())
+        }
+        Some(GroupInput::Shutdown) | None => {
+            stopping_since.get_or_insert_with(Instant::now);
+            Ok(())
+        }
+    }
+}
+
 /// How long a stopping group waits for requests in flight to commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -415,27 +449,16 @@ async fn run_group(
                 }
                 host.on_storage_ready()
             }
-            input = inbox.recv() => match input {
-                Some(GroupInput::Raft(m)) => host.on_message(m),
-                Some(GroupInput::Client { id, request, reply }) => {
-                    if stopping_since.is_some() {
-                        let _ = reply.send(super::wire::Frame::Response { id, response: super::wire::Response::Error(ServerError::ShuttingDown) });
-                        Ok(())
-                    } else {
-                        host.on_client(id, request, reply)
-                    }
+            input = inbox.recv() => {
+                let mut r = handle_input(&mut host, input, &mut stopping_since);
+                // Take what else has arrived, so that one turn (one engine batch, one
+                // message per peer) serves many requests; bounded, so ticks keep time.
+                for _ in 0..MAX_INPUTS_PER_TURN {
+                    let Ok(input) = inbox.try_recv() else { break };
+                    r = r.and_then(|()| handle_input(&mut host, Some(input), &mut stopping_since));
                 }
-                Some(GroupInput::Metrics(tx)) => {
-                    let mut s = String::new();
-                    host.render_metrics(&mut s);
-                    let _ = tx.send(s);
-                    Ok(())
-                }
-                Some(GroupInput::Shutdown) | None => {
-                    stopping_since.get_or_insert_with(Instant::now);
-                    Ok(())
-                }
-            },
+                r
+            }
         };
         // End of the turn: one engine batch, one wake-up per peer.
         let r = r.and_then(|()| host.flush());

@@ -628,14 +628,21 @@ impl Simulation {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let roll = self.rng.gen_range(0..100);
-        let (op, event) = if roll < 75 {
-            let count = self.rng.gen_range(1..=3);
-            let payloads: Vec<Bytes> = (0..count)
-                .map(|_| {
-                    self.next_payload += 1;
-                    Bytes::copy_from_slice(&self.next_payload.to_le_bytes())
-                })
-                .collect();
+        let (op, event) = if roll < 15 {
+            // Several requests that reach the leader together (the host batches them).
+            let mut batch = Vec::new();
+            for k in 0..self.rng.gen_range(2..=4) {
+                let payloads = self.next_payloads();
+                let id = request_id + k;
+                if k > 0 {
+                    self.next_request_id += 1;
+                    self.outstanding.insert(id, Outstanding { node: target, op: ClientOp::Propose(payloads.clone()) });
+                }
+                batch.push((id, payloads));
+            }
+            (ClientOp::Propose(batch[0].1.clone()), Event::ProposeBatch(batch))
+        } else if roll < 75 {
+            let payloads = self.next_payloads();
             (ClientOp::Propose(payloads.clone()), Event::Propose { request_id, payloads })
         } else if roll < 95 {
             (ClientOp::Read { acked_before: self.checkers.max_acked_index }, Event::ReadIndex { request_id })
@@ -652,6 +659,17 @@ impl Simulation {
             return Ok(());
         }
         self.step(target, event)
+    }
+
+    /// One to three fresh, unique payloads.
+    fn next_payloads(&mut self) -> Vec<Bytes> {
+        let count = self.rng.gen_range(1..=3);
+        (0..count)
+            .map(|_| {
+                self.next_payload += 1;
+                Bytes::copy_from_slice(&self.next_payload.to_le_bytes())
+            })
+            .collect()
     }
 
     /// Stops a node's process for a while (SIGSTOP, a long GC pause).
