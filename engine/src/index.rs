@@ -102,6 +102,11 @@ impl TermRuns {
         self.runs.last().map(|r| r.1)
     }
 
+    /// The runs, oldest first.
+    pub fn runs(&self) -> &[(u64, u64)] {
+        &self.runs
+    }
+
     /// Forgets indexes at and above `from`.
     pub fn truncate(&mut self, from: u64) {
         let i = self.runs.partition_point(|&(start, _)| start < from);

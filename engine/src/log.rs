@@ -465,6 +465,13 @@ impl Log {
         self.terms.term_at(index)
     }
 
+    /// Terms of the log as runs `(first index of the run, term)`, oldest
+    /// first: one per change of term, so a restart learns every term without
+    /// reading the entries.
+    pub fn term_runs(&self) -> &[(u64, u64)] {
+        self.terms.runs()
+    }
+
     pub fn last_term(&self) -> Option<u64> {
         if self.next_index == self.first_index {
             None

@@ -47,6 +47,10 @@ pub struct Config {
     pub max_inflight_entries: u64,
     /// Most payload bytes in flight to one follower.
     pub max_inflight_bytes: u64,
+    /// Entries (by `Entry::size_bytes`) kept in memory once applied and
+    /// durable; older ones are read back from the host's storage when a
+    /// follower needs them. `u64::MAX` keeps the whole log in memory.
+    pub max_log_memory_bytes: u64,
     /// Most entries in one append message.
     pub max_entries_per_append: u64,
     /// Campaign with a pre-vote round first (thesis §9.6).
@@ -84,6 +88,7 @@ impl Default for Config {
             max_inflight_entries: 256,
             max_inflight_bytes: 4 << 20,
             max_entries_per_append: 64,
+            max_log_memory_bytes: u64::MAX,
             pre_vote: true,
             check_quorum: true,
             lease: None,

@@ -39,13 +39,46 @@ pub enum Role {
     Leader,
 }
 
-/// What survived on disk, handed to [`RaftCore::new`] on (re)start.
+/// What survived on disk, handed to [`RaftCore::new`] on (re)start. The
+/// whole log is treated as durable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestoredState {
     /// The metadata record.
     pub meta: HardState,
-    /// The log from index 1, all of it treated as durable.
-    pub entries: Vec<Entry>,
+    /// `(first index, term)` of each run of equal terms, over the whole log.
+    pub terms: Vec<(LogIndex, Term)>,
+    /// The last index of the log (0 when empty).
+    pub last_index: LogIndex,
+    /// The last entries of the log, as many as the host wants in memory
+    /// (older ones are read from storage when a follower needs them).
+    pub tail: Vec<Entry>,
+}
+
+impl RestoredState {
+    /// A restart with the whole log `entries` (from index 1) in memory.
+    pub fn whole(meta: HardState, entries: Vec<Entry>) -> RestoredState {
+        let terms = RaftLog::term_runs_of(&entries);
+        RestoredState { meta, terms, last_index: entries.len() as LogIndex, tail: entries }
+    }
+}
+
+/// Where a core reads entries it no longer holds in memory: the host's log.
+/// Only entries the core reported durable and applied are asked for.
+pub trait LogStorage {
+    /// Entries `from..=to`, stopping after the entry that reaches `max_bytes`
+    /// of [`Entry::size_bytes`] (so at least one), or `None` if storage cannot
+    /// read them now (the core tries again on a later heartbeat).
+    fn entries(&self, from: LogIndex, to: LogIndex, max_bytes: u64) -> Option<Vec<Entry>>;
+}
+
+/// Storage that has nothing: for hosts that keep the whole log in memory
+/// (an unbounded `max_log_memory_bytes`) and for tests.
+pub struct NoStorage;
+
+impl LogStorage for NoStorage {
+    fn entries(&self, _from: LogIndex, _to: LogIndex, _max_bytes: u64) -> Option<Vec<Entry>> {
+        None
+    }
 }
 
 /// A read-only summary, for hosts and checkers.
@@ -118,6 +151,9 @@ pub struct RaftCore {
 
     pub(super) out: Vec<Command>,
     pub(super) held_messages: Vec<Message>,
+    /// Leader: peers whose next entries are no longer in memory; served from
+    /// storage at the end of the step.
+    pub(super) needs_storage: Vec<NodeId>,
 }
 
 impl RaftCore {
@@ -141,15 +177,10 @@ impl RaftCore {
         if !unique || !voters.contains(&id) {
             return Err(ConfigError::Voters { id, voters });
         }
-        for (k, entry) in restored.entries.iter().enumerate() {
-            if entry.index != k as u64 + 1 {
-                return Err(ConfigError::RestoredLog { index: entry.index, reason: "indexes not contiguous from 1" });
-            }
-            if k > 0 && entry.term < restored.entries[k - 1].term {
-                return Err(ConfigError::RestoredLog { index: entry.index, reason: "terms decrease" });
-            }
+        if let Err((index, reason)) = RaftLog::check_restored(&restored.terms, restored.last_index, &restored.tail) {
+            return Err(ConfigError::RestoredLog { index, reason });
         }
-        let log = RaftLog::restored(restored.entries);
+        let log = RaftLog::restored(restored.terms, restored.last_index, restored.tail);
         let (term, voted_for) = if log.last_term() > restored.meta.term {
             (log.last_term(), None)
         } else {
@@ -182,13 +213,21 @@ impl RaftCore {
             preferred_cooldown_ticks: 0,
             out: Vec::new(),
             held_messages: Vec::new(),
+            needs_storage: Vec::new(),
         };
         core.reset_election_timer();
         Ok(core)
     }
 
     /// Handles one event and returns the commands it produced, in order.
+    /// For a core whose entries all stay in memory (see [`Self::step_with`]).
     pub fn step(&mut self, event: Event) -> Vec<Command> {
+        self.step_with(event, &NoStorage)
+    }
+
+    /// Handles one event, reading from `storage` the entries a follower
+    /// needs that are no longer in memory; returns the commands, in order.
+    pub fn step_with(&mut self, event: Event, storage: &dyn LogStorage) -> Vec<Command> {
         match event {
             Event::Message(message) => self.on_message(message),
             Event::Tick => self.on_tick(),
@@ -199,6 +238,8 @@ impl RaftCore {
             Event::EntriesDurable { index, term } => self.on_entries_durable(index, term),
             Event::MetaSaved(hard_state) => self.on_meta_saved(hard_state),
         }
+        self.send_from_storage(storage);
+        self.log.compact(self.config.max_log_memory_bytes);
         // One save per step, first: everything this step decided about the
         // term and vote (possibly several changes) goes out as one record.
         if self.hard_state() != self.requested_meta {

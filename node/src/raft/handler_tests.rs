@@ -569,3 +569,80 @@ fn replication_that_stalls_for_an_election_timeout_falls_back_to_probing() {
     assert_eq!(core.progress(2).map(|p| p.state), Some(ProgressState::Probe));
     assert_eq!(core.progress(2).map(|p| p.match_index), Some(2));
 }
+
+/// Storage holding a fixed log (index 1 onwards), for the out-of-memory path.
+struct FixedStorage(Vec<Entry>);
+
+impl LogStorage for FixedStorage {
+    fn entries(&self, from: LogIndex, to: LogIndex, max_bytes: u64) -> Option<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in self.0.iter().filter(|e| (from..=to).contains(&e.index)) {
+            out.push(e.clone());
+            bytes += e.size_bytes();
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+#[test]
+fn a_follower_behind_the_memory_window_is_served_from_storage() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.config.max_log_memory_bytes = 0;
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    assert_eq!(core.status().committed_index, 2);
+    assert_eq!(core.log().first_in_memory(), 3, "applied and durable entries left memory");
+    assert_eq!(core.log().term_at(1), Some(1), "their terms did not");
+
+    // Node 3 has nothing: it rejects the election's probe.
+    let hint = ConflictHint { rejected_prev_log_index: 1, conflict_term: None, conflict_first_index: 1 };
+    let reject = recv(3, 1, 2, MessageBody::AppendResponse { result: Err(hint) });
+    assert_eq!(core.step(reject), vec![], "without storage nothing can be sent");
+    // The next heartbeat round probes again, now with storage.
+    let storage = FixedStorage(vec![entry(1, 1), entry(2, 2)]);
+    let mut out = Vec::new();
+    while out.is_empty() {
+        out = core.step_with(Event::Tick, &storage);
+    }
+    let expected = send(1, 3, 2, append((0, 0), vec![entry(1, 1), entry(2, 2)], 2));
+    assert!(out.contains(&expected), "{out:?}");
+}
+
+#[test]
+fn a_restart_with_no_entries_in_memory_still_knows_every_term() {
+    // Terms by index: 1 1 2 2; nothing of it in memory.
+    let restored = RestoredState {
+        meta: HardState { term: 2, voted_for: None },
+        terms: vec![(1, 1), (3, 2)],
+        last_index: 4,
+        tail: vec![],
+    };
+    let mut core = RaftCore::new(2, VOTERS.to_vec(), config(), restored, rand::SeedableRng::seed_from_u64(2)).unwrap();
+    core.step(recv(1, 2, 3, append((4, 3), vec![], 0)));
+    let out = core.step(Event::MetaSaved(HardState { term: 3, voted_for: None }));
+    let hint = ConflictHint { rejected_prev_log_index: 4, conflict_term: Some(2), conflict_first_index: 3 };
+    assert_eq!(out.last(), Some(&send(2, 1, 3, MessageBody::AppendResponse { result: Err(hint) })));
+    let out = core.step(recv(1, 2, 3, append((2, 1), vec![entry(3, 3)], 0)));
+    assert_eq!(out[0], Command::PersistEntries { truncate_from: Some(3), entries: vec![entry(3, 3)] });
+    assert_eq!((core.log().last_index(), core.log().term_at(2), core.log().term_at(3)), (3, Some(1), Some(3)));
+}
+
+#[test]
+fn a_restored_log_that_disagrees_with_itself_is_refused() {
+    let cases = [
+        (vec![(1, 1), (3, 2)], 2, vec![], "a term run starts past the last index"),
+        (vec![(2, 1)], 2, vec![], "term runs do not start at index 1"),
+        (vec![(1, 2), (3, 1)], 4, vec![], "term runs out of order or terms decrease"),
+        (vec![(1, 1)], 3, vec![entry(2, 1)], "entries not contiguous up to the last index"),
+        (vec![(1, 1)], 2, vec![entry(2, 2)], "entry term differs from the term runs"),
+    ];
+    for (terms, last_index, tail, want) in cases {
+        let restored = RestoredState { meta: HardState::default(), terms, last_index, tail };
+        let err = RaftCore::new(1, VOTERS.to_vec(), config(), restored, rand::SeedableRng::seed_from_u64(1));
+        assert!(err.as_ref().is_err_and(|e| e.to_string().contains(want)), "{want}: {:?}", err.err());
+    }
+}

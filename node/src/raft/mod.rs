@@ -93,7 +93,7 @@ mod test_support;
 
 pub use self::command::{ClientError, ClientReply, Command, TransferFailure};
 pub use self::config::{Config, ConfigError, InjectedBugs, LeaseConfig};
-pub use self::core::{RaftCore, RestoredState, Role, Status};
+pub use self::core::{LogStorage, NoStorage, RaftCore, RestoredState, Role, Status};
 pub use self::event::Event;
 pub use self::message::{
     ConflictHint, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, RequestId, Term,

@@ -87,6 +87,18 @@ impl Progress {
         }
     }
 
+    /// Room for the next batch, in entries and bytes: a probe carries up to
+    /// one message's worth, a pipeline what is left of the window.
+    pub fn room(&self, max_entries: u64, max_inflight_entries: u64, max_inflight_bytes: u64) -> (u64, u64) {
+        match self.state {
+            ProgressState::Probe => (max_entries, max_inflight_bytes),
+            ProgressState::Replicate => (
+                max_entries.min(max_inflight_entries - self.inflight_entry_count()),
+                max_inflight_bytes - self.inflight_bytes,
+            ),
+        }
+    }
+
     /// Records a batch ending at `last_index` of `size_bytes` as sent.
     pub fn on_sent(&mut self, last_index: LogIndex, size_bytes: u64) {
         match self.state {

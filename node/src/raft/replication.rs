@@ -16,9 +16,26 @@
 //!   the quorum-th highest match ignores the slowest minority.
 
 use super::command::Command;
-use super::core::{RaftCore, Role};
+use super::core::{LogStorage, RaftCore, Role};
 use super::message::{ConflictHint, Entry, LogIndex, MessageBody, NodeId, Term};
 use super::progress::ProgressState;
+
+/// How many of `candidates` fit in `room_bytes` of window. Into an empty
+/// window one entry always goes, so an entry larger than the whole window
+/// still moves.
+fn fit_window(candidates: &[Entry], window_empty: bool, room_bytes: u64) -> usize {
+    let mut batch_bytes = 0;
+    candidates
+        .iter()
+        .take_while(|e| {
+            let fits = (window_empty && batch_bytes == 0) || batch_bytes + e.size_bytes() <= room_bytes;
+            if fits {
+                batch_bytes += e.size_bytes();
+            }
+            fits
+        })
+        .count()
+}
 
 impl RaftCore {
     /// Appends entries of the current term to the leader's log, persists them
@@ -53,46 +70,85 @@ impl RaftCore {
             if !has_new && !probe_anyway {
                 return;
             }
-            let (room_entries, room_bytes) = match pr.state {
-                ProgressState::Probe => (max_entries, max_inflight_bytes),
-                ProgressState::Replicate => (
-                    max_entries.min(max_inflight_entries - pr.inflight_entry_count()),
-                    max_inflight_bytes - pr.inflight_bytes(),
-                ),
-            };
-            // Fill the message up to the window in entries and in bytes. Into
-            // an empty window one entry always goes, so an entry larger than
-            // the whole window still moves.
+            if has_new && next_index < self.log.first_in_memory() {
+                // Only storage has them now: served at the end of the step.
+                if !self.needs_storage.contains(&peer) {
+                    self.needs_storage.push(peer);
+                }
+                return;
+            }
+            let (room_entries, room_bytes) = pr.room(max_entries, max_inflight_entries, max_inflight_bytes);
             let window_empty = pr.inflight_bytes() == 0;
             let candidates = self.log.entries(next_index, next_index + room_entries - 1);
-            let mut batch_bytes = 0;
-            let fitting = candidates
-                .iter()
-                .take_while(|e| {
-                    let fits = (window_empty && batch_bytes == 0) || batch_bytes + e.size_bytes() <= room_bytes;
-                    if fits {
-                        batch_bytes += e.size_bytes();
-                    }
-                    fits
-                })
-                .count();
+            let fitting = fit_window(candidates, window_empty, room_bytes);
             if fitting == 0 && has_new {
                 return;
             }
             let entries = candidates[..fitting].to_vec();
-            let size_bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
-            let batch_last = next_index - 1 + entries.len() as u64;
-            pr.on_sent(batch_last, size_bytes);
-            let probing = pr.state == ProgressState::Probe;
-            let prev_log_index = next_index - 1;
-            let prev_log_term = self.log.term_at(prev_log_index).expect("prev entry present on the leader");
-            let body =
-                MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, leader_commit_index: commit };
-            self.send(peer, body);
-            if probing {
+            if !self.send_append_batch(peer, next_index, entries, commit) {
                 return;
             }
         }
+    }
+
+    /// Records `entries` (starting at `next_index`) as sent to `peer` and
+    /// sends them; returns whether the pipeline may go on (not probing).
+    fn send_append_batch(&mut self, peer: NodeId, next_index: LogIndex, entries: Vec<Entry>, commit: LogIndex) -> bool {
+        let size_bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let batch_last = next_index - 1 + entries.len() as u64;
+        let pr = self.progress.get_mut(&peer).expect("progress for every peer");
+        pr.on_sent(batch_last, size_bytes);
+        let probing = pr.state == ProgressState::Probe;
+        let prev_log_index = next_index - 1;
+        let prev_log_term = self.log.term_at(prev_log_index).expect("prev entry present on the leader");
+        let body = MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, leader_commit_index: commit };
+        self.send(peer, body);
+        !probing
+    }
+
+    /// Serves the peers whose next entries left memory, from `storage`: one
+    /// batch each, then the pipeline goes on from memory (or storage again).
+    pub(super) fn send_from_storage(&mut self, storage: &dyn LogStorage) {
+        let mut unavailable: Vec<NodeId> = Vec::new();
+        while let Some(peer) = self.needs_storage.pop() {
+            if self.role != Role::Leader || unavailable.contains(&peer) {
+                continue;
+            }
+            if self.send_one_from_storage(peer, storage) {
+                self.send_appends(peer, false);
+            } else {
+                unavailable.push(peer);
+            }
+        }
+    }
+
+    fn send_one_from_storage(&mut self, peer: NodeId, storage: &dyn LogStorage) -> bool {
+        let first_in_memory = self.log.first_in_memory();
+        let commit = self.log.committed_index();
+        let (max_entries, max_inflight_entries, max_inflight_bytes) =
+            (self.config.max_entries_per_append, self.config.max_inflight_entries, self.config.max_inflight_bytes);
+        let pr = self.progress.get_mut(&peer).expect("progress for every peer");
+        let next_index = pr.next_index;
+        if !pr.can_send(max_inflight_entries, max_inflight_bytes) || next_index >= first_in_memory {
+            return false;
+        }
+        let (room_entries, room_bytes) = pr.room(max_entries, max_inflight_entries, max_inflight_bytes);
+        let window_empty = pr.inflight_bytes() == 0;
+        let last = (next_index + room_entries - 1).min(first_in_memory - 1);
+        let Some(loaded) = storage.entries(next_index, last, room_bytes) else { return false };
+        for (k, e) in loaded.iter().enumerate() {
+            assert_eq!(e.index, next_index + k as LogIndex, "storage returned entries out of order");
+            assert!(e.index <= last, "storage returned entries past {last}");
+            assert_eq!(Some(e.term), self.log.term_at(e.index), "storage and the log disagree at {}", e.index);
+        }
+        let fitting = fit_window(&loaded, window_empty, room_bytes);
+        if fitting == 0 {
+            return false;
+        }
+        let mut loaded = loaded;
+        loaded.truncate(fitting);
+        self.send_append_batch(peer, next_index, loaded, commit);
+        true
     }
 
     /// Sends a heartbeat round to every peer; a new round number each time.

@@ -39,8 +39,7 @@ impl Cluster {
             replies: Vec::new(),
         };
         for &(id, term, log_terms) in nodes {
-            let restored =
-                RestoredState { meta: HardState { term, voted_for: None }, entries: log_of_terms(log_terms) };
+            let restored = RestoredState::whole(HardState { term, voted_for: None }, log_of_terms(log_terms));
             cluster.disks.insert(id, restored);
             cluster.restart(id);
         }
@@ -48,7 +47,9 @@ impl Cluster {
     }
 
     fn restart(&mut self, id: NodeId) {
-        let restored = self.disks[&id].clone();
+        // The disk's tail is its whole log here; recompute its term runs.
+        let disk = &self.disks[&id];
+        let restored = RestoredState::whole(disk.meta, disk.tail.clone());
         let core = RaftCore::new(id, self.voters.clone(), self.config.clone(), restored, ChaCha8Rng::seed_from_u64(id))
             .expect("valid node");
         self.cores.insert(id, core);
@@ -70,7 +71,7 @@ impl Cluster {
                         work.push_back(Event::MetaSaved(hard_state));
                     }
                     Command::PersistEntries { truncate_from, entries } => {
-                        let disk = &mut self.disks.get_mut(&id).expect("disk").entries;
+                        let disk = &mut self.disks.get_mut(&id).expect("disk").tail;
                         if let Some(from) = truncate_from {
                             disk.truncate(from as usize - 1);
                         }

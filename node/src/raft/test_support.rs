@@ -14,6 +14,7 @@ pub fn config() -> Config {
         max_inflight_entries: 64,
         max_inflight_bytes: 1 << 20,
         max_entries_per_append: 16,
+        max_log_memory_bytes: u64::MAX,
         pre_vote: true,
         check_quorum: true,
         lease: None,
@@ -36,7 +37,7 @@ pub fn log_of_terms(terms: &[Term]) -> Vec<Entry> {
 
 /// A core restarted from `meta` and a log with the given entry terms.
 pub fn node_with(id: NodeId, voters: &[NodeId], config: Config, meta: HardState, log_terms: &[Term]) -> RaftCore {
-    let restored = RestoredState { meta, entries: log_of_terms(log_terms) };
+    let restored = RestoredState::whole(meta, log_of_terms(log_terms));
     RaftCore::new(id, voters.to_vec(), config, restored, ChaCha8Rng::seed_from_u64(id)).expect("valid test node")
 }
 

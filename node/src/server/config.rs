@@ -15,6 +15,8 @@
 //! election_timeout_min_ticks = 15   # 150 ms
 //! election_timeout_max_ticks = 30   # 300 ms
 //! heartbeat_ticks = 3               # 30 ms
+//! log_memory_mib = 64               # per group: applied entries kept in memory for followers
+//!                                   # and reads; older ones are read back from the log files
 //!
 //! [[peers]]                         # every voter, this node included
 //! id = 1
@@ -54,6 +56,9 @@ fn default_segment_mib() -> u64 {
     64
 }
 fn default_max_frame_mib() -> u64 {
+    64
+}
+fn default_log_memory_mib() -> u64 {
     64
 }
 
@@ -106,6 +111,9 @@ pub struct ServerConfig {
     pub backend: Option<String>,
     #[serde(default = "default_max_frame_mib")]
     pub max_frame_mib: u64,
+    /// Per group: applied, durable entries kept in memory (see the module docs).
+    #[serde(default = "default_log_memory_mib")]
+    pub log_memory_mib: u64,
     pub peers: Vec<Peer>,
 }
 
@@ -212,6 +220,7 @@ impl ServerConfig {
             check_quorum: true,
             preferred_leader: self.preferred_leader,
             max_entries_per_append: 1024,
+            max_log_memory_bytes: self.log_memory_mib.saturating_mul(1 << 20),
             max_inflight_entries: 16 * 1024,
             // A whole window must fit in one frame, or a follower would refuse it forever.
             max_inflight_bytes: ((self.max_frame_mib << 20).saturating_sub(64 << 10)).max(1 << 20),

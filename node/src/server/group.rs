@@ -24,8 +24,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::wire::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
 use crate::raft::{
-    ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, Message, NodeId,
-    RaftCore, RestoredState, Role,
+    ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, LogStorage, Message,
+    NodeId, RaftCore, RestoredState, Role,
 };
 
 /// The most payload bytes one read answer carries (well below any frame limit).
@@ -142,27 +142,17 @@ impl GroupHost {
                 log.first_index()
             ));
         }
-        let mut entries = Vec::with_capacity(log.last_index() as usize);
-        let mut next = 1;
-        while next <= log.last_index() {
-            let mut chunk = Vec::new();
-            log.read_range(next, log.last_index() + 1, 16 << 20, &mut chunk).map_err(|e| e.to_string())?;
-            for e in chunk {
-                let kind = match e.payload.first() {
-                    Some(0) => EntryKind::Noop,
-                    Some(1) => EntryKind::Command,
-                    _ => return Err(format!("group {group}: entry {} has no valid kind byte", e.index)),
-                };
-                entries.push(Entry { index: e.index, term: e.term, kind, payload: e.payload.slice(1..) });
-                next = e.index + 1;
-            }
-        }
+        // The core learns every term from the engine's term runs and reads
+        // payloads back from the engine when it needs them: nothing is loaded.
+        let terms = log.term_runs().to_vec();
+        let last_index = log.last_index();
         let m = log.meta();
         let meta = HardState { term: m.current_term, voted_for: m.voted_for };
         let seed = node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ dledger_engine::segment::fresh_salt();
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let core = RaftCore::new(node_id, voters, raft, RestoredState { meta, entries }, rng)
-            .map_err(|e| format!("group {group}: {e}"))?;
+        let core =
+            RaftCore::new(node_id, voters, raft, RestoredState { meta, terms, last_index, tail: Vec::new() }, rng)
+                .map_err(|e| format!("group {group}: {e}"))?;
         let reported_durable = log.durable_index();
         Ok(GroupHost {
             group,
@@ -233,7 +223,16 @@ impl GroupHost {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.proposals);
-        let commands = self.core.step(Event::ProposeBatch(batch));
+        self.step_core(Event::ProposeBatch(batch))
+    }
+
+    /// Steps the core, with the engine as its storage for entries that left memory.
+    fn step_core(&mut self, event: Event) -> Result<(), GroupFatal> {
+        let storage = EngineStorage { log: &self.log, error: std::cell::RefCell::new(None) };
+        let commands = self.core.step_with(event, &storage);
+        if let Some(e) = storage.error.into_inner() {
+            return Err(self.fatal(e));
+        }
         self.execute(commands)
     }
 
@@ -255,8 +254,7 @@ impl GroupHost {
     fn step(&mut self, event: Event) -> Result<(), GroupFatal> {
         // Queued appends go first: the core sees inputs in arrival order.
         self.propose_queued()?;
-        let commands = self.core.step(event);
-        self.execute(commands)
+        self.step_core(event)
     }
 
     fn execute(&mut self, commands: Vec<Command>) -> Result<(), GroupFatal> {
@@ -283,10 +281,8 @@ impl GroupHost {
                     self.drain_backlog()?;
                 }
                 Command::Send(m) => self.outbox.push((m.to, self.group, m)),
-                Command::Apply(entries) => {
-                    if let Some(last) = entries.last() {
-                        self.applied_index = last.index;
-                    }
+                Command::Apply(_) => {
+                    self.applied_index = self.core.log().applied_index();
                     self.answer_reads();
                 }
                 Command::Reply(r) => self.reply(r),
@@ -437,17 +433,40 @@ impl GroupHost {
         if lo == 0 || lo > commit || hi <= lo {
             return Response::Error(ServerError::OutOfRange { index: lo, first: 1, commit });
         }
+        match self.committed_entries(lo, (hi - 1).min(commit), max_bytes) {
+            Ok(out) => Response::Entries(out),
+            Err(e) => Response::Error(ServerError::Internal(format!("reading the log: {e}"))),
+        }
+    }
+
+    /// Committed entries `lo..=hi`, from memory where the core still holds
+    /// them and from the engine before that; stops once `max_bytes` of payload
+    /// are in (at least one entry). A leader's no-op has an empty payload.
+    fn committed_entries(&self, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<ClientEntry>, dledger_engine::Error> {
+        let log = self.core.log();
+        debug_assert!(hi <= log.committed_index());
         let mut out = Vec::new();
         let mut bytes = 0;
-        for e in self.core.log().entries(lo, (hi - 1).min(commit)) {
-            // A leader's no-op shows as an entry with an empty payload.
-            bytes += e.payload.len();
-            out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.clone() });
-            if bytes >= max_bytes {
-                break;
+        let from_memory = log.first_in_memory();
+        if lo < from_memory {
+            let mut stored = Vec::new();
+            self.log.read_range(lo, (hi + 1).min(from_memory), max_bytes, &mut stored)?;
+            for e in stored {
+                bytes += e.payload.len().saturating_sub(1);
+                out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.slice(1..) });
             }
         }
-        Response::Entries(out)
+        let next = out.last().map_or(lo, |e| e.index + 1);
+        if bytes < max_bytes {
+            for e in log.entries(next, hi) {
+                bytes += e.payload.len();
+                out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.clone() });
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn status(&self) -> GroupStatus {
@@ -539,9 +558,40 @@ impl GroupHost {
             }
         }
     }
+}
 
-    /// The committed payloads `[lo, hi)` (tests and tools).
-    pub fn committed(&self, lo: u64, hi: u64) -> Vec<Bytes> {
-        self.core.log().entries(lo, hi.saturating_sub(1)).iter().map(|e| e.payload.clone()).collect()
+/// The engine log as the core's storage for entries that left memory. A
+/// read error is kept and turned into the group's fatal error after the step.
+struct EngineStorage<'a> {
+    log: &'a Log,
+    error: std::cell::RefCell<Option<dledger_engine::Error>>,
+}
+
+impl LogStorage for EngineStorage<'_> {
+    fn entries(&self, from: u64, to: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        let mut stored = Vec::new();
+        if let Err(e) = self.log.read_range(from, to + 1, max_bytes as usize, &mut stored) {
+            self.error.borrow_mut().get_or_insert(e);
+            return None;
+        }
+        let mut out = Vec::with_capacity(stored.len());
+        for e in stored {
+            let kind = match e.payload.first() {
+                Some(0) => EntryKind::Noop,
+                Some(1) => EntryKind::Command,
+                _ => {
+                    let err = dledger_engine::Error::Corrupt {
+                        segment: self.log.config().dir.clone(),
+                        offset: 0,
+                        entry_index: e.index,
+                        reason: "entry has no valid kind byte",
+                    };
+                    self.error.borrow_mut().get_or_insert(err);
+                    return None;
+                }
+            };
+            out.push(Entry { index: e.index, term: e.term, kind, payload: e.payload.slice(1..) });
+        }
+        Some(out)
     }
 }

@@ -246,10 +246,11 @@ impl Checkers {
         term: Term,
         payloads: &[Bytes],
         log: &RaftLog,
+        disk: &[Entry],
     ) -> Result<(), Violation> {
         for (k, payload) in payloads.iter().enumerate() {
             let index = first_index + k as u64;
-            let in_log = log.entry(index);
+            let in_log = entry_of(log, disk, index);
             let committed = self.committed.get(&index);
             let ok = in_log.is_some_and(|e| e.term == term && e.payload == *payload)
                 && committed.is_some_and(|c| c.term == term && c.payload == *payload);
@@ -285,9 +286,9 @@ impl Checkers {
     }
 
     /// Every acknowledged entry is in `log` (used once logs converged).
-    pub fn acked_present(&self, node: NodeId, log: &RaftLog) -> Result<(), Violation> {
+    pub fn acked_present(&self, node: NodeId, log: &RaftLog, disk: &[Entry]) -> Result<(), Violation> {
         for (&index, payload) in &self.acked {
-            if log.entry(index).map(|e| &e.payload) != Some(payload) {
+            if entry_of(log, disk, index).map(|e| &e.payload) != Some(payload) {
                 return fail(names::ACKED_DURABLE, format!("acked index {index} missing from node {node} at the end"));
             }
         }
@@ -303,4 +304,13 @@ impl Checkers {
     pub fn committed_count(&self) -> usize {
         self.committed.len()
     }
+}
+
+/// The entry at `index` as the node holds it: in the core's memory, or (once
+/// it left memory) on the node's disk, which then must agree on its term.
+fn entry_of<'a>(log: &'a RaftLog, disk: &'a [Entry], index: LogIndex) -> Option<&'a Entry> {
+    log.entry(index).or_else(|| {
+        let e = disk.get(usize::try_from(index).ok()?.checked_sub(1)?)?;
+        (e.index == index && log.term_at(index) == Some(e.term)).then_some(e)
+    })
 }

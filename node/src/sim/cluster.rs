@@ -227,6 +227,8 @@ impl Simulation {
             max_inflight_entries: rng.gen_range(2..=32),
             max_inflight_bytes: rng.gen_range(256..=4096),
             max_entries_per_append: rng.gen_range(1..=16),
+            // Mostly tiny, so that followers are often served from storage.
+            max_log_memory_bytes: if rng.gen_bool(0.7) { rng.gen_range(0..=512) } else { u64::MAX },
             pre_vote: rng.gen_bool(0.8),
             check_quorum,
             lease: (check_quorum && (rng.gen_bool(0.5) || options.host_skips_tick_catch_up))
@@ -507,8 +509,9 @@ impl Simulation {
     /// Steps one node and runs every checker on what the step changed.
     fn step(&mut self, id: NodeId, event: Event) -> Result<(), Violation> {
         let commands = {
-            let core = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()).expect("live node");
-            core.step(event)
+            let node = self.nodes.get_mut(&id).expect("node");
+            let core = node.core.as_mut().expect("live node");
+            core.step_with(event, &node.disk)
         };
         for command in commands {
             self.execute(id, command)?;
@@ -594,7 +597,8 @@ impl Simulation {
             (ClientReply::Committed { first_index, last_index, term, .. }, ClientOp::Propose(payloads)) => {
                 assert_eq!(last_index + 1 - first_index, payloads.len() as u64);
                 let core = self.nodes[&id].core.as_ref().expect("live");
-                self.checkers.proposal_acked(id, first_index, term, &payloads, core.log())?;
+                let disk = self.nodes[&id].disk.entries();
+                self.checkers.proposal_acked(id, first_index, term, &payloads, core.log(), disk)?;
             }
             (ClientReply::ReadReady { read_index, .. }, ClientOp::Read { acked_before }) => {
                 self.checkers.read_barrier(id, read_index, acked_before)?;
@@ -792,7 +796,7 @@ impl Simulation {
     fn check_after_convergence(&self) -> Result<(), Violation> {
         for (&id, node) in &self.nodes {
             let core = node.core.as_ref().expect("converged means all live");
-            self.checkers.acked_present(id, core.log())?;
+            self.checkers.acked_present(id, core.log(), self.nodes[&id].disk.entries())?;
         }
         Ok(())
     }
