@@ -352,6 +352,7 @@ fn append_read_reopen_across_segments(b: BackendChoice) {
     assert_eq!(log.term_at(399), Some(1));
     assert_eq!(log.term_at(400), Some(2));
     assert_eq!(log.term_at(800), None);
+    assert_eq!(log.term_runs(), &[(1, 1), (400, 2)], "a reopened log knows its terms without reading entries");
 }
 
 fn completions_arrive_on_the_eventfd(b: BackendChoice) {

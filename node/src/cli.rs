@@ -439,7 +439,8 @@ async fn quick_start(dir: &Path, base_port: u16) -> Result<(), String> {
     for n in 1..=3usize {
         let cfg_path = dir.join(format!("n{n}.toml"));
         let cfg = format!(
-            "node_id = {n}\nlisten = \"{}\"\ndata_dir = \"{}\"\ncores = 1\n\n{peers}",
+            // Three nodes share this host: let the kernel place their loops.
+            "node_id = {n}\nlisten = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\n\n{peers}",
             endpoints[n - 1],
             dir.join(format!("n{n}")).display()
         );

@@ -89,6 +89,26 @@ async fn killing_the_leader_loses_nothing_and_it_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_log_in_memory_a_follower_catches_up_from_the_leaders_files() {
+    // Every applied, durable entry leaves memory at once: the leader can only
+    // send the missed entries by reading them back from its log files, and
+    // every read below is served from the files too.
+    let mut c = Cluster::start_with_config(3, 1, "segment_mib = 8\nlog_memory_mib = 0\n");
+    let leader = c.leader(0).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let mut acked = append_many(&c, 0, 4, 50).await;
+    c.kill(follower);
+    acked.extend(append_many(&c, 0, 8, 250).await);
+    c.start_node(follower);
+    acked.extend(append_many(&c, 0, 2, 20).await);
+    let last = acked.iter().map(|a| a.0).max().unwrap();
+    c.wait_commit(follower, 0, last).await;
+    let leader_log = c.committed_log(leader, 0, last).await;
+    assert_acked_present(&acked, &leader_log);
+    assert_eq!(c.committed_log(follower, 0, last).await, leader_log, "the follower caught up from the files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_fails_with_no_quorum_and_restart_loses_nothing() {
     let mut c = Cluster::start(3, 1, 1);
     let leader = c.leader(0).await;
@@ -305,6 +325,8 @@ async fn metrics_endpoint_speaks_prometheus_text() {
         "dledger_append_latency_us{",
         "dledger_bytes_written_total{",
         "dledger_write_sync_latency_us{",
+        "dledger_log_memory_bytes{",
+        "dledger_entries_read_back_total{",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }

@@ -154,6 +154,8 @@ pub struct RaftCore {
     /// Leader: peers whose next entries are no longer in memory; served from
     /// storage at the end of the step.
     pub(super) needs_storage: Vec<NodeId>,
+    /// Entries sent to followers after reading them back from storage.
+    pub(super) entries_from_storage: u64,
 }
 
 impl RaftCore {
@@ -214,6 +216,7 @@ impl RaftCore {
             out: Vec::new(),
             held_messages: Vec::new(),
             needs_storage: Vec::new(),
+            entries_from_storage: 0,
         };
         core.reset_election_timer();
         Ok(core)
@@ -261,6 +264,11 @@ impl RaftCore {
             durable_index: self.log.durable_index(),
             last_index: self.log.last_index(),
         }
+    }
+
+    /// How many entries were sent to followers from storage (not memory).
+    pub fn entries_from_storage(&self) -> u64 {
+        self.entries_from_storage
     }
 
     /// The in-memory log (read-only).

@@ -610,6 +610,7 @@ fn a_follower_behind_the_memory_window_is_served_from_storage() {
     }
     let expected = send(1, 3, 2, append((0, 0), vec![entry(1, 1), entry(2, 2)], 2));
     assert!(out.contains(&expected), "{out:?}");
+    assert_eq!(core.entries_from_storage(), 2);
 }
 
 #[test]

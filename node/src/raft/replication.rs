@@ -147,6 +147,7 @@ impl RaftCore {
         }
         let mut loaded = loaded;
         loaded.truncate(fitting);
+        self.entries_from_storage += fitting as u64;
         self.send_append_batch(peer, next_index, loaded, commit);
         true
     }

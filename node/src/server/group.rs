@@ -540,6 +540,10 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_bytes_written_total{{group=\"{g}\"}} {}", self.log.stats().bytes_written);
         let _ = writeln!(out, "dledger_payload_bytes_total{{group=\"{g}\"}} {}", m.bytes_written);
         let _ = writeln!(out, "dledger_leader_elections_won_total{{group=\"{g}\"}} {}", m.elections_won);
+        let memory = self.core.log().memory_bytes();
+        let _ = writeln!(out, "dledger_log_memory_bytes{{group=\"{g}\"}} {memory}");
+        let read_back = self.core.entries_from_storage();
+        let _ = writeln!(out, "dledger_entries_read_back_total{{group=\"{g}\"}} {read_back}");
         let histograms = [
             ("dledger_append_latency_us", &m.append_latency_us),
             ("dledger_write_sync_latency_us", &m.write_sync_us),

@@ -87,7 +87,7 @@ impl Cluster {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("n{id}.toml"));
             let text = format!(
-                "node_id = {id}\nlisten = \"{ep}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = {cores}\n{extra}\n{peers}",
+                "node_id = {id}\nlisten = \"{ep}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = {cores}\ncpus = []\n{extra}\n{peers}",
                 dir.path().join(format!("n{id}")).display()
             );
             std::fs::write(&config, text).unwrap();
@@ -137,7 +137,7 @@ impl Cluster {
             }
             let config = dir.path().join(format!("n{a}.toml"));
             let text = format!(
-                "node_id = {a}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = 1\nsegment_mib = 8\n{extra_config}\n{peers}",
+                "node_id = {a}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = 1\ncpus = []\nsegment_mib = 8\n{extra_config}\n{peers}",
                 real[a as usize - 1],
                 dir.path().join(format!("n{a}")).display()
             );
