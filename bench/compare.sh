@@ -81,7 +81,9 @@ for c in 1 64 1024; do
     | j entries_per_sec p50_ms p99_ms)
   etcd_eps_res[$c]=$e; etcd_p50[$c]=$p50; etcd_p99[$c]=$p99
 done
+# Stopped and gone before dledger starts: a member still flushing would share the disk and CPUs.
 for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+for p in "${etcd_pids[@]}"; do wait "$p" 2>/dev/null || true; done
 etcd_pids=()
 
 # --- dledger: the quick start's three nodes ---

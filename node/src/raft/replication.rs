@@ -20,6 +20,9 @@ use super::core::{LogStorage, RaftCore, Role};
 use super::message::{ConflictHint, Entry, LogIndex, MessageBody, NodeId, Term};
 use super::progress::ProgressState;
 
+/// Storage reads one step may make for followers behind the memory window.
+const MAX_STORAGE_READS_PER_STEP: usize = 4;
+
 /// How many of `candidates` fit in `room_bytes` of window. Into an empty
 /// window one entry always goes, so an entry larger than the whole window
 /// still moves.
@@ -106,14 +109,19 @@ impl RaftCore {
         !probing
     }
 
-    /// Serves the peers whose next entries left memory, from `storage`: one
-    /// batch each, then the pipeline goes on from memory (or storage again).
+    /// Serves the peers whose next entries left memory, from `storage`: a
+    /// batch at a time, then the pipeline goes on from memory (or storage
+    /// again). Reads are synchronous on the host's thread, so a step makes at
+    /// most [`MAX_STORAGE_READS_PER_STEP`]; the follower's next ack or the next
+    /// heartbeat continues.
     pub(super) fn send_from_storage(&mut self, storage: &dyn LogStorage) {
         let mut unavailable: Vec<NodeId> = Vec::new();
+        let mut reads = 0;
         while let Some(peer) = self.needs_storage.pop() {
-            if self.role != Role::Leader || unavailable.contains(&peer) {
+            if self.role != Role::Leader || unavailable.contains(&peer) || reads == MAX_STORAGE_READS_PER_STEP {
                 continue;
             }
+            reads += 1;
             if self.send_one_from_storage(peer, storage) {
                 self.send_appends(peer, false);
             } else {

@@ -571,10 +571,15 @@ struct EngineStorage<'a> {
     error: std::cell::RefCell<Option<dledger_engine::Error>>,
 }
 
+/// The most one read for a follower takes from the files (the read blocks the
+/// group's thread; the follower's next ack asks for more).
+const MAX_READ_BACK_BYTES: u64 = 1 << 20;
+
 impl LogStorage for EngineStorage<'_> {
     fn entries(&self, from: u64, to: u64, max_bytes: u64) -> Option<Vec<Entry>> {
         let mut stored = Vec::new();
-        if let Err(e) = self.log.read_range(from, to + 1, max_bytes as usize, &mut stored) {
+        let max_bytes = max_bytes.clamp(1, MAX_READ_BACK_BYTES) as usize;
+        if let Err(e) = self.log.read_range(from, to + 1, max_bytes, &mut stored) {
             self.error.borrow_mut().get_or_insert(e);
             return None;
         }

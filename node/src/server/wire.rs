@@ -177,6 +177,9 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
 }
 
 /// Takes one frame off the front of `buf`: `Ok(None)` when more bytes are needed.
+/// Frames smaller than this are copied out of the read buffer (see [`decode_frame`]).
+const COPY_BELOW_BYTES: usize = 64 << 10;
+
 pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Frame>, WireError> {
     if buf.len() < HEADER_SIZE {
         // Check what we can early, so garbage is refused without waiting for 12 bytes.
@@ -209,7 +212,19 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
         return Err(WireError::BadChecksum);
     }
     buf.advance(HEADER_SIZE);
-    let mut p = buf.split_to(len).freeze();
+    // Payloads decoded below are slices of `p` and may live long (the Raft
+    // log holds entries in memory). A small frame is copied out so that it
+    // pins only its own bytes, not the connection's whole read buffer (a
+    // 300-byte append used to pin a fresh 64 KiB buffer: a page fault and a
+    // zeroed page per request). A large frame fills most of its buffer
+    // anyway and is taken without a copy.
+    let mut p = if len < COPY_BELOW_BYTES {
+        let body = Bytes::copy_from_slice(&buf[..len]);
+        buf.advance(len);
+        body
+    } else {
+        buf.split_to(len).freeze()
+    };
     let frame = match kind {
         KIND_HELLO => {
             let node_id = get_u64(&mut p, "hello")?;
@@ -766,5 +781,28 @@ mod tests {
         f.put_u32_le(crc);
         f.extend_from_slice(&lying);
         assert!(matches!(decode_frame(&mut f, 1024), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_small_frame_does_not_pin_the_read_buffer_and_a_large_one_is_not_copied() {
+        let append = |size: usize| Frame::Request {
+            id: 1,
+            group: 0,
+            request: Request::Append { payloads: vec![Bytes::from(vec![7u8; size])] },
+        };
+        for (size, copied) in [(256, true), (COPY_BELOW_BYTES, false)] {
+            let mut buf = BytesMut::with_capacity(256 << 10);
+            encode_frame(&append(size), &mut buf);
+            let start = buf.as_ptr() as usize;
+            let Some(Frame::Request { request: Request::Append { payloads }, .. }) =
+                decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap()
+            else {
+                panic!("an append")
+            };
+            let inside = (start..start + (256 << 10)).contains(&(payloads[0].as_ptr() as usize));
+            assert_eq!(inside, !copied, "{size}-byte payload: inside the read buffer");
+            // While the payload lives, the buffer can be reused only if nothing points into it.
+            assert_eq!(buf.try_reclaim(250 << 10), copied, "{size}-byte payload: buffer reusable");
+        }
     }
 }
