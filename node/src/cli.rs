@@ -101,6 +101,10 @@ enum Cmd {
         /// Concurrent clients, each with one request in flight.
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// Connections the clients share (requests multiplexed by id); default:
+        /// one per client.
+        #[arg(long)]
+        connections: Option<usize>,
         /// Payload bytes per entry.
         #[arg(long, default_value_t = 256)]
         entry_size: usize,
@@ -139,7 +143,7 @@ enum Quick {
     Start {
         #[arg(long, default_value = "./dledger-quickstart")]
         dir: PathBuf,
-        /// First of three ports (0: let the OS pick free ones).
+        /// First of three ports; metrics on P+100.. (0: free ports below the ephemeral range).
         #[arg(long, default_value_t = 20911)]
         base_port: u16,
     },
@@ -247,6 +251,7 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             endpoints,
             cluster,
             clients,
+            connections,
             entry_size,
             batch,
             groups,
@@ -262,6 +267,7 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
                 endpoints,
                 cluster,
                 clients,
+                connections,
                 entry_size,
                 batch,
                 groups,
@@ -431,8 +437,16 @@ async fn quick_start(dir: &Path, base_port: u16) -> Result<(), String> {
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
-    let ports: Vec<u16> = if base_port == 0 { free_ports(3)? } else { (0..3).map(|i| base_port + i).collect() };
+    // Nodes on ports P, P+1, P+2; their metrics endpoints on P+100, P+101, P+102.
+    let (ports, metrics_ports): (Vec<u16>, Vec<u16>) = if base_port == 0 {
+        let p = free_ports(6)?;
+        (p[..3].to_vec(), p[3..].to_vec())
+    } else {
+        let top = base_port.checked_add(102).ok_or_else(|| format!("--base-port {base_port} is too high"))?;
+        ((0..3).map(|i| base_port + i).collect(), (0..3).map(|i| top - 2 + i).collect())
+    };
     let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let metrics: Vec<String> = metrics_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let peers: String =
         endpoints.iter().enumerate().map(|(i, e)| format!("[[peers]]\nid = {}\naddress = \"{e}\"\n", i + 1)).collect();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -440,8 +454,9 @@ async fn quick_start(dir: &Path, base_port: u16) -> Result<(), String> {
         let cfg_path = dir.join(format!("n{n}.toml"));
         let cfg = format!(
             // Three nodes share this host: let the kernel place their loops.
-            "node_id = {n}\nlisten = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\n\n{peers}",
+            "node_id = {n}\nlisten = \"{}\"\nmetrics_listen = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\n\n{peers}",
             endpoints[n - 1],
+            metrics[n - 1],
             dir.join(format!("n{n}")).display()
         );
         std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
@@ -461,6 +476,7 @@ async fn quick_start(dir: &Path, base_port: u16) -> Result<(), String> {
         std::fs::write(dir.join(format!("n{n}.pid")), child.id().to_string()).map_err(|e| e.to_string())?;
     }
     std::fs::write(dir.join("endpoints"), endpoints.join(",")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("metrics"), metrics.join(",")).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let rows = cluster_rows(&endpoints, "dledger").await;
@@ -480,6 +496,7 @@ async fn quick_start(dir: &Path, base_port: u16) -> Result<(), String> {
     println!("  dledger append --endpoints {eps} hello world");
     println!("  dledger get --endpoints {eps} 1 --to 3");
     println!("  dledger cluster --endpoints {eps}");
+    println!("  curl -s http://{}/metrics", metrics[0]);
     println!("  dledger quickstart stop --dir {}", dir.display());
     Ok(())
 }

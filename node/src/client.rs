@@ -9,8 +9,16 @@
 //! but did not answer in time. An append that failed with a leader change may
 //! still have committed (Raft's usual at-least-once caveat): retried appends
 //! can appear twice.
+//!
+//! By default a client owns its connections and has one request in flight.
+//! Clients built with [`Client::shared`] instead send over [`SharedConns`]:
+//! one connection per endpoint carrying the requests of many clients at once
+//! (the wire protocol matches answers to requests by id), which is how a
+//! broker with many producer threads would use a few sockets.
 #![allow(missing_docs)]
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -92,6 +100,131 @@ impl Conn {
     }
 }
 
+type Waiters = Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Result<Response, ClientError>>>>>;
+
+/// One connection many clients send over at once; answers are routed by id.
+struct MuxConn {
+    requests:
+        tokio::sync::mpsc::UnboundedSender<(u64, Request, tokio::sync::oneshot::Sender<Result<Response, ClientError>>)>,
+    /// The reader stopped: nothing sent from now on would be answered.
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MuxConn {
+    async fn open(endpoint: &str, cluster: &str) -> Result<MuxConn, ClientError> {
+        let Conn { stream, buf, .. } = Conn::open(endpoint, cluster).await?;
+        let (mut rd, mut wr) = stream.into_split();
+        let waiters: Waiters = Default::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            u64,
+            Request,
+            tokio::sync::oneshot::Sender<Result<Response, ClientError>>,
+        )>();
+        let lost = |endpoint: &str, reason: String| ClientError::Unreachable { endpoint: endpoint.into(), reason };
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Writer: takes every queued request, assigns ids, one write for all of them.
+        let w = waiters.clone();
+        let dead_w = dead.clone();
+        let ep = endpoint.to_string();
+        tokio::spawn(async move {
+            let mut next_id = 1u64;
+            let mut out = BytesMut::with_capacity(64 * 1024);
+            while let Some(first) = rx.recv().await {
+                out.clear();
+                let mut item = Some(first);
+                while let Some((group, request, reply)) = item.take().or_else(|| rx.try_recv().ok()) {
+                    let id = next_id;
+                    next_id += 1;
+                    let mut waiting = w.lock().expect("waiters");
+                    // Checked under the lock the reader drains with: no request is left unanswered.
+                    if dead_w.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = reply.send(Err(lost(&ep, "connection closed".into())));
+                        continue;
+                    }
+                    waiting.insert(id, reply);
+                    drop(waiting);
+                    encode_frame(&Frame::Request { id, group, request }, &mut out);
+                }
+                if let Err(e) = wr.write_all(&out).await {
+                    for (_, reply) in w.lock().expect("waiters").drain() {
+                        let _ = reply.send(Err(lost(&ep, e.to_string())));
+                    }
+                    return;
+                }
+            }
+        });
+        // Reader: answers go to whoever waits for their id.
+        let ep = endpoint.to_string();
+        let dead_at_exit = dead.clone();
+        tokio::spawn(async move {
+            let mut buf = buf;
+            let reason = loop {
+                match decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES) {
+                    Ok(Some(Frame::Response { id, response })) => {
+                        if let Some(reply) = waiters.lock().expect("waiters").remove(&id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                        continue;
+                    }
+                    Ok(Some(_)) => break "unexpected frame".to_string(),
+                    Ok(None) => {}
+                    Err(e) => break e.to_string(),
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => break "connection closed".to_string(),
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                }
+            };
+            let mut waiters = waiters.lock().expect("waiters");
+            dead_at_exit.store(true, std::sync::atomic::Ordering::SeqCst);
+            for (_, reply) in waiters.drain() {
+                let _ = reply.send(Err(lost(&ep, reason.clone())));
+            }
+        });
+        Ok(MuxConn { requests: tx, dead })
+    }
+}
+
+/// Connections shared by many clients (see the module docs): one per
+/// endpoint, opened on first use and replaced when it breaks. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SharedConns(Arc<Mutex<HashMap<String, Arc<MuxConn>>>>);
+
+impl SharedConns {
+    async fn get(&self, endpoint: &str, cluster: &str) -> Result<Arc<MuxConn>, ClientError> {
+        if let Some(c) = self.0.lock().expect("conns").get(endpoint) {
+            if !c.requests.is_closed() && !c.dead.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(MuxConn::open(endpoint, cluster).await?);
+        self.0.lock().expect("conns").insert(endpoint.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn forget(&self, endpoint: &str, broken: &Arc<MuxConn>) {
+        let mut conns = self.0.lock().expect("conns");
+        if conns.get(endpoint).is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            conns.remove(endpoint);
+        }
+    }
+
+    async fn call(&self, endpoint: &str, cluster: &str, group: u64, request: Request) -> Result<Response, ClientError> {
+        let conn = self.get(endpoint, cluster).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || ClientError::Unreachable { endpoint: endpoint.into(), reason: "connection closed".into() };
+        let r = match conn.requests.send((group, request, tx)) {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(gone())),
+            Err(_) => Err(gone()),
+        };
+        if r.is_err() {
+            self.forget(endpoint, &conn);
+        }
+        r
+    }
+}
+
 /// A client of one group of a cluster.
 pub struct Client {
     endpoints: Vec<String>,
@@ -102,6 +235,7 @@ pub struct Client {
     conns: Vec<Conn>,
     next_id: u64,
     rotate: usize,
+    shared: Option<SharedConns>,
 }
 
 impl Client {
@@ -116,7 +250,13 @@ impl Client {
             conns: Vec::new(),
             next_id: 1,
             rotate: 0,
+            shared: None,
         }
+    }
+
+    /// A client that sends over `conns`, alongside the other clients using them.
+    pub fn shared(endpoints: Vec<String>, cluster: &str, group: u64, timeout: Duration, conns: SharedConns) -> Client {
+        Client { shared: Some(conns), ..Client::new(endpoints, cluster, group, timeout) }
     }
 
     pub fn group(&self) -> u64 {
@@ -144,9 +284,16 @@ impl Client {
         request: Request,
         limit: Duration,
     ) -> Result<Response, ClientError> {
+        let group = self.group;
+        if let Some(shared) = &self.shared {
+            // Ids belong to the shared connection; a late answer is simply dropped there.
+            return match tokio::time::timeout(limit, shared.call(endpoint, &self.cluster, group, request)).await {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Timeout(limit)),
+            };
+        }
         let id = self.next_id;
         self.next_id += 1;
-        let group = self.group;
         let r = tokio::time::timeout(limit, async {
             let c = self.conn(endpoint).await?;
             c.call(id, group, request).await

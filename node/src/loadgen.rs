@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, SharedConns};
 
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
     pub endpoints: Vec<String>,
     pub cluster: String,
     pub clients: usize,
+    /// Connections (to each endpoint) the clients share; `None`: one per client.
+    pub connections: Option<usize>,
     pub entry_size: usize,
     /// Entries per request.
     pub batch: usize,
@@ -79,11 +81,15 @@ struct ClientResult {
 async fn one_client(
     k: usize,
     spec: BenchSpec,
+    conns: Option<SharedConns>,
     start: Instant,
     progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> ClientResult {
     let group = k as u64 % spec.groups.max(1);
-    let mut client = Client::new(spec.endpoints.clone(), &spec.cluster, group, spec.timeout);
+    let mut client = match conns {
+        Some(c) => Client::shared(spec.endpoints.clone(), &spec.cluster, group, spec.timeout, c),
+        None => Client::new(spec.endpoints.clone(), &spec.cluster, group, spec.timeout),
+    };
     let payload = Bytes::from(vec![0x5Au8; spec.entry_size]);
     let batch: Vec<Bytes> = (0..spec.batch.max(1)).map(|_| payload.clone()).collect();
     let measure_from = start + Duration::from_secs_f64(spec.warmup);
@@ -138,8 +144,13 @@ pub async fn run(spec: BenchSpec, mut on_tick: impl FnMut(Duration, u64)) -> Ben
     let start = Instant::now();
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let pools: Vec<SharedConns> = match spec.connections {
+        Some(n) => (0..n.clamp(1, spec.clients.max(1))).map(|_| SharedConns::default()).collect(),
+        None => Vec::new(),
+    };
     for k in 0..spec.clients.max(1) {
-        tasks.push(tokio::spawn(one_client(k, spec.clone(), start, progress.clone())));
+        let conns = (!pools.is_empty()).then(|| pools[k % pools.len()].clone());
+        tasks.push(tokio::spawn(one_client(k, spec.clone(), conns, start, progress.clone())));
     }
     let total = Duration::from_secs_f64(spec.warmup + spec.seconds);
     while start.elapsed() < total {
@@ -193,6 +204,7 @@ impl BenchReport {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "clients": self.spec.clients,
+            "connections": self.spec.connections,
             "entry_size": self.spec.entry_size,
             "batch": self.spec.batch,
             "groups": self.spec.groups,
@@ -223,8 +235,13 @@ impl std::fmt::Display for BenchReport {
         };
         writeln!(
             f,
-            "{} clients, {} B entries, {} per request, {} group(s), {mode}, {:.0} s measured",
-            s.clients, s.entry_size, s.batch, s.groups, self.seconds
+            "{} clients{}, {} B entries, {} per request, {} group(s), {mode}, {:.0} s measured",
+            s.clients,
+            s.connections.map_or(String::new(), |n| format!(" over {n} connection(s) per node")),
+            s.entry_size,
+            s.batch,
+            s.groups,
+            self.seconds
         )?;
         writeln!(
             f,

@@ -32,6 +32,17 @@ async fn bench_reports_json_plots_and_gates_on_an_slo() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "an SVG with lines");
     println!("bench: {}", String::from_utf8_lossy(&o.stdout).lines().take(12).collect::<Vec<_>>().join(" "));
 
+    // Eight clients multiplexed over two shared connections per node: every request answered.
+    let o = Command::new(dledger_bin())
+        .args(["bench", "--endpoints", &eps, "--clients", "8", "--connections", "2", "--groups", "2"])
+        .args(["--seconds", "1", "--warmup", "0.2", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert!(j["entries"].as_u64().unwrap() > 0 && j["errors"].as_object().unwrap().is_empty(), "{j}");
+    assert_eq!(j["connections"].as_u64(), Some(2));
+
     // Open loop with an SLO nobody can meet: non-zero exit naming what was missed.
     let o = Command::new(dledger_bin())
         .args(["bench", "--endpoints", &eps, "--clients", "2", "--rate", "100", "--seconds", "0.5", "--warmup", "0"])

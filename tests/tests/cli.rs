@@ -54,6 +54,16 @@ fn quickstart_start_status_append_get_cluster_stop() {
         assert!(rows.iter().all(|r| r.get(field).is_some()), "rows lack {field}");
     }
     assert_eq!(rows.iter().filter(|r| r["role"] == "leader").count(), 1);
+    // Every node's metrics endpoint answers (listed in the `metrics` file).
+    let metrics = std::fs::read_to_string(Path::new(d).join("metrics")).unwrap();
+    for address in metrics.trim().split(',') {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(address).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.contains("dledger_commit_index{group=\"0\"}"), "{address}: {body}");
+    }
     let pids: Vec<i32> = (1..=3)
         .map(|n| std::fs::read_to_string(Path::new(d).join(format!("n{n}.pid"))).unwrap().trim().parse().unwrap())
         .collect();

@@ -109,6 +109,66 @@ async fn with_no_log_in_memory_a_follower_catches_up_from_the_leaders_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sharing_connections_get_their_own_answers_and_fail_over() {
+    let mut c = Cluster::start(3, 1, 1);
+    let old = c.leader(0).await;
+    let shared = dledger_node::client::SharedConns::default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for k in 0..16 {
+        let mut client =
+            dledger_node::client::Client::shared(c.endpoints(), "dledger", 0, Duration::from_secs(10), shared.clone());
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut s = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || s < 20 {
+                let p = payload(k, s);
+                // A kill mid-request may fail it; a failed one is not counted as acked.
+                if let Ok((index, term)) = client.append(p.clone()).await {
+                    acked.push((index, term, p));
+                }
+                s += 1;
+            }
+            acked
+        }));
+    }
+    eventually("appends through the shared connections", Duration::from_secs(10), || {
+        let c = &c;
+        async move { (c.status(old).await?.first()?.commit_index > 200).then_some(()) }
+    })
+    .await;
+    c.kill(old);
+    let new = eventually("a new leader", Duration::from_secs(10), || {
+        let c = &c;
+        async move {
+            let l = c.leader(0).await;
+            (l != old).then_some(l)
+        }
+    })
+    .await;
+    let before = c.status(new).await.unwrap()[0].commit_index;
+    eventually("appends after the failover", Duration::from_secs(10), || {
+        let c = &c;
+        async move { (c.status(new).await?.first()?.commit_index > before + 200).then_some(()) }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    // Each answer went to the client that asked: every acknowledged index is distinct.
+    let mut indexes: Vec<u64> = acked.iter().map(|a| a.0).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), acked.len(), "two clients were told the same index");
+    let last = *indexes.last().unwrap();
+    c.wait_commit(new, 0, last).await;
+    assert_acked_present(&acked, &c.committed_log(new, 0, last).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_fails_with_no_quorum_and_restart_loses_nothing() {
     let mut c = Cluster::start(3, 1, 1);
     let leader = c.leader(0).await;
