@@ -100,12 +100,14 @@ impl Conn {
     }
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Result<Response, ClientError>>>>>;
+/// Where one answer goes.
+type Answer = tokio::sync::oneshot::Sender<Result<Response, ClientError>>;
+type Waiters = Arc<Mutex<HashMap<u64, Answer>>>;
 
 /// One connection many clients send over at once; answers are routed by id.
 struct MuxConn {
-    requests:
-        tokio::sync::mpsc::UnboundedSender<(u64, Request, tokio::sync::oneshot::Sender<Result<Response, ClientError>>)>,
+    /// (group, request, where its answer goes).
+    requests: tokio::sync::mpsc::UnboundedSender<(u64, Request, Answer)>,
     /// The reader stopped: nothing sent from now on would be answered.
     dead: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -115,11 +117,7 @@ impl MuxConn {
         let Conn { stream, buf, .. } = Conn::open(endpoint, cluster).await?;
         let (mut rd, mut wr) = stream.into_split();
         let waiters: Waiters = Default::default();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
-            u64,
-            Request,
-            tokio::sync::oneshot::Sender<Result<Response, ClientError>>,
-        )>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Request, Answer)>();
         let lost = |endpoint: &str, reason: String| ClientError::Unreachable { endpoint: endpoint.into(), reason };
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Writer: takes every queued request, assigns ids, one write for all of them.

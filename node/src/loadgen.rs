@@ -411,6 +411,7 @@ mod tests {
                 endpoints: vec![],
                 cluster: "c".into(),
                 clients: 1,
+                connections: None,
                 entry_size: 100,
                 batch: 1,
                 groups: 1,
