@@ -109,6 +109,34 @@ async fn with_no_log_in_memory_a_follower_catches_up_from_the_leaders_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_across_the_memory_window_are_whole_and_in_order() {
+    // 1 MiB of entries in memory, about 2.5 MiB written: reads start in the
+    // files and end in memory, cut by byte limits at every kind of place.
+    let c = Cluster::start_with_config(3, 1, "segment_mib = 8\nlog_memory_mib = 1\n");
+    let leader = c.leader(0).await;
+    let mut client = c.client(0);
+    let big = Bytes::from(vec![b'x'; 250]);
+    let mut last = 0;
+    for _ in 0..40 {
+        last = client.append_batch(vec![big.clone(); 256]).await.unwrap().1;
+    }
+    c.wait_commit(leader, 0, last).await;
+    let ep = c.endpoints()[leader as usize - 1].clone();
+    let mut reader = dledger_node::client::Client::new(vec![ep.clone()], "dledger", 0, Duration::from_secs(10));
+    for max_bytes in [251, 70_000, 700_000] {
+        let mut next = 1;
+        while next <= last {
+            let chunk = reader.read_at(&ep, next, last + 1, max_bytes).await.unwrap();
+            assert!(!chunk.is_empty(), "nothing at {next} (max {max_bytes})");
+            for e in chunk {
+                assert_eq!(e.index, next, "a gap in an answer with max_bytes {max_bytes}");
+                next += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_sharing_connections_get_their_own_answers_and_fail_over() {
     let mut c = Cluster::start(3, 1, 1);
     let old = c.leader(0).await;

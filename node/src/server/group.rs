@@ -457,7 +457,8 @@ impl GroupHost {
             }
         }
         let next = out.last().map_or(lo, |e| e.index + 1);
-        if bytes < max_bytes {
+        // Go on in memory only where the files left off: the answer is contiguous.
+        if bytes < max_bytes && next >= from_memory {
             for e in log.entries(next, hi) {
                 bytes += e.payload.len();
                 out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.clone() });
