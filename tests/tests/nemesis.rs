@@ -168,7 +168,7 @@ async fn run_schedule(seed: u64, seconds: f64) -> history::Report {
     println!("nemesis seed {seed}, {seconds} s; replay: NEMESIS_SEED={seed} NEMESIS_SECONDS={seconds} cargo test -p dledger-tests --release --test nemesis -- --nocapture");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     // Even seeds keep no applied entry in memory: every catch-up and read goes to the files.
-    let extra = if seed % 2 == 0 { "log_memory_mib = 0\n" } else { "" };
+    let extra = if seed.is_multiple_of(2) { "log_memory_mib = 0\n" } else { "" };
     println!("node config: {}", if extra.is_empty() { "defaults" } else { extra.trim() });
     let mut c = Cluster::start_proxied(3, 1, extra).await;
     c.leader(0).await;
