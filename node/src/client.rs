@@ -208,12 +208,30 @@ impl SharedConns {
         }
     }
 
-    async fn call(&self, endpoint: &str, cluster: &str, group: u64, request: Request) -> Result<Response, ClientError> {
-        let conn = self.get(endpoint, cluster).await?;
+    /// One request over the endpoint's shared connection, answered within `limit`.
+    /// A connection that failed or let a request time out is replaced for the
+    /// next caller (a half-open socket would otherwise swallow every request);
+    /// requests already on it still get their answers if it delivers them.
+    async fn call(
+        &self,
+        endpoint: &str,
+        cluster: &str,
+        group: u64,
+        request: Request,
+        limit: Duration,
+    ) -> Result<Response, ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let conn = match tokio::time::timeout_at(deadline, self.get(endpoint, cluster)).await {
+            Ok(c) => c?,
+            Err(_) => return Err(ClientError::Timeout(limit)),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || ClientError::Unreachable { endpoint: endpoint.into(), reason: "connection closed".into() };
         let r = match conn.requests.send((group, request, tx)) {
-            Ok(()) => rx.await.unwrap_or_else(|_| Err(gone())),
+            Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(answer) => answer.unwrap_or_else(|_| Err(gone())),
+                Err(_) => Err(ClientError::Timeout(limit)),
+            },
             Err(_) => Err(gone()),
         };
         if r.is_err() {
@@ -285,10 +303,7 @@ impl Client {
         let group = self.group;
         if let Some(shared) = &self.shared {
             // Ids belong to the shared connection; a late answer is simply dropped there.
-            return match tokio::time::timeout(limit, shared.call(endpoint, &self.cluster, group, request)).await {
-                Ok(r) => r,
-                Err(_) => Err(ClientError::Timeout(limit)),
-            };
+            return shared.call(endpoint, &self.cluster, group, request, limit).await;
         }
         let id = self.next_id;
         self.next_id += 1;

@@ -6,7 +6,12 @@
 //! * `SaveMeta` writes are applied in order; each is reported back with
 //!   `Event::MetaSaved`. The core itself withholds every message until the
 //!   metadata it depends on is saved, so `Send` may go out at once.
-//! * `Apply` hands committed entries over exactly once, in index order.
+//! * `Apply` hands committed entries over at most once, in index order, and
+//!   every one of them committed since this core started. Entries restored
+//!   without their payload (`RestoredState::tail` is partial) count as applied
+//!   when the commit index passes them but are not handed out again: a host
+//!   with a state machine must restore it from its own storage up to there
+//!   (`RaftLog::applied_index` says how far the core got).
 
 use super::message::{Entry, HardState, LogIndex, Message, NodeId, RequestId, Term};
 

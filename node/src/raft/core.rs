@@ -223,7 +223,9 @@ impl RaftCore {
     }
 
     /// Handles one event and returns the commands it produced, in order.
-    /// For a core whose entries all stay in memory (see [`Self::step_with`]).
+    /// For a core whose entries all stay in memory (`max_log_memory_bytes`
+    /// unbounded): with a bounded one, followers behind the memory window
+    /// are not served until a step gives storage ([`Self::step_with`]).
     pub fn step(&mut self, event: Event) -> Vec<Command> {
         self.step_with(event, &NoStorage)
     }

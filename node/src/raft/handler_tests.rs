@@ -463,6 +463,7 @@ fn malformed_messages_are_dropped_not_fatal() {
         ("gap after prev", append((1, 1), vec![entry(3, 2)], 0)),
         ("entry term above the sender's", append((1, 1), vec![entry(2, 3)], 0)),
         ("terms decrease", append((1, 1), vec![entry(2, 2), entry(3, 1)], 0)),
+        ("index 0 with a term", append((0, 1), vec![], 0)),
     ];
     for (name, body) in cases {
         assert_eq!(follower.step(recv(1, 2, 2, body)), vec![], "{name}");
@@ -605,11 +606,14 @@ fn a_follower_behind_the_memory_window_is_served_from_storage() {
     // The next heartbeat round probes again, now with storage.
     let storage = FixedStorage(vec![entry(1, 1), entry(2, 2)]);
     let mut out = Vec::new();
-    while out.is_empty() {
-        out = core.step_with(Event::Tick, &storage);
+    for _ in 0..config().heartbeat_ticks {
+        out.extend(core.step_with(Event::Tick, &storage));
     }
-    let expected = send(1, 3, 2, append((0, 0), vec![entry(1, 1), entry(2, 2)], 2));
+    // A probe reads one entry (the peer may be down); its answer opens the pipeline.
+    let expected = send(1, 3, 2, append((0, 0), vec![entry(1, 1)], 2));
     assert!(out.contains(&expected), "{out:?}");
+    let out = core.step_with(recv(3, 1, 2, MessageBody::AppendResponse { result: Ok(1) }), &storage);
+    assert_eq!(out, vec![send(1, 3, 2, append((1, 1), vec![entry(2, 2)], 2))]);
     assert_eq!(core.entries_from_storage(), 2);
 }
 

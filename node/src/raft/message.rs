@@ -154,7 +154,8 @@ impl Message {
     pub fn is_well_formed(&self) -> bool {
         match &self.body {
             MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, .. } => {
-                if *prev_log_term > self.term {
+                // Index 0 is the empty log's end, whose term is 0.
+                if *prev_log_term > self.term || (*prev_log_index == 0 && *prev_log_term != 0) {
                     return false;
                 }
                 let mut min_term = *prev_log_term;

@@ -17,7 +17,7 @@
 //! | `SaveMeta(hs)` | replace the engine's metadata record (term, vote); when durable, step `Event::MetaSaved(hs)` |
 //! | `PersistEntries { truncate_from, entries }` | `truncate_suffix(from)` if set, then `append(entries)` (buffered); on the engine's "durable up to N" completion, step `Event::EntriesDurable { index: N, term: term_at(N) }` |
 //! | `Send(msg)` | send to `msg.to`; loss, duplication and reordering are tolerated |
-//! | `Apply(entries)` | apply to the state machine, in order, once |
+//! | `Apply(entries)` | apply to the state machine, in order, once (see `Command`) |
 //! | `Reply(r)` | answer the client named by `r`'s `request_id` |
 //!
 //! **Storage mapping.** The core keeps its own copy of the log in memory

@@ -196,7 +196,10 @@ impl RaftLog {
 
     /// First index of the run of entries with the same term as `index`.
     pub fn first_index_of_term_at(&self, index: LogIndex) -> LogIndex {
-        assert!((1..=self.last_index()).contains(&index), "index {index} within the log");
+        if index == 0 {
+            return 0;
+        }
+        assert!(index <= self.last_index(), "index {index} within the log");
         let i = self.terms.partition_point(|&(start, _)| start <= index);
         self.terms[i - 1].0
     }
@@ -293,7 +296,11 @@ impl RaftLog {
             freed += e.size_bytes();
             n += 1;
         }
-        if n > 0 {
+        // Moving the rest costs as much as the whole tail: only for a real
+        // cut (a quarter of the budget, or down to the target, or everything),
+        // not for the few entries that became evictable since the last step.
+        let worth_it = freed * 4 >= budget_bytes || self.memory_bytes - freed <= target || n == self.entries.len();
+        if n > 0 && worth_it {
             self.entries.drain(..n);
             self.first_in_memory += n as LogIndex;
             self.memory_bytes -= freed;

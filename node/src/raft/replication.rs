@@ -141,6 +141,9 @@ impl RaftCore {
             return false;
         }
         let (room_entries, room_bytes) = pr.room(max_entries, max_inflight_entries, max_inflight_bytes);
+        // A probe (repeated every heartbeat to a peer that may be down) reads
+        // one entry; the pipeline reads full batches once the peer answers.
+        let room_entries = if pr.state == ProgressState::Probe { 1 } else { room_entries };
         let window_empty = pr.inflight_bytes() == 0;
         let last = (next_index + room_entries - 1).min(first_in_memory - 1);
         let Some(loaded) = storage.entries(next_index, last, room_bytes) else { return false };
