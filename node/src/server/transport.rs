@@ -209,15 +209,39 @@ async fn serve_peer(
     }
 }
 
-async fn client_writer(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Frame>) {
+/// Requests one client connection may have unanswered; beyond it the
+/// connection is not read (TCP pushes back on the client), so a client that
+/// pipelines without reading answers cannot grow the node's memory.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
+
+/// Unanswered requests of one connection. Every request gets exactly one
+/// answer frame, counted off when the writer takes it.
+#[derive(Default)]
+struct InFlight {
+    count: std::cell::Cell<usize>,
+    room: Notify,
+}
+
+async fn client_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    in_flight: Rc<InFlight>,
+) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let answered = |n: usize| {
+        in_flight.count.set(in_flight.count.get().saturating_sub(n));
+        in_flight.room.notify_one();
+    };
     while let Some(f) = rx.recv().await {
         buf.clear();
         encode_frame(&f, &mut buf);
+        let mut n = 1;
         // Coalesce every answer that is ready into one write.
         while let Ok(f) = rx.try_recv() {
             encode_frame(&f, &mut buf);
+            n += 1;
         }
+        answered(n);
         if wr.write_all(&buf).await.is_err() {
             return;
         }
@@ -232,8 +256,12 @@ async fn serve_client(
     ctx: &ConnContext,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::task::spawn_local(client_writer(wr, rx));
+    let in_flight = Rc::new(InFlight::default());
+    tokio::task::spawn_local(client_writer(wr, rx, in_flight.clone()));
     loop {
+        while in_flight.count.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
+            in_flight.room.notified().await;
+        }
         let frame = match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
             Ok(None) => return,
             Ok(Some(f)) => f,
@@ -246,6 +274,8 @@ async fn serve_client(
             tracing::warn!(%peer, "closing client connection: unexpected {} frame", frame_name(&frame));
             return;
         };
+        // Every path below sends exactly one answer for this request.
+        in_flight.count.set(in_flight.count.get() + 1);
         if ctx.stopping.load(Ordering::Relaxed) {
             let _ = tx.send(Frame::Response { id, response: Response::Error(ServerError::ShuttingDown) });
             continue;
@@ -285,5 +315,73 @@ async fn all_status(id: u64, groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>
 impl std::fmt::Debug for PeerLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerLink").field("queued", &self.queue.borrow().len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::wire::DEFAULT_MAX_FRAME_BYTES;
+
+    /// A client that pipelines requests without limit is read only up to the
+    /// cap; every answer lets exactly as many more in.
+    #[test]
+    fn a_connection_stops_being_read_at_its_in_flight_cap() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            // A group that takes requests and answers only when the test says so.
+            let (inbox, mut requests) = mpsc::unbounded_channel();
+            let ctx = Rc::new(ConnContext {
+                me: 1,
+                cluster: "c".into(),
+                groups: Arc::new(vec![inbox]),
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+                stopping: Arc::new(AtomicBool::new(false)),
+            });
+            tokio::task::spawn_local(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                serve_connection(s, ctx).await;
+            });
+            let total = MAX_IN_FLIGHT_PER_CONNECTION + 1000;
+            let mut out = BytesMut::new();
+            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
+            for id in 0..total as u64 {
+                let request = Request::Get { index: id };
+                encode_frame(&Frame::Request { id, group: 0, request }, &mut out);
+            }
+            let mut client = TcpStream::connect(address).await.unwrap();
+            // About 300 KB: fits in the socket buffers, so the whole write completes.
+            client.write_all(&out).await.unwrap();
+            let mut held = Vec::new();
+            while held.len() < MAX_IN_FLIGHT_PER_CONNECTION {
+                match requests.recv().await.unwrap() {
+                    GroupInput::Client { id, reply, .. } => held.push((id, reply)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // At the cap: nothing more is read (a deadline, not a measurement).
+            let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
+            assert!(more.is_err(), "a request beyond the cap of {MAX_IN_FLIGHT_PER_CONNECTION} was read");
+            // Ten answers let exactly ten more requests in, then the connection stops again.
+            for (id, reply) in held.drain(..10) {
+                reply.send(Frame::Response { id, response: Response::ReadIndex(id) }).unwrap();
+            }
+            for _ in 0..10 {
+                assert!(matches!(requests.recv().await, Some(GroupInput::Client { .. })));
+            }
+            let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
+            assert!(more.is_err(), "more requests read than answers given");
+            // The answers reached the client.
+            let mut buf = BytesMut::new();
+            let mut answered = 0;
+            while answered < 10 {
+                client.read_buf(&mut buf).await.unwrap();
+                while let Some(Frame::Response { .. }) = decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap() {
+                    answered += 1;
+                }
+            }
+        });
     }
 }
