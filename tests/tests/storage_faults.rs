@@ -1,5 +1,6 @@
 //! Storage faults under real processes: a corrupt sealed segment on a
-//! stopped follower, and a follower whose disk fills up.
+//! stopped follower, a follower whose disk fills up, and a leader whose disk
+//! fills up.
 
 mod harness;
 
@@ -7,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dledger_node::server::wire::ServerError;
 use harness::{eventually, Cluster};
 
 async fn fill(c: &Cluster, entries: usize, size: usize) -> Vec<(u64, u64)> {
@@ -158,4 +160,69 @@ async fn a_follower_with_a_full_disk_loses_nothing_and_resumes_when_space_return
     }
     assert!(c.log_text(follower).contains("appends resume"));
     c.kill(follower);
+}
+
+/// Moves node `id`'s data onto `fs` (stopped, copied, config rewritten, started).
+fn move_data_to(c: &mut Cluster, id: u64, fs: &SmallFs) {
+    assert!(c.stop(id).success());
+    let small_data = fs.mnt.join("data");
+    let status = Command::new("cp").arg("-a").arg(c.data_dir(id)).arg(&small_data).status().unwrap();
+    assert!(status.success());
+    let cfg = &c.nodes[id as usize - 1].config;
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .replace(&*c.data_dir(id).to_string_lossy(), &small_data.to_string_lossy());
+    std::fs::write(cfg, text).unwrap();
+    c.start_node(id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_full_disk_refuses_appends_with_disk_full_and_loses_nothing() {
+    let fs = match SmallFs::new(64) {
+        Ok(fs) => fs,
+        Err(why) => return println!("SKIP: no loop-mounted ext4 here: {why}"),
+    };
+    let mut c = Cluster::start_with_config(3, 1, "segment_mib = 2\n");
+    let first = c.leader(0).await;
+    let small = if first == 3 { 2 } else { 3 };
+    move_data_to(&mut c, small, &fs);
+    let mut client = c.client(0);
+    eventually("leadership on the node with the small disk", Duration::from_secs(30), || {
+        let c = &c;
+        let mut client = c.client(0);
+        async move {
+            let _ = client.transfer_leader(small).await;
+            (c.leader(0).await == small).then_some(())
+        }
+    })
+    .await;
+    let filler = fs.mnt.join("filler");
+    let _ = Command::new("fallocate").args(["-l", "50M"]).arg(&filler).status();
+    // Appends until the leader says its disk is full (14 MB of room, 1 KB entries).
+    let mut acked = Vec::new();
+    let refused = loop {
+        let p = Bytes::from(format!("{}-{}", acked.len(), "x".repeat(1000)));
+        match client.append(p.clone()).await {
+            Ok((index, term)) => acked.push((index, term, p)),
+            Err(dledger_node::client::ClientError::Server(e @ ServerError::DiskFull(_))) => break e,
+            Err(e) => panic!("append {} failed with {e}, not a disk-full refusal", acked.len()),
+        }
+        assert!(acked.len() < 40_000, "64 MB of appends and no refusal");
+    };
+    println!("refused after {} appends: {refused}", acked.len());
+    // Space returns: appends are taken again, and nothing acknowledged is lost.
+    std::fs::remove_file(&filler).unwrap();
+    let (index, term) = eventually("appends accepted again", Duration::from_secs(30), || {
+        let mut client = c.client(0);
+        async move { client.append(Bytes::from_static(b"after")).await.ok() }
+    })
+    .await;
+    let leader = c.leader(0).await;
+    c.wait_commit(leader, 0, index).await;
+    let log = c.committed_log(leader, 0, index).await;
+    assert_eq!((log[index as usize - 1].1, &log[index as usize - 1].2[..]), (term, &b"after"[..]));
+    for (i, t, p) in acked {
+        assert_eq!((log[i as usize - 1].1, &log[i as usize - 1].2), (t, &p), "entry {i}");
+    }
+    c.kill(small);
 }

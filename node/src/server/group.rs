@@ -401,6 +401,15 @@ impl GroupHost {
                     answer(&reply, Response::Error(e));
                     return Ok(());
                 }
+                if self.disk_full && self.role() == Role::Leader {
+                    // Accepting more would only grow the entries waiting in memory.
+                    let e = ServerError::DiskFull(format!(
+                        "group {} cannot write its log; appends resume when space returns",
+                        self.group
+                    ));
+                    answer(&reply, Response::Error(e));
+                    return Ok(());
+                }
                 self.metrics.proposals += 1;
                 self.pending.insert(request_id, Pending { reply, client_id, started: Instant::now() });
                 self.proposals.push((request_id, payloads));

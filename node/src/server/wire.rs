@@ -120,6 +120,10 @@ pub enum ServerError {
     BadRequest(String),
     #[error("server error: {0}")]
     Internal(String),
+    /// The leader's disk is full: appends are refused (nothing acknowledged
+    /// is lost) until space returns. Not retried by the client library.
+    #[error("disk full on the leader: {0}")]
+    DiskFull(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -585,6 +589,10 @@ fn encode_response(r: &Response, out: &mut BytesMut) {
                     out.put_u8(8);
                     put_str(out, m);
                 }
+                ServerError::DiskFull(m) => {
+                    out.put_u8(9);
+                    put_str(out, m);
+                }
             }
         }
     }
@@ -648,6 +656,7 @@ fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
             6 => ServerError::ShuttingDown,
             7 => ServerError::BadRequest(get_str(p, W)?),
             8 => ServerError::Internal(get_str(p, W)?),
+            9 => ServerError::DiskFull(get_str(p, W)?),
             _ => return Err(WireError::Malformed(W)),
         }),
         _ => return Err(WireError::Malformed(W)),
@@ -717,6 +726,7 @@ mod tests {
                 id: 6,
                 response: Response::Error(ServerError::OutOfRange { index: 9, first: 1, commit: 3 }),
             },
+            Frame::Response { id: 7, response: Response::Error(ServerError::DiskFull("no space".into())) },
         ]
     }
 
