@@ -4,7 +4,7 @@
 #   bench/compare.sh [--dir DIR] [--seconds S]
 #
 # Prints one table: fio (io_uring, O_DIRECT, fdatasync per write, pre-written
-# file) at 4 KiB, 64 KiB and 1 MiB; a 3-member etcd cluster and a 3-node dledger
+# file) at 4 KiB, 64 KiB, 1 MiB and 4 MiB; a 3-member etcd cluster and a 3-node dledger
 # cluster on 127.0.0.1 under 256 B single-entry appends from 1, 64 and 1024
 # clients (both over 16 shared connections, as etcd's clients share gRPC
 # channels); and dledger with client batches of 256 entries, its MB/s set
@@ -59,6 +59,7 @@ fio_mb() {
 read -r fio4_mb fio4_iops < <(fio_mb 4k)
 read -r fio64_mb fio64_iops < <(fio_mb 64k)
 read -r fio1m_mb fio1m_iops < <(fio_mb 1m)
+read -r fio4m_mb fio4m_iops < <(fio_mb 4m)
 
 # --- etcd: three members on 127.0.0.1, ports below the ephemeral range ---
 base=$(( 20000 + RANDOM % 9000 ))
@@ -117,7 +118,7 @@ read -r wb1 wn1 < <(writes)
 
 echo
 echo "dledger-rs vs etcd $(etcd --version | head -1 | awk '{print $3}') and the disk, $(date -u +%F), $(nproc) cores, $(uname -r)"
-echo "disk (fio, O_DIRECT + fdatasync per write): 4 KiB ${fio4_mb} MB/s (${fio4_iops} commits/s); 64 KiB ${fio64_mb} MB/s; 1 MiB ${fio1m_mb} MB/s"
+echo "disk (fio, O_DIRECT + fdatasync per write): 4 KiB ${fio4_mb} MB/s (${fio4_iops} commits/s); 64 KiB ${fio64_mb} MB/s; 1 MiB ${fio1m_mb} MB/s; 4 MiB ${fio4m_mb} MB/s"
 printf '%-26s %12s %9s %9s %12s %9s %9s %8s %8s\n' "load (256 B entries)" "etcd e/s" "p50 ms" "p99 ms" "dledger e/s" "p50 ms" "p99 ms" "x e/s" "p99 x"
 for c in 1 64 1024; do
   python3 - "$c" "${etcd_eps_res[$c]}" "${etcd_p50[$c]}" "${etcd_p99[$c]}" "${dl_eps[$c]}" "${dl_p50[$c]}" "${dl_p99[$c]}" <<'PY'
@@ -126,13 +127,14 @@ c, ee, e50, e99, de, d50, d99 = sys.argv[1], *map(float, sys.argv[2:])
 print("%-26s %12.0f %9.3f %9.3f %12.0f %9.3f %9.3f %8.2f %8.2f" % (f"{c} client(s), 1 per request", ee, e50, e99, de, d50, d99, de / max(ee, 1e-9), d99 / max(e99, 1e-9)))
 PY
 done
-python3 - "$be" "$bp50" "$bp99" "$bmb" "$fio64_mb" "$fio1m_mb" "$((wb1 - wb0))" "$((wn1 - wn0))" <<'PY'
-import sys
-e, p50, p99, mb, fio64, fio1m, wbytes, wcount = map(float, sys.argv[1:])
+python3 - "$be" "$bp50" "$bp99" "$bmb" "$fio64_mb" "$fio1m_mb" "$fio4m_mb" "$((wb1 - wb0))" "$((wn1 - wn0))" <<'PY'
+import math, sys
+e, p50, p99, mb, fio64, fio1m, fio4m, wbytes, wcount = map(float, sys.argv[1:])
 print("%-26s %12s %9s %9s %12.0f %9.3f %9.3f" % ("64 clients x 256 batches", "-", "-", "-", e, p50, p99))
-# Compare with fio at the write size the nodes actually used (of the two measured, the nearer).
+# Compare with fio at the write size the nodes actually used (of those measured, the nearest).
 size = wbytes / max(wcount, 1)
-fio, at = (fio1m, "1 MiB") if size > 256 * 1024 else (fio64, "64 KiB")
+fio, at = min([(fio64, "64 KiB", 64 << 10), (fio1m, "1 MiB", 1 << 20), (fio4m, "4 MiB", 4 << 20)],
+              key=lambda f: abs(math.log(max(size, 1) / f[2])))[:2]
 print("dledger batched: %.1f MB/s of payload; x3 replicas on one disk = %.1f MB/s; typical write %.0f KiB; %.0f%% of fio %s (%.1f MB/s)"
       % (mb, 3 * mb, size / 1024, 100 * 3 * mb / fio, at, fio))
 PY

@@ -15,6 +15,7 @@
 //! election_timeout_min_ticks = 15   # 150 ms
 //! election_timeout_max_ticks = 30   # 300 ms
 //! heartbeat_ticks = 3               # 30 ms
+//! max_batch_kib = 4096              # largest write (and entry) of a group's log
 //! log_memory_mib = 64               # per group: applied entries kept in memory for followers
 //!                                   # and reads; older ones are read back from the log files
 //!
@@ -60,6 +61,9 @@ fn default_max_frame_mib() -> u64 {
 }
 fn default_log_memory_mib() -> u64 {
     64
+}
+fn default_max_batch_kib() -> usize {
+    4096
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -111,6 +115,12 @@ pub struct ServerConfig {
     pub backend: Option<String>,
     #[serde(default = "default_max_frame_mib")]
     pub max_frame_mib: u64,
+    /// Largest write of a group's log: a group commit takes what arrived while
+    /// the last write was syncing, up to this. Bigger writes amortize the sync
+    /// (64 clients x 256-entry batches: 1.07M entries/s at 1 MiB, 1.15M at 4 MiB
+    /// on the 2-core VM). Also bounds one entry.
+    #[serde(default = "default_max_batch_kib")]
+    pub max_batch_kib: usize,
     /// Per group: applied, durable entries kept in memory (see the module docs).
     #[serde(default = "default_log_memory_mib")]
     pub log_memory_mib: u64,
@@ -194,6 +204,16 @@ impl ServerConfig {
             if let Some(c) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
                 return bad(format!("cpus: CPU {c} is beyond the largest CPU id ({})", libc::CPU_SETSIZE - 1));
             }
+        }
+        if self.max_batch_kib < 8 || !self.max_batch_kib.is_multiple_of(4) || self.max_batch_kib > 8192 {
+            return bad(format!("max_batch_kib {} must be a multiple of 4 in 8..=8192", self.max_batch_kib));
+        }
+        // The largest entry (almost a whole batch) must travel in one frame, with room.
+        if (self.max_frame_mib as usize) << 20 < 2 * (self.max_batch_kib << 10) {
+            return bad(format!(
+                "max_frame_mib {} cannot carry the largest entry: make it at least twice max_batch_kib ({} KiB)",
+                self.max_frame_mib, self.max_batch_kib
+            ));
         }
         if let Some(b) = &self.backend {
             b.parse::<dledger_engine::BackendChoice>().map_err(ConfigError::Invalid)?;
@@ -290,6 +310,8 @@ address = "127.0.0.1:7002"
             (format!("groups = 0\n{GOOD}"), "groups 0"),
             (format!("heartbeat_ticks = 20\n{GOOD}"), "heartbeat_ticks"),
             (format!("cpus = [100000]\n{GOOD}"), "CPU 100000 is beyond the largest CPU id"),
+            (format!("max_batch_kib = 6\n{GOOD}"), "max_batch_kib 6 must be a multiple of 4"),
+            (format!("max_frame_mib = 4\n{GOOD}"), "max_frame_mib 4 cannot carry the largest entry"),
         ];
         for (text, want) in cases {
             let e = ServerConfig::from_toml(&text).unwrap_err().to_string();
