@@ -426,8 +426,9 @@ async fn an_oversized_append_is_refused_and_more_cores_than_groups_serve() {
     let c = Cluster::start(3, 1, 2);
     c.leader(0).await;
     let mut client = c.client(0);
-    // Entries up to a batch (max_batch_kib, 4 MiB) are taken and replicated; a larger one is refused.
-    let (big, _) = client.append(Bytes::from(vec![7u8; 3 << 20])).await.unwrap();
+    // Entries up to a batch (here a quarter of an 8 MiB segment) are taken and replicated;
+    // a larger one is refused.
+    let (big, _) = client.append(Bytes::from(vec![7u8; 3 << 19])).await.unwrap();
     for id in 1..=3 {
         c.wait_commit(id, 0, big).await;
     }

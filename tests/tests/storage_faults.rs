@@ -128,18 +128,9 @@ async fn a_follower_with_a_full_disk_loses_nothing_and_resumes_when_space_return
     let leader = c.leader(0).await;
     let follower = if leader == 3 { 2 } else { 3 };
     // Move the follower's data onto the small file system, and fill that almost up.
-    assert!(c.stop(follower).success());
-    let small_data = fs.mnt.join("data");
-    let status = Command::new("cp").arg("-a").arg(c.data_dir(follower)).arg(&small_data).status().unwrap();
-    assert!(status.success());
-    let cfg = &c.nodes[follower as usize - 1].config;
-    let text = std::fs::read_to_string(cfg)
-        .unwrap()
-        .replace(&*c.data_dir(follower).to_string_lossy(), &small_data.to_string_lossy());
-    std::fs::write(cfg, text).unwrap();
+    move_data_to(&mut c, follower, &fs);
     let filler = fs.mnt.join("filler");
     let _ = Command::new("fallocate").args(["-l", "50M"]).arg(&filler).status();
-    c.start_node(follower);
     let acked = fill(&c, 8000, 1000).await;
     let max = acked.iter().map(|a| a.0).max().unwrap();
     eventually("the follower to report a full disk", Duration::from_secs(30), || {

@@ -118,7 +118,8 @@ pub struct ServerConfig {
     /// Largest write of a group's log: a group commit takes what arrived while
     /// the last write was syncing, up to this. Bigger writes amortize the sync
     /// (64 clients x 256-entry batches: 1.07M entries/s at 1 MiB, 1.15M at 4 MiB
-    /// on the 2-core VM). Also bounds one entry.
+    /// on the 2-core VM). Also bounds one entry. Capped at a quarter of a
+    /// segment (see [`ServerConfig::batch_bytes`]).
     #[serde(default = "default_max_batch_kib")]
     pub max_batch_kib: usize,
     /// Per group: applied, durable entries kept in memory (see the module docs).
@@ -249,6 +250,14 @@ impl ServerConfig {
         }
     }
 
+    /// The largest write (and entry) of a group's log in bytes: `max_batch_kib`,
+    /// but at most a quarter of a segment (a segment holds a header block, whole
+    /// batches and a seal block), and never below 8 KiB.
+    pub fn batch_bytes(&self) -> usize {
+        let quarter_segment = ((self.segment_mib << 20) / 4) as usize & !4095;
+        (self.max_batch_kib << 10).min(quarter_segment).max(8 << 10)
+    }
+
     /// The CPU event loop `core` is pinned to, if any.
     pub fn cpu_of(&self, core: usize) -> Option<usize> {
         match &self.cpus {
@@ -290,6 +299,9 @@ address = "127.0.0.1:7002"
         assert_eq!((c.groups, c.tick_ms, c.election_timeout_min_ticks, c.heartbeat_ticks), (1, 10, 15, 3));
         assert_eq!(c.cluster, "dledger");
         assert_eq!(c.cpu_of(0), Some(0), "a node that owns its host pins loop i to CPU i");
+        assert_eq!(c.batch_bytes(), 4 << 20);
+        let small = ServerConfig::from_toml(&format!("segment_mib = 2\n{GOOD}")).unwrap();
+        assert_eq!(small.batch_bytes(), 512 << 10, "a quarter of a 2 MiB segment");
     }
 
     #[test]

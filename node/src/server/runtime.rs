@@ -164,7 +164,7 @@ pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
         let mut lc = LogConfig::new(cfg.data_dir.join(format!("group-{group}")));
         lc.segment_size_bytes = cfg.segment_mib << 20;
         lc.backend = backend;
-        lc.max_batch_bytes = cfg.max_batch_kib << 10;
+        lc.max_batch_bytes = cfg.batch_bytes();
         let log = Log::open(lc).map_err(|source| StartError::Log { group, source })?;
         let host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
             .map_err(|message| StartError::Group { group, message })?;
