@@ -70,14 +70,7 @@ async fn killing_the_leader_loses_nothing_and_it_catches_up() {
     let old = c.leader(0).await;
     let mut acked = append_many(&c, 0, 4, 50).await;
     c.kill(old);
-    let new = eventually("a new leader", Duration::from_secs(10), || {
-        let c = &c;
-        async move {
-            let l = c.leader(0).await;
-            (l != old).then_some(l)
-        }
-    })
-    .await;
+    let new = c.leader_other_than(0, old).await;
     assert_ne!(new, old);
     acked.extend(append_many(&c, 0, 4, 50).await);
     c.start_node(old);
@@ -167,14 +160,7 @@ async fn clients_sharing_connections_get_their_own_answers_and_fail_over() {
     })
     .await;
     c.kill(old);
-    let new = eventually("a new leader", Duration::from_secs(10), || {
-        let c = &c;
-        async move {
-            let l = c.leader(0).await;
-            (l != old).then_some(l)
-        }
-    })
-    .await;
+    let new = c.leader_other_than(0, old).await;
     let before = c.status(new).await.unwrap()[0].commit_index;
     eventually("appends after the failover", Duration::from_secs(10), || {
         let c = &c;

@@ -146,7 +146,7 @@ impl RaftCore {
         let room_entries = if pr.state == ProgressState::Probe { 1 } else { room_entries };
         let window_empty = pr.inflight_bytes() == 0;
         let last = (next_index + room_entries - 1).min(first_in_memory - 1);
-        let Some(loaded) = storage.entries(next_index, last, room_bytes) else { return false };
+        let Some(mut loaded) = storage.entries(next_index, last, room_bytes) else { return false };
         for (k, e) in loaded.iter().enumerate() {
             assert_eq!(e.index, next_index + k as LogIndex, "storage returned entries out of order");
             assert!(e.index <= last, "storage returned entries past {last}");
@@ -156,7 +156,6 @@ impl RaftCore {
         if fitting == 0 {
             return false;
         }
-        let mut loaded = loaded;
         loaded.truncate(fitting);
         self.entries_from_storage += fitting as u64;
         self.send_append_batch(peer, next_index, loaded, commit);

@@ -277,6 +277,15 @@ impl Cluster {
         .await
     }
 
+    /// The leader of `group` once it is a node other than `old` (after `old` was killed).
+    pub async fn leader_other_than(&self, group: u64, old: u64) -> u64 {
+        eventually(&format!("a new leader of group {group}"), Duration::from_secs(10), || async move {
+            let l = self.leader(group).await;
+            (l != old).then_some(l)
+        })
+        .await
+    }
+
     /// Waits until `id` has committed at least `index` in `group`.
     pub async fn wait_commit(&self, id: u64, group: u64, index: u64) {
         eventually(&format!("node {id} to commit {index} in group {group}"), Duration::from_secs(30), || async move {
