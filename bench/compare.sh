@@ -31,7 +31,7 @@ if [ ${#need[@]} -gt 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null
 fi
 echo "building" >&2
-cargo build --release -q --manifest-path "$here/Cargo.toml" -p dledger-node --bin dledger
+cargo build --release -q --manifest-path "$here/Cargo.toml" -p dledger --bin dledger
 cargo build --release -q --manifest-path "$here/Cargo.toml" -p dledger-bench --features etcd --bin etcd-bench
 dledger="$here/target/release/dledger"
 etcdbench="$here/target/release/etcd-bench"

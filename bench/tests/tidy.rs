@@ -58,8 +58,7 @@ fn problems(path: &Path, text: &str) -> Vec<String> {
             }
         }
         // The Raft core and its simulation have no clock at all: time is ticks.
-        let clockless =
-            path.to_string_lossy().contains("node/src/raft") || path.to_string_lossy().contains("node/src/sim");
+        let clockless = path.to_string_lossy().contains("/raft/src/");
         let is_test_code = in_tests_dir || clockless || test_from.is_some_and(|t| i > t);
         // The one sanctioned sleep: the interval of a poll-with-deadline loop, marked so.
         if is_test_code && code.contains(concat!("sleep", "(")) && !line.contains("// poll interval") {

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dledger_node::client::ClientError;
+use dledger_client::ClientError;
 use harness::{eventually, Cluster};
 
 fn payload(client: usize, seq: usize) -> Bytes {
@@ -115,7 +115,7 @@ async fn reads_across_the_memory_window_are_whole_and_in_order() {
     }
     c.wait_commit(leader, 0, last).await;
     let ep = c.endpoints()[leader as usize - 1].clone();
-    let mut reader = dledger_node::client::Client::new(vec![ep.clone()], "dledger", 0, Duration::from_secs(10));
+    let mut reader = dledger_client::Client::new(vec![ep.clone()], "dledger", 0, Duration::from_secs(10));
     for max_bytes in [251, 70_000, 700_000] {
         let mut next = 1;
         while next <= last {
@@ -133,12 +133,12 @@ async fn reads_across_the_memory_window_are_whole_and_in_order() {
 async fn clients_sharing_connections_get_their_own_answers_and_fail_over() {
     let mut c = Cluster::start(3, 1, 1);
     let old = c.leader(0).await;
-    let shared = dledger_node::client::SharedConns::default();
+    let shared = dledger_client::SharedConns::default();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for k in 0..16 {
         let mut client =
-            dledger_node::client::Client::shared(c.endpoints(), "dledger", 0, Duration::from_secs(10), shared.clone());
+            dledger_client::Client::shared(c.endpoints(), "dledger", 0, Duration::from_secs(10), shared.clone());
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
@@ -193,7 +193,7 @@ async fn quorum_loss_fails_with_no_quorum_and_restart_loses_nothing() {
     acked.extend(append_many(&c, 0, 2, 20).await);
     // Two of three down (the other one by SIGTERM): no quorum.
     assert!(c.stop(followers[1]).success(), "clean exit on SIGTERM");
-    let mut client = dledger_node::client::Client::new(c.endpoints(), "dledger", 0, Duration::from_secs(2));
+    let mut client = dledger_client::Client::new(c.endpoints(), "dledger", 0, Duration::from_secs(2));
     let err = client.append(Bytes::from_static(b"doomed")).await.unwrap_err();
     assert!(matches!(err, ClientError::NoQuorum { .. }), "expected NoQuorum, got {err}");
     c.start_node(followers[0]);
@@ -298,11 +298,11 @@ async fn a_follower_answers_not_leader_with_the_leaders_address() {
     let leader = c.leader(0).await;
     let follower = if leader == 1 { 2 } else { 1 };
     let ep = c.endpoints()[follower as usize - 1].clone();
-    let mut client = dledger_node::client::Client::new(vec![ep.clone()], "dledger", 0, Duration::from_secs(5));
+    let mut client = dledger_client::Client::new(vec![ep.clone()], "dledger", 0, Duration::from_secs(5));
     let r = client
         .call_at(
             &ep,
-            dledger_node::server::wire::Request::Append { payloads: vec![Bytes::from_static(b"x")] },
+            dledger_proto::Request::Append { payloads: vec![Bytes::from_static(b"x")] },
             Duration::from_secs(5),
         )
         .await
@@ -310,7 +310,7 @@ async fn a_follower_answers_not_leader_with_the_leaders_address() {
     let want = c.endpoints()[leader as usize - 1].clone();
     assert_eq!(
         r,
-        dledger_node::server::wire::Response::Error(dledger_node::server::wire::ServerError::NotLeader {
+        dledger_proto::Response::Error(dledger_proto::ServerError::NotLeader {
             leader: Some(leader),
             address: Some(want)
         })
@@ -379,7 +379,7 @@ async fn metrics_endpoint_speaks_prometheus_text() {
         .spawn()
         .unwrap();
     let endpoint = format!("127.0.0.1:{}", ports[0]);
-    let mut lone = dledger_node::client::Client::new(vec![endpoint], "dledger", 0, Duration::from_secs(10));
+    let mut lone = dledger_client::Client::new(vec![endpoint], "dledger", 0, Duration::from_secs(10));
     lone.append(Bytes::from_static(b"x")).await.unwrap();
     let text = eventually("the metrics endpoint", Duration::from_secs(10), || async {
         let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{}", ports[1])).ok()?;
@@ -420,7 +420,7 @@ async fn an_oversized_append_is_refused_and_more_cores_than_groups_serve() {
     }
     let err = client.append(Bytes::from(vec![0u8; 5 << 20])).await.unwrap_err();
     assert!(
-        matches!(err, ClientError::Server(dledger_node::server::wire::ServerError::BadRequest(_))),
+        matches!(err, ClientError::Server(dledger_proto::ServerError::BadRequest(_))),
         "expected BadRequest, got {err}"
     );
     for k in 0..20 {

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dledger_node::client::Client;
-use dledger_node::server::wire::{Request, Response, ServerError};
+use dledger_client::Client;
+use dledger_proto::{Request, Response, ServerError};
 use dledger_tests::history::{self, CommitSample, History, NodeLog, Op, OpKind, Outcome, PayloadId};
 use harness::Cluster;
 use rand::{Rng, SeedableRng};

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dledger_node::server::wire::ServerError;
+use dledger_proto::ServerError;
 use harness::{eventually, Cluster};
 
 async fn fill(c: &Cluster, entries: usize, size: usize) -> Vec<(u64, u64)> {
@@ -195,7 +195,7 @@ async fn a_leader_with_a_full_disk_refuses_appends_with_disk_full_and_loses_noth
         let p = Bytes::from(format!("{}-{}", acked.len(), "x".repeat(1000)));
         match client.append(p.clone()).await {
             Ok((index, term)) => acked.push((index, term, p)),
-            Err(dledger_node::client::ClientError::Server(e @ ServerError::DiskFull(_))) => break e,
+            Err(dledger_client::ClientError::Server(e @ ServerError::DiskFull(_))) => break e,
             Err(e) => panic!("append {} failed with {e}, not a disk-full refusal", acked.len()),
         }
         assert!(acked.len() < 40_000, "64 MB of appends and no refusal");

@@ -1,5 +1,5 @@
 //! The `dledger` command line, built in the test package (see Cargo.toml).
 
 fn main() -> std::process::ExitCode {
-    dledger_node::cli::main()
+    dledger::cli::main()
 }

@@ -1,7 +1,7 @@
 //! Real `dledger` processes on 127.0.0.1 for integration and fault tests.
 //!
 //! Ports are free ones below the kernel's ephemeral range (see
-//! `dledger_node::server::ports`: port 0 then release races with outgoing
+//! `dledger::ports`: port 0 then release races with outgoing
 //! connections), data
 //! lives in a temporary directory, every wait polls with a deadline and says
 //! what it waited for, and dropping a [`Cluster`] kills its processes.
@@ -15,16 +15,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dledger_node::client::Client;
-use dledger_node::server::wire::GroupStatus;
+use dledger_client::Client;
+use dledger_proto::GroupStatus;
 
 pub fn dledger_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dledger-under-test"))
 }
 
-/// Free ports below the ephemeral range (see `dledger_node::server::ports`).
+/// Free ports below the ephemeral range (see `dledger::ports`).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    dledger_node::server::ports::free_ports(n).expect("free ports")
+    dledger::ports::free_ports(n).expect("free ports")
 }
 
 /// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.

@@ -1,0 +1,495 @@
+//! The client library: append, read, read barrier, status and leadership
+//! transfer against a dledger cluster.
+//!
+//! A [`Client`] talks to one group. It finds the leader itself (any endpoint
+//! answers `NotLeader` with the leader's address), follows redirects, and
+//! retries on leader change until its deadline; then it says why it gave up:
+//! [`ClientError::NoQuorum`] when no leader could be found (a quorum is down
+//! or partitioned), [`ClientError::Timeout`] when a leader took the request
+//! but did not answer in time. An append that failed with a leader change may
+//! still have committed (Raft's usual at-least-once caveat): retried appends
+//! can appear twice.
+//!
+//! By default a client owns its connections and has one request in flight.
+//! Clients built with [`Client::shared`] instead send over [`SharedConns`]:
+//! one connection per endpoint carrying the requests of many clients at once
+//! (the wire protocol matches answers to requests by id), which is how a
+//! broker with many producer threads would use a few sockets.
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use dledger_proto::{
+    decode_frame, encode_frame, ClientEntry, Frame, GroupStatus, Hello, Request, Response, ServerError,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// No leader could be found before the deadline. When `maybe_applied`, an
+    /// earlier attempt reached a leader that then lost leadership: the append may
+    /// still commit (its outcome is unknown), so a retry may duplicate it.
+    #[error(
+        "no leader reachable within {waited:?}: a quorum of nodes is down or cut off{}",
+        if *maybe_applied { "; an earlier attempt reached a leader, so the request may still take effect" } else { "" }
+    )]
+    NoQuorum { waited: Duration, maybe_applied: bool },
+    #[error("the request was not answered within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Server(ServerError),
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("protocol error from {endpoint}: {reason}")]
+    Protocol { endpoint: String, reason: String },
+}
+
+/// One open connection.
+struct Conn {
+    endpoint: String,
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    async fn open(endpoint: &str, cluster: &str) -> Result<Conn, ClientError> {
+        let unreachable =
+            |e: std::io::Error| ClientError::Unreachable { endpoint: endpoint.into(), reason: e.to_string() };
+        let mut stream = TcpStream::connect(endpoint).await.map_err(unreachable)?;
+        let _ = stream.set_nodelay(true);
+        let mut b = BytesMut::new();
+        encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: cluster.into() }), &mut b);
+        stream.write_all(&b).await.map_err(unreachable)?;
+        Ok(Conn { endpoint: endpoint.into(), stream, buf: BytesMut::with_capacity(64 * 1024) })
+    }
+
+    async fn call(&mut self, id: u64, group: u64, request: Request) -> Result<Response, ClientError> {
+        let mut b = BytesMut::new();
+        encode_frame(&Frame::Request { id, group, request }, &mut b);
+        let unreachable =
+            |e: std::io::Error, ep: &str| ClientError::Unreachable { endpoint: ep.into(), reason: e.to_string() };
+        self.stream.write_all(&b).await.map_err(|e| unreachable(e, &self.endpoint))?;
+        loop {
+            match decode_frame(&mut self.buf, DEFAULT_MAX_FRAME_BYTES) {
+                Ok(Some(Frame::Response { id: rid, response })) if rid == id => return Ok(response),
+                Ok(Some(Frame::Response { .. })) => continue, // the answer to an abandoned call
+                Ok(Some(_)) => {
+                    return Err(ClientError::Protocol {
+                        endpoint: self.endpoint.clone(),
+                        reason: "unexpected frame".into(),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol { endpoint: self.endpoint.clone(), reason: e.to_string() }),
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| unreachable(e, &self.endpoint))?;
+            if n == 0 {
+                return Err(ClientError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: "connection closed".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Where one answer goes.
+type Answer = tokio::sync::oneshot::Sender<Result<Response, ClientError>>;
+type Waiters = Arc<Mutex<HashMap<u64, Answer>>>;
+
+/// One connection many clients send over at once; answers are routed by id.
+struct MuxConn {
+    /// (group, request, where its answer goes).
+    requests: tokio::sync::mpsc::UnboundedSender<(u64, Request, Answer)>,
+    /// The reader stopped: nothing sent from now on would be answered.
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MuxConn {
+    async fn open(endpoint: &str, cluster: &str) -> Result<MuxConn, ClientError> {
+        let Conn { stream, buf, .. } = Conn::open(endpoint, cluster).await?;
+        let (mut rd, mut wr) = stream.into_split();
+        let waiters: Waiters = Default::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Request, Answer)>();
+        let lost = |endpoint: &str, reason: String| ClientError::Unreachable { endpoint: endpoint.into(), reason };
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Writer: takes every queued request, assigns ids, one write for all of them.
+        let w = waiters.clone();
+        let dead_w = dead.clone();
+        let ep = endpoint.to_string();
+        tokio::spawn(async move {
+            let mut next_id = 1u64;
+            let mut out = BytesMut::with_capacity(64 * 1024);
+            while let Some(first) = rx.recv().await {
+                out.clear();
+                let mut item = Some(first);
+                while let Some((group, request, reply)) = item.take().or_else(|| rx.try_recv().ok()) {
+                    let id = next_id;
+                    next_id += 1;
+                    let mut waiting = w.lock().expect("waiters");
+                    // Checked under the lock the reader drains with: no request is left unanswered.
+                    if dead_w.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = reply.send(Err(lost(&ep, "connection closed".into())));
+                        continue;
+                    }
+                    waiting.insert(id, reply);
+                    drop(waiting);
+                    encode_frame(&Frame::Request { id, group, request }, &mut out);
+                }
+                if let Err(e) = wr.write_all(&out).await {
+                    for (_, reply) in w.lock().expect("waiters").drain() {
+                        let _ = reply.send(Err(lost(&ep, e.to_string())));
+                    }
+                    return;
+                }
+            }
+        });
+        // Reader: answers go to whoever waits for their id.
+        let ep = endpoint.to_string();
+        let dead_at_exit = dead.clone();
+        tokio::spawn(async move {
+            let mut buf = buf;
+            let reason = loop {
+                match decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES) {
+                    Ok(Some(Frame::Response { id, response })) => {
+                        if let Some(reply) = waiters.lock().expect("waiters").remove(&id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                        continue;
+                    }
+                    Ok(Some(_)) => break "unexpected frame".to_string(),
+                    Ok(None) => {}
+                    Err(e) => break e.to_string(),
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => break "connection closed".to_string(),
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                }
+            };
+            let mut waiters = waiters.lock().expect("waiters");
+            dead_at_exit.store(true, std::sync::atomic::Ordering::SeqCst);
+            for (_, reply) in waiters.drain() {
+                let _ = reply.send(Err(lost(&ep, reason.clone())));
+            }
+        });
+        Ok(MuxConn { requests: tx, dead })
+    }
+}
+
+/// Connections shared by many clients (see the module docs): one per
+/// endpoint, opened on first use and replaced when it breaks. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SharedConns(Arc<Mutex<HashMap<String, Arc<MuxConn>>>>);
+
+impl SharedConns {
+    async fn get(&self, endpoint: &str, cluster: &str) -> Result<Arc<MuxConn>, ClientError> {
+        if let Some(c) = self.0.lock().expect("conns").get(endpoint) {
+            if !c.requests.is_closed() && !c.dead.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(MuxConn::open(endpoint, cluster).await?);
+        self.0.lock().expect("conns").insert(endpoint.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn forget(&self, endpoint: &str, broken: &Arc<MuxConn>) {
+        let mut conns = self.0.lock().expect("conns");
+        if conns.get(endpoint).is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            conns.remove(endpoint);
+        }
+    }
+
+    /// One request over the endpoint's shared connection, answered within `limit`.
+    /// A connection that failed or let a request time out is replaced for the
+    /// next caller (a half-open socket would otherwise swallow every request);
+    /// requests already on it still get their answers if it delivers them.
+    async fn call(
+        &self,
+        endpoint: &str,
+        cluster: &str,
+        group: u64,
+        request: Request,
+        limit: Duration,
+    ) -> Result<Response, ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let conn = match tokio::time::timeout_at(deadline, self.get(endpoint, cluster)).await {
+            Ok(c) => c?,
+            Err(_) => return Err(ClientError::Timeout(limit)),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || ClientError::Unreachable { endpoint: endpoint.into(), reason: "connection closed".into() };
+        let r = match conn.requests.send((group, request, tx)) {
+            Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(answer) => answer.unwrap_or_else(|_| Err(gone())),
+                Err(_) => Err(ClientError::Timeout(limit)),
+            },
+            Err(_) => Err(gone()),
+        };
+        if r.is_err() {
+            self.forget(endpoint, &conn);
+        }
+        r
+    }
+}
+
+/// A client of one group of a cluster.
+pub struct Client {
+    endpoints: Vec<String>,
+    cluster: String,
+    group: u64,
+    timeout: Duration,
+    leader: Option<String>,
+    conns: Vec<Conn>,
+    next_id: u64,
+    rotate: usize,
+    shared: Option<SharedConns>,
+}
+
+impl Client {
+    /// A client for `group` of the cluster reachable at `endpoints`; calls give up after `timeout`.
+    pub fn new(endpoints: Vec<String>, cluster: &str, group: u64, timeout: Duration) -> Client {
+        Client {
+            endpoints,
+            cluster: cluster.into(),
+            group,
+            timeout,
+            leader: None,
+            conns: Vec::new(),
+            next_id: 1,
+            rotate: 0,
+            shared: None,
+        }
+    }
+
+    /// A client that sends over `conns`, alongside the other clients using them.
+    pub fn shared(endpoints: Vec<String>, cluster: &str, group: u64, timeout: Duration, conns: SharedConns) -> Client {
+        Client { shared: Some(conns), ..Client::new(endpoints, cluster, group, timeout) }
+    }
+
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The leader address last learned, if any.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    async fn conn(&mut self, endpoint: &str) -> Result<&mut Conn, ClientError> {
+        if let Some(i) = self.conns.iter().position(|c| c.endpoint == endpoint) {
+            return Ok(&mut self.conns[i]);
+        }
+        let c = Conn::open(endpoint, &self.cluster).await?;
+        self.conns.push(c);
+        Ok(self.conns.last_mut().expect("pushed"))
+    }
+
+    /// One request to one endpoint, bounded by `limit`.
+    pub async fn call_at(
+        &mut self,
+        endpoint: &str,
+        request: Request,
+        limit: Duration,
+    ) -> Result<Response, ClientError> {
+        let group = self.group;
+        if let Some(shared) = &self.shared {
+            // Ids belong to the shared connection; a late answer is simply dropped there.
+            return shared.call(endpoint, &self.cluster, group, request, limit).await;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let r = tokio::time::timeout(limit, async {
+            let c = self.conn(endpoint).await?;
+            c.call(id, group, request).await
+        })
+        .await;
+        match r {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                self.conns.retain(|c| c.endpoint != endpoint);
+                Err(e)
+            }
+            Err(_) => {
+                // The connection may still deliver the late answer; drop it to stay in step.
+                self.conns.retain(|c| c.endpoint != endpoint);
+                Err(ClientError::Timeout(limit))
+            }
+        }
+    }
+
+    /// Sends `request` to the leader, finding it and retrying until the deadline.
+    async fn call_leader(&mut self, request: Request) -> Result<Response, ClientError> {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut backoff = Duration::from_millis(10);
+        // Sticky: once a request may have reached a leader, its outcome is unknown.
+        let mut maybe_applied = false;
+        // The last attempt was held by a leader that did not answer in time.
+        let mut leader_silent = false;
+        let mut redirects = 0;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(if leader_silent {
+                    ClientError::Timeout(self.timeout)
+                } else {
+                    ClientError::NoQuorum { waited: self.timeout, maybe_applied }
+                });
+            }
+            let target = match &self.leader {
+                Some(l) => l.clone(),
+                None => {
+                    self.rotate += 1;
+                    self.endpoints[self.rotate % self.endpoints.len()].clone()
+                }
+            };
+            match self.call_at(&target, request.clone(), deadline - now).await {
+                Ok(Response::Error(ServerError::NotLeader { address: Some(a), .. })) if a != target => {
+                    self.leader = Some(a);
+                    redirects += 1;
+                    // Stale hints can point in a circle during an election: slow down after a few.
+                    if redirects < 3 {
+                        continue;
+                    }
+                    redirects = 0;
+                }
+                Ok(Response::Error(ServerError::NotLeader { .. })) => {
+                    self.leader = None;
+                    leader_silent = false;
+                }
+                // A leader may have taken the request: its outcome is unknown from now on.
+                Ok(Response::Error(ServerError::LeadershipLost))
+                | Ok(Response::Error(ServerError::ShuttingDown))
+                | Err(ClientError::Unreachable { .. })
+                | Err(ClientError::Protocol { .. }) => {
+                    self.leader = None;
+                    maybe_applied = true;
+                    leader_silent = false;
+                }
+                Err(ClientError::Timeout(_)) => {
+                    self.leader = None;
+                    maybe_applied = true;
+                    leader_silent = true;
+                    continue;
+                }
+                Ok(other) => {
+                    self.leader = Some(target);
+                    return Ok(other);
+                }
+                Err(e) => return Err(e),
+            }
+            // Wait a little before the next round (an election takes a few hundred ms).
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Appends one entry; returns its (index, term) once committed.
+    pub async fn append(&mut self, payload: Bytes) -> Result<(u64, u64), ClientError> {
+        let (first, _, term) = self.append_batch(vec![payload]).await?;
+        Ok((first, term))
+    }
+
+    /// Appends entries as one batch; returns (first index, last index, term) once committed.
+    pub async fn append_batch(&mut self, payloads: Vec<Bytes>) -> Result<(u64, u64, u64), ClientError> {
+        match self.call_leader(Request::Append { payloads }).await? {
+            Response::Appended { first_index, last_index, term } => Ok((first_index, last_index, term)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A linearizable read barrier: an index every committed write before the call is at or below.
+    pub async fn read_barrier(&mut self) -> Result<u64, ClientError> {
+        match self.call_leader(Request::ReadBarrier).await? {
+            Response::ReadIndex(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Committed entries `[lo, hi)` (at most `max_bytes` of payload, 0: no limit),
+    /// linearizably: a read barrier first, then the read at the leader, so every
+    /// entry acknowledged before the call is visible.
+    pub async fn read(&mut self, lo: u64, hi: u64, max_bytes: u32) -> Result<Vec<ClientEntry>, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            self.read_barrier().await?;
+            // The read goes to the node that answered the barrier and to no other: a
+            // lagging follower could miss entries acknowledged before the call.
+            if let Some(at) = self.leader.clone() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.call_at(&at, Request::Read { lo, hi, max_bytes }, left).await {
+                    Ok(Response::Entries(e)) => return Ok(e),
+                    Ok(Response::Error(ServerError::NotLeader { .. })) | Err(_) => {}
+                    Ok(other) => return Err(unexpected(other)),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(self.timeout));
+            }
+            self.leader = None;
+        }
+    }
+
+    /// One committed entry (linearizably, as [`Client::read`]).
+    pub async fn get(&mut self, index: u64) -> Result<ClientEntry, ClientError> {
+        let mut e = self.read(index, index + 1, 0).await?;
+        match e.len() {
+            1 => Ok(e.remove(0)),
+            _ => Err(ClientError::Protocol { endpoint: String::new(), reason: "expected one entry".into() }),
+        }
+    }
+
+    /// The entries `[lo, hi)` that `endpoint` itself has committed (no redirect;
+    /// a follower may be behind). For tools and tests that compare nodes.
+    pub async fn read_at(
+        &mut self,
+        endpoint: &str,
+        lo: u64,
+        hi: u64,
+        max_bytes: u32,
+    ) -> Result<Vec<ClientEntry>, ClientError> {
+        match self.call_at(endpoint, Request::Read { lo, hi, max_bytes }, self.timeout).await? {
+            Response::Entries(e) => Ok(e),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the leader to hand over to `target`.
+    pub async fn transfer_leader(&mut self, target: u64) -> Result<u64, ClientError> {
+        match self.call_leader(Request::TransferLeader { target }).await? {
+            Response::Transferred { new_term } => {
+                self.leader = None;
+                Ok(new_term)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What `endpoint` knows of every group it hosts (no redirect).
+    pub async fn node_status(&mut self, endpoint: &str) -> Result<Vec<GroupStatus>, ClientError> {
+        let saved = self.group;
+        self.group = dledger_proto::ALL_GROUPS;
+        let r = self.call_at(endpoint, Request::Status, self.timeout).await;
+        self.group = saved;
+        match r? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    match r {
+        Response::Error(e) => ClientError::Server(e),
+        other => ClientError::Protocol { endpoint: String::new(), reason: format!("unexpected answer {other:?}") },
+    }
+}

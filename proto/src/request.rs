@@ -1,0 +1,362 @@
+//! Client messages: the requests a client sends to one group and the
+//! answers a node gives, with the error codes a server answers with.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{
+    get_bytes, get_count, get_opt_u64, get_str, get_u32, get_u64, get_u8, put_bytes, put_opt_u64, put_str,
+};
+use crate::frame::WireError;
+
+/// The first frame on a connection: who opened it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's node id; 0 for a client.
+    pub node_id: u64,
+    /// The cluster the sender belongs to (or wants to talk to).
+    pub cluster: String,
+}
+
+/// What a client asks of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Append these payloads as consecutive entries; answered with
+    /// [`Response::Appended`] once they are committed (a quorum has them on disk).
+    Append {
+        /// The entries' payloads, in order.
+        payloads: Vec<Bytes>,
+    },
+    /// The committed entry at `index`; answered with [`Response::Entries`].
+    Get {
+        /// The log index.
+        index: u64,
+    },
+    /// Committed entries from `lo` up to `hi` (exclusive), at most `max_bytes`
+    /// of payload (always at least one entry); answered with [`Response::Entries`].
+    Read {
+        /// First index wanted.
+        lo: u64,
+        /// One past the last index wanted.
+        hi: u64,
+        /// Payload budget of the answer.
+        max_bytes: u32,
+    },
+    /// A linearizable read point: the leader confirms it still leads and
+    /// answers [`Response::ReadIndex`] with the commit index to read up to.
+    ReadBarrier,
+    /// Status of `group`, or of every group on the node when `group == ALL_GROUPS`.
+    Status,
+    /// Hand leadership to node `target`; answered with [`Response::Transferred`].
+    TransferLeader {
+        /// The node that should lead.
+        target: u64,
+    },
+}
+
+/// The group id that asks a node about all its groups (with [`Request::Status`]).
+pub const ALL_GROUPS: u64 = u64::MAX;
+
+/// A committed entry as returned to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEntry {
+    /// The entry's log index.
+    pub index: u64,
+    /// The term it was appended in.
+    pub term: u64,
+    /// What the client appended.
+    pub payload: Bytes,
+}
+
+/// One node's view of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct GroupStatus {
+    /// The group.
+    pub group: u64,
+    /// The node answering.
+    pub node: u64,
+    /// `leader`, `follower`, `candidate` or `pre-candidate`.
+    pub role: String,
+    /// The node's current term.
+    pub term: u64,
+    /// The leader the node knows of, if any.
+    pub leader: Option<u64>,
+    /// The last index in the node's log.
+    pub last_index: u64,
+    /// The highest index the node knows is committed.
+    pub commit_index: u64,
+    /// The highest index on the node's disk.
+    pub durable_index: u64,
+    /// On a leader: each follower's match index.
+    pub followers: Vec<(u64, u64)>,
+}
+
+/// The error codes a server answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    /// This node does not lead the group; try `leader` at `address` if known.
+    #[error("not the leader (leader: {leader:?} at {address:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<u64>,
+        /// That leader's client address.
+        address: Option<String>,
+    },
+    /// The node lost leadership while the request was in flight.
+    #[error("leadership lost with the request in flight; its outcome is unknown (it may still commit)")]
+    LeadershipLost,
+    /// A leadership transfer did not complete.
+    #[error("leadership transfer failed: {0}")]
+    TransferFailed(String),
+    /// No such group on this node.
+    #[error("unknown group {0}")]
+    UnknownGroup(u64),
+    /// The index asked is not committed, or already purged.
+    #[error("index {index} is not committed or not in the log [{first}, {commit}]")]
+    OutOfRange {
+        /// The index asked.
+        index: u64,
+        /// The first index still in the log.
+        first: u64,
+        /// The commit index.
+        commit: u64,
+    },
+    /// The node is stopping.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The request is not valid (named).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The server failed in a way the client cannot fix.
+    #[error("server error: {0}")]
+    Internal(String),
+    /// The leader's disk is full: appends are refused (nothing acknowledged
+    /// is lost) until space returns. Not retried by the client library.
+    #[error("disk full on the leader: {0}")]
+    DiskFull(String),
+}
+
+/// A node's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The appended entries are committed at `first_index..=last_index` in `term`.
+    Appended {
+        /// Index of the first payload.
+        first_index: u64,
+        /// Index of the last payload.
+        last_index: u64,
+        /// The term they were appended in.
+        term: u64,
+    },
+    /// Committed entries, in index order.
+    Entries(Vec<ClientEntry>),
+    /// Read up to this commit index for a linearizable read.
+    ReadIndex(u64),
+    /// One status per group asked.
+    Status(Vec<GroupStatus>),
+    /// Leadership moved; the new leader's term.
+    Transferred {
+        /// The term the target leads in.
+        new_term: u64,
+    },
+    /// The request failed.
+    Error(ServerError),
+}
+
+pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
+    match r {
+        Request::Append { payloads } => {
+            out.put_u8(1);
+            out.put_u32_le(payloads.len() as u32);
+            for p in payloads {
+                put_bytes(out, p);
+            }
+        }
+        Request::Get { index } => {
+            out.put_u8(2);
+            out.put_u64_le(*index);
+        }
+        Request::Read { lo, hi, max_bytes } => {
+            out.put_u8(3);
+            out.put_u64_le(*lo);
+            out.put_u64_le(*hi);
+            out.put_u32_le(*max_bytes);
+        }
+        Request::ReadBarrier => out.put_u8(4),
+        Request::Status => out.put_u8(5),
+        Request::TransferLeader { target } => {
+            out.put_u8(6);
+            out.put_u64_le(*target);
+        }
+    }
+}
+
+pub(crate) fn decode_request(p: &mut Bytes) -> Result<Request, WireError> {
+    const W: &str = "request";
+    Ok(match get_u8(p, W)? {
+        1 => {
+            let n = get_count(p, 4, W)?;
+            let mut payloads = Vec::with_capacity(n);
+            for _ in 0..n {
+                payloads.push(get_bytes(p, W)?);
+            }
+            Request::Append { payloads }
+        }
+        2 => Request::Get { index: get_u64(p, W)? },
+        3 => Request::Read { lo: get_u64(p, W)?, hi: get_u64(p, W)?, max_bytes: get_u32(p, W)? },
+        4 => Request::ReadBarrier,
+        5 => Request::Status,
+        6 => Request::TransferLeader { target: get_u64(p, W)? },
+        _ => return Err(WireError::Malformed(W)),
+    })
+}
+
+pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
+    match r {
+        Response::Appended { first_index, last_index, term } => {
+            out.put_u8(1);
+            out.put_u64_le(*first_index);
+            out.put_u64_le(*last_index);
+            out.put_u64_le(*term);
+        }
+        Response::Entries(entries) => {
+            out.put_u8(2);
+            out.put_u32_le(entries.len() as u32);
+            for e in entries {
+                out.put_u64_le(e.index);
+                out.put_u64_le(e.term);
+                put_bytes(out, &e.payload);
+            }
+        }
+        Response::ReadIndex(i) => {
+            out.put_u8(3);
+            out.put_u64_le(*i);
+        }
+        Response::Status(groups) => {
+            out.put_u8(4);
+            out.put_u32_le(groups.len() as u32);
+            for g in groups {
+                out.put_u64_le(g.group);
+                out.put_u64_le(g.node);
+                put_str(out, &g.role);
+                out.put_u64_le(g.term);
+                put_opt_u64(out, g.leader);
+                out.put_u64_le(g.last_index);
+                out.put_u64_le(g.commit_index);
+                out.put_u64_le(g.durable_index);
+                out.put_u32_le(g.followers.len() as u32);
+                for (node, m) in &g.followers {
+                    out.put_u64_le(*node);
+                    out.put_u64_le(*m);
+                }
+            }
+        }
+        Response::Transferred { new_term } => {
+            out.put_u8(5);
+            out.put_u64_le(*new_term);
+        }
+        Response::Error(e) => {
+            out.put_u8(6);
+            match e {
+                ServerError::NotLeader { leader, address } => {
+                    out.put_u8(1);
+                    put_opt_u64(out, *leader);
+                    put_str(out, address.as_deref().unwrap_or(""));
+                }
+                ServerError::LeadershipLost => out.put_u8(2),
+                ServerError::TransferFailed(m) => {
+                    out.put_u8(3);
+                    put_str(out, m);
+                }
+                ServerError::UnknownGroup(g) => {
+                    out.put_u8(4);
+                    out.put_u64_le(*g);
+                }
+                ServerError::OutOfRange { index, first, commit } => {
+                    out.put_u8(5);
+                    out.put_u64_le(*index);
+                    out.put_u64_le(*first);
+                    out.put_u64_le(*commit);
+                }
+                ServerError::ShuttingDown => out.put_u8(6),
+                ServerError::BadRequest(m) => {
+                    out.put_u8(7);
+                    put_str(out, m);
+                }
+                ServerError::Internal(m) => {
+                    out.put_u8(8);
+                    put_str(out, m);
+                }
+                ServerError::DiskFull(m) => {
+                    out.put_u8(9);
+                    put_str(out, m);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
+    const W: &str = "response";
+    Ok(match get_u8(p, W)? {
+        1 => Response::Appended { first_index: get_u64(p, W)?, last_index: get_u64(p, W)?, term: get_u64(p, W)? },
+        2 => {
+            let n = get_count(p, 20, W)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(ClientEntry { index: get_u64(p, W)?, term: get_u64(p, W)?, payload: get_bytes(p, W)? });
+            }
+            Response::Entries(entries)
+        }
+        3 => Response::ReadIndex(get_u64(p, W)?),
+        4 => {
+            let n = get_count(p, 50, W)?;
+            let mut groups = Vec::with_capacity(n);
+            for _ in 0..n {
+                let group = get_u64(p, W)?;
+                let node = get_u64(p, W)?;
+                let role = get_str(p, W)?;
+                let term = get_u64(p, W)?;
+                let leader = get_opt_u64(p, W)?;
+                let last_index = get_u64(p, W)?;
+                let commit_index = get_u64(p, W)?;
+                let durable_index = get_u64(p, W)?;
+                let k = get_count(p, 16, W)?;
+                let mut followers = Vec::with_capacity(k);
+                for _ in 0..k {
+                    followers.push((get_u64(p, W)?, get_u64(p, W)?));
+                }
+                groups.push(GroupStatus {
+                    group,
+                    node,
+                    role,
+                    term,
+                    leader,
+                    last_index,
+                    commit_index,
+                    durable_index,
+                    followers,
+                });
+            }
+            Response::Status(groups)
+        }
+        5 => Response::Transferred { new_term: get_u64(p, W)? },
+        6 => Response::Error(match get_u8(p, W)? {
+            1 => {
+                let leader = get_opt_u64(p, W)?;
+                let address = get_str(p, W)?;
+                ServerError::NotLeader { leader, address: (!address.is_empty()).then_some(address) }
+            }
+            2 => ServerError::LeadershipLost,
+            3 => ServerError::TransferFailed(get_str(p, W)?),
+            4 => ServerError::UnknownGroup(get_u64(p, W)?),
+            5 => ServerError::OutOfRange { index: get_u64(p, W)?, first: get_u64(p, W)?, commit: get_u64(p, W)? },
+            6 => ServerError::ShuttingDown,
+            7 => ServerError::BadRequest(get_str(p, W)?),
+            8 => ServerError::Internal(get_str(p, W)?),
+            9 => ServerError::DiskFull(get_str(p, W)?),
+            _ => return Err(WireError::Malformed(W)),
+        }),
+        _ => return Err(WireError::Malformed(W)),
+    })
+}

@@ -1,0 +1,106 @@
+//! The Raft core: a deterministic state machine, `(state, event) → commands`.
+//!
+//! [`RaftCore`] has no I/O, no clock and no threads. Time is [`Event::Tick`];
+//! randomness (election timeouts) comes only from the seeded
+//! [`rand_chacha::ChaCha8Rng`] the host passes to [`RaftCore::new`]. Given the
+//! same seed and the same events, it emits the same commands.
+//!
+//! # Driving the core
+//!
+//! The host owns one `RaftCore` per Raft group and feeds it [`Event`]s:
+//! messages from peers, a tick at a fixed interval, client requests, and
+//! storage completions. Each [`RaftCore::step`] returns [`Command`]s, which
+//! the host executes in order:
+//!
+//! | Command | Host action (engine mapping) |
+//! |---|---|
+//! | `SaveMeta(hs)` | replace the engine's metadata record (term, vote); when durable, step `Event::MetaSaved(hs)` |
+//! | `PersistEntries { truncate_from, entries }` | `truncate_suffix(from)` if set, then `append(entries)` (buffered); on the engine's "durable up to N" completion, step `Event::EntriesDurable { index: N, term: term_at(N) }` |
+//! | `Send(msg)` | send to `msg.to`; loss, duplication and reordering are tolerated |
+//! | `Apply(entries)` | apply to the state machine, in order, once (see `Command`) |
+//! | `Reply(r)` | answer the client named by `r`'s `request_id` |
+//!
+//! **Storage mapping.** The core keeps its own copy of the log in memory
+//! ([`RaftLog`]) and never reads storage: every change it makes is mirrored
+//! to the engine by `PersistEntries`, and the engine's `append` makes entries
+//! readable at once while durability arrives later, which is exactly the
+//! `EntriesDurable` completion. The only read is at start-up: the host reads
+//! the metadata record and the surviving log (`first_index()..=last_index()`)
+//! from the engine and passes them in [`RestoredState`]; everything restored
+//! is treated as durable. Truncation (`truncate_suffix`) is synchronous; a
+//! completion issued before a truncation must not be delivered after it
+//! (the core also ignores a completion whose (index, term) it no longer
+//! holds).
+//!
+//! **Durability ordering.** Nothing that depends on a term or vote leaves
+//! before it is saved: the core holds outgoing messages until `MetaSaved`
+//! confirms the current (term, vote), and a candidate cannot win before that.
+//! Followers acknowledge only entries reported durable, so a client's
+//! `Committed` reply means the entry is durable on a quorum. The leader's own
+//! write runs in parallel with replication.
+//!
+//! **Time.** Ticks must track real elapsed time: after a stall (a paused
+//! process, a long GC) the host delivers the ticks it missed before any other
+//! event. Leases depend on it (see `read_index`).
+//!
+//! **Reads.** `ReadReady { read_index }` means: serve the read once the state
+//! machine has applied `read_index` (the core has already emitted the `Apply`
+//! up to the commit index, so a host that applies synchronously can serve at
+//! once).
+//!
+//! **Not yet.** Snapshots and prefix compaction (the core holds its whole log
+//! in memory and the first index is always 1), membership changes, and
+//! repairing entries the engine reports corrupt in mid-log.
+//!
+//! # Testing
+//!
+//! Handler tests (`handler_tests.rs`) assert the exact commands one event
+//! yields from a given state; scenario tests (`scenario_tests.rs`) replay the
+//! paper's Figures 7 and 8 and friends on a hand-driven cluster; the seeded
+//! simulation (`crate::sim`, built for tests and with the `sim` feature)
+//! drives 1-, 3- and 5-node clusters through network, disk and process
+//! faults with a checker per safety property.
+//!
+//! # Modules
+//!
+//! * `message`: entries, messages, the metadata record.
+//! * `event`, `command`: the core's inputs and outputs, client replies.
+//! * `config`: tunables and bug-injection switches for the simulation.
+//! * `raft_log`: the in-memory log and its durable/commit/apply positions.
+//! * `progress`: a leader's per-follower state and replication window.
+//! * `core`: the [`RaftCore`] state, dispatch, role changes, the send gate.
+//! * `election`, `replication`, `read_index`, `transfer`: the handlers.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod command;
+mod config;
+mod core;
+mod election;
+mod event;
+mod message;
+mod progress;
+mod raft_log;
+mod read_index;
+mod replication;
+mod transfer;
+
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
+#[cfg(test)]
+mod handler_tests;
+#[cfg(test)]
+mod scenario_tests;
+#[cfg(test)]
+mod test_support;
+
+pub use self::command::{ClientError, ClientReply, Command, TransferFailure};
+pub use self::config::{Config, ConfigError, InjectedBugs, LeaseConfig};
+pub use self::core::{LogStorage, NoStorage, RaftCore, RestoredState, Role, Status};
+pub use self::event::Event;
+pub use self::message::{
+    ConflictHint, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, RequestId, Term,
+};
+pub use self::progress::{Progress, ProgressState};
+pub use self::raft_log::RaftLog;

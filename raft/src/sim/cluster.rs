@@ -1,0 +1,803 @@
+//! The simulation driver: a cluster of [`RaftCore`]s over a simulated
+//! network, disks, clock and clients, all derived from one seed.
+//!
+//! Time is in simulated milliseconds; each node ticks every `TICK_MS` ± 10 %
+//! (clock drift). The run has two phases:
+//! 1. *Faults*: `events` events with clients proposing (single and batch),
+//!    reading and transferring leadership throughout, while faults strike
+//!    at random: partitions (symmetric, one-way, isolating the leader),
+//!    heals, crashes with restarts (see `storage` for what survives),
+//!    process pauses (the host catches up on missed ticks when it resumes),
+//!    and changing drop/duplicate rates. Per seed, links are fast or slow
+//!    (delays up to 12 ticks) and disks fast or slow (up to 8 ticks).
+//! 2. *Heal*: every node restarted, every link healed, no drops, no more
+//!    crashes or clients. Within `LEADER_BOUND_ELECTION_TIMEOUTS` maximum
+//!    election timeouts one leader must be followed by all nodes; from then on the logs must keep moving (never
+//!    stand still for `STALL_BOUND_TICKS`) until they are identical, fully
+//!    committed and durable, and every request to a live node is answered.
+//!
+//! Every checker in `checkers` runs on what each event changed. Setting
+//! `SIM_DEBUG` prints each node's state and replication progress when a
+//! liveness check fails.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::checkers::{names, Checkers, Violation};
+use super::network::SimNetwork;
+use super::storage::SimDisk;
+use crate::{
+    ClientReply, Command, Config, Event, InjectedBugs, LeaseConfig, LogIndex, Message, NodeId, RaftCore, RequestId,
+    RestoredState, Role,
+};
+
+/// Simulated milliseconds per tick.
+pub const TICK_MS: u64 = 10;
+/// Ticks allowed, after the heal, for one leader to be followed by all
+/// nodes, in maximum election timeouts.
+pub const LEADER_BOUND_ELECTION_TIMEOUTS: u64 = 15;
+/// Once a leader is followed by all, the logs must keep making progress
+/// (some node's commit, durable or last index moves) at least this often
+/// until they converge. A backlog shipped through a tiny window over a slow
+/// link may take long, but it never stands still.
+pub const STALL_BOUND_TICKS: u64 = 300;
+/// Absolute bound on the heal phase.
+pub const CONVERGENCE_BOUND_TICKS: u64 = 50_000;
+
+/// What to run.
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    /// The seed everything derives from.
+    pub seed: u64,
+    /// Events in the fault phase.
+    pub events: u64,
+    /// Known bugs to re-introduce.
+    pub bugs: InjectedBugs,
+    /// Host bug: after a pause, resume ticking without first delivering the
+    /// ticks that were missed (the host contract in `raft::read_index`).
+    pub host_skips_tick_catch_up: bool,
+}
+
+impl SimOptions {
+    /// A correct run of `seed` with `events` fault-phase events.
+    pub fn new(seed: u64, events: u64) -> Self {
+        SimOptions { seed, events, bugs: InjectedBugs::default(), host_skips_tick_catch_up: false }
+    }
+}
+
+/// What a passing run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// Cluster size.
+    pub node_count: usize,
+    /// Events processed, both phases.
+    pub events_run: u64,
+    /// Leaders elected (distinct terms with a leader).
+    pub leaders_elected: u64,
+    /// Entries acknowledged to clients.
+    pub acked_entries: usize,
+    /// Reads answered.
+    pub reads_served: u64,
+    /// Transfers that handed over.
+    pub transfers_done: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Ticks from the heal until one leader was followed by all.
+    pub ticks_to_leader: u64,
+    /// Ticks from the heal until the cluster converged.
+    pub ticks_to_converge: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    /// (node, incarnation, tick chain generation)
+    Tick(NodeId, u32, u32),
+    Deliver(Message),
+    DiskSync(NodeId, u32),
+    MetaSync(NodeId, u32),
+    Client,
+    Fault,
+    Restart(NodeId),
+    /// A paused node wakes up: deliver the ticks it missed, then tick on.
+    Resume(NodeId, u32, u64),
+    /// An event for a node that was paused when it arrived.
+    Deferred(NodeId, u32, Event),
+    /// Crash this node if it is still leader of this term: short-lived
+    /// leaders leave the divergent, uncommitted tails of Figure 8 behind.
+    CrashLeader(NodeId, u64),
+}
+
+impl Action {
+    /// The node whose process handles this action, if any.
+    fn node(&self) -> Option<NodeId> {
+        match self {
+            Action::Tick(id, ..) | Action::DiskSync(id, _) | Action::MetaSync(id, _) | Action::Deferred(id, ..) => {
+                Some(*id)
+            }
+            Action::Deliver(message) => Some(message.to),
+            Action::Client | Action::Fault | Action::Restart(_) | Action::Resume(..) | Action::CrashLeader(..) => None,
+        }
+    }
+}
+
+struct Scheduled {
+    at_ms: u64,
+    seq: u64,
+    action: Action,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ms, self.seq) == (other.at_ms, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Min-heap on (time, sequence).
+        (other.at_ms, other.seq).cmp(&(self.at_ms, self.seq))
+    }
+}
+
+struct SimNode {
+    core: Option<RaftCore>,
+    disk: SimDisk,
+    incarnation: u32,
+    disk_sync_scheduled: bool,
+    meta_sync_scheduled: bool,
+    was_leader_of_term: Option<u64>,
+    restored: Option<RestoredState>,
+    /// The process is stopped (SIGSTOP) until then; events wait for it.
+    paused_until_ms: u64,
+    tick_generation: u32,
+}
+
+#[derive(Clone, Debug)]
+enum ClientOp {
+    Propose(Vec<Bytes>),
+    Read { acked_before: LogIndex },
+    Transfer,
+}
+
+struct Outstanding {
+    node: NodeId,
+    op: ClientOp,
+}
+
+/// One simulation run.
+pub struct Simulation {
+    options: SimOptions,
+    rng: ChaCha8Rng,
+    config: Config,
+    voters: Vec<NodeId>,
+    /// Each node's tick period: `TICK_MS` ± 10 %, the clock drift the lease's
+    /// margin (2 of 10 ticks) must absorb.
+    tick_period_ms: BTreeMap<NodeId, u64>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    network: SimNetwork,
+    queue: BinaryHeap<Scheduled>,
+    now_ms: u64,
+    seq: u64,
+    disk_latency_max_ms: u64,
+    client_interval_max_ms: u64,
+    fault_interval_max_ms: u64,
+    /// Chance that a newly elected leader crashes within a few ticks.
+    leader_crash_percent: u32,
+    healing: bool,
+    checkers: Checkers,
+    next_request_id: RequestId,
+    next_payload: u64,
+    outstanding: BTreeMap<RequestId, Outstanding>,
+    leader_guess: Option<NodeId>,
+    report: SimReport,
+}
+
+impl Simulation {
+    /// Builds a cluster; every choice comes from `options.seed`.
+    pub fn new(options: SimOptions) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let node_count = [1, 3, 3, 5, 5][rng.gen_range(0..5)];
+        let voters: Vec<NodeId> = (1..=node_count as u64).collect();
+        // Mostly fast links and disks; some seeds have slow ones.
+        let max_delay_ms =
+            if rng.gen_bool(0.2) { rng.gen_range(1..=12 * TICK_MS) } else { rng.gen_range(1..=3 * TICK_MS) };
+        let disk_latency_max_ms =
+            if rng.gen_bool(0.2) { rng.gen_range(1..=8 * TICK_MS) } else { rng.gen_range(1..=2 * TICK_MS) };
+        // Raft's timing requirement (§5.6): broadcast time ≪ election timeout.
+        // A vote round trip is two message delays plus two metadata saves;
+        // the minimum election timeout is at least twice that.
+        let round_trip_ticks = (2 * max_delay_ms + 2 * disk_latency_max_ms).div_ceil(TICK_MS);
+        let election_timeout_min_ticks = (2 * round_trip_ticks).max(10);
+        // A host that forgets missed ticks only hurts lease reads: test it
+        // where they are on.
+        let check_quorum = rng.gen_bool(0.8) || options.host_skips_tick_catch_up;
+        let config = Config {
+            election_timeout_min_ticks,
+            election_timeout_max_ticks: 2 * election_timeout_min_ticks,
+            heartbeat_ticks: rng.gen_range(1..=3),
+            max_inflight_entries: rng.gen_range(2..=32),
+            max_inflight_bytes: rng.gen_range(256..=4096),
+            max_entries_per_append: rng.gen_range(1..=16),
+            // Mostly tiny, so that followers are often served from storage.
+            max_log_memory_bytes: if rng.gen_bool(0.7) { rng.gen_range(0..=512) } else { u64::MAX },
+            pre_vote: rng.gen_bool(0.8),
+            check_quorum,
+            lease: (check_quorum && (rng.gen_bool(0.5) || options.host_skips_tick_catch_up))
+                .then_some(LeaseConfig { drift_margin_ticks: 2 }),
+            preferred_leader: rng.gen_bool(0.2).then(|| rng.gen_range(1..=node_count as u64)),
+            injected_bugs: options.bugs,
+        };
+        let mut network = SimNetwork::default();
+        network.drop_per_mille = rng.gen_range(0..100);
+        network.duplicate_per_mille = rng.gen_range(0..50);
+        network.max_delay_ms = max_delay_ms;
+        let mut sim = Simulation {
+            options,
+            config,
+            voters: voters.clone(),
+            tick_period_ms: voters.iter().map(|&id| (id, rng.gen_range(TICK_MS - 1..=TICK_MS + 1))).collect(),
+            nodes: BTreeMap::new(),
+            network,
+            queue: BinaryHeap::new(),
+            now_ms: 0,
+            seq: 0,
+            disk_latency_max_ms,
+            client_interval_max_ms: rng.gen_range(2..=4 * TICK_MS),
+            fault_interval_max_ms: rng.gen_range(5..=100) * TICK_MS,
+            leader_crash_percent: [0, 10, 30][rng.gen_range(0..3)],
+            healing: false,
+            checkers: Checkers::default(),
+            next_request_id: 1,
+            next_payload: 1,
+            outstanding: BTreeMap::new(),
+            leader_guess: None,
+            report: SimReport { node_count, ..SimReport::default() },
+            rng,
+        };
+        for &id in &voters {
+            let node = SimNode {
+                core: None,
+                disk: SimDisk::default(),
+                incarnation: 0,
+                disk_sync_scheduled: false,
+                meta_sync_scheduled: false,
+                was_leader_of_term: None,
+                restored: Some(RestoredState::default()),
+                paused_until_ms: 0,
+                tick_generation: 0,
+            };
+            sim.nodes.insert(id, node);
+            sim.start_node(id);
+        }
+        sim.schedule(1, Action::Client);
+        let fault_at = sim.rng.gen_range(1..=sim.fault_interval_max_ms);
+        sim.schedule(fault_at, Action::Fault);
+        sim
+    }
+
+    /// The Raft configuration this seed chose.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs both phases; the first violation ends the run.
+    pub fn run(mut self) -> Result<SimReport, Violation> {
+        for _ in 0..self.options.events {
+            self.run_one()?;
+        }
+        self.heal_everything();
+        let heal_ms = self.now_ms;
+        let mut leader_found = false;
+        let mut last_progress = (Vec::new(), heal_ms);
+        loop {
+            self.run_one()?;
+            if !leader_found && self.leader_followed_by_all().is_some() {
+                leader_found = true;
+                self.report.ticks_to_leader = (self.now_ms - heal_ms) / TICK_MS;
+            }
+            if self.converged() {
+                break;
+            }
+            let positions: Vec<_> = self
+                .nodes
+                .values()
+                .filter_map(|n| n.core.as_ref().map(|c| c.status()))
+                .map(|s| (s.term, s.committed_index, s.durable_index, s.last_index))
+                .collect();
+            if positions != last_progress.0 {
+                last_progress = (positions, self.now_ms);
+            }
+            let elapsed_ticks = (self.now_ms - heal_ms) / TICK_MS;
+            let stalled_ticks = (self.now_ms - last_progress.1) / TICK_MS;
+            let late = if leader_found {
+                stalled_ticks > STALL_BOUND_TICKS || elapsed_ticks > CONVERGENCE_BOUND_TICKS
+            } else {
+                elapsed_ticks > LEADER_BOUND_ELECTION_TIMEOUTS * self.config.election_timeout_max_ticks
+            };
+            if late && self.logs_converged() {
+                return Err(Violation {
+                    checker: names::REQUESTS_ANSWERED,
+                    detail: format!(
+                        "logs converged but requests are still unanswered {elapsed_ticks} ticks after the heal: {:?}",
+                        self.outstanding.iter().map(|(id, o)| (id, o.node, &o.op)).collect::<Vec<_>>()
+                    ),
+                });
+            }
+            if late {
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!(
+                        "config {:?}; network max delay {} ms; disk latency max {} ms",
+                        self.config, self.network.max_delay_ms, self.disk_latency_max_ms
+                    );
+                    for (id, node) in &self.nodes {
+                        if let Some(core) = &node.core {
+                            eprintln!(
+                                "node {id}: {:?} disk_sync_scheduled {} unsynced {}",
+                                core.status(),
+                                node.disk_sync_scheduled,
+                                node.disk.has_unsynced_entries()
+                            );
+                            for peer in &self.voters {
+                                if let Some(p) = core.progress(*peer) {
+                                    eprintln!("  progress {peer}: {p:?}");
+                                }
+                            }
+                        }
+                    }
+                }
+                return Err(Violation {
+                    checker: names::LIVENESS,
+                    detail: format!(
+                        "{} {elapsed_ticks} ticks after the heal: {:?}",
+                        if leader_found { "logs not converged" } else { "no leader followed by all" },
+                        self.nodes.values().filter_map(|n| n.core.as_ref().map(|c| c.status())).collect::<Vec<_>>()
+                    ),
+                });
+            }
+        }
+        self.report.ticks_to_converge = (self.now_ms - heal_ms) / TICK_MS;
+        self.check_after_convergence()?;
+        self.report.acked_entries = self.checkers.acked_count();
+        Ok(self.report)
+    }
+
+    fn schedule(&mut self, delay_ms: u64, action: Action) {
+        self.seq += 1;
+        self.queue.push(Scheduled { at_ms: self.now_ms + delay_ms, seq: self.seq, action });
+    }
+
+    fn run_one(&mut self) -> Result<(), Violation> {
+        let next = self.queue.pop().expect("ticks keep the queue non-empty");
+        self.now_ms = next.at_ms;
+        self.report.events_run += 1;
+        if let Some(id) = next.action.node() {
+            let paused_until_ms = self.nodes[&id].paused_until_ms;
+            if self.now_ms < paused_until_ms {
+                // A stopped process handles nothing; what arrives waits (in
+                // socket buffers, completion queues) until it resumes. Its
+                // tick chain ends here; `Resume` starts a new one.
+                if !matches!(next.action, Action::Tick(..)) {
+                    self.seq += 1;
+                    self.queue.push(Scheduled { at_ms: paused_until_ms, seq: self.seq, action: next.action });
+                }
+                return Ok(());
+            }
+        }
+        match next.action {
+            Action::Tick(id, incarnation, generation) => {
+                let node = &self.nodes[&id];
+                if node.incarnation == incarnation && node.tick_generation == generation && node.core.is_some() {
+                    self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation, generation));
+                    self.step(id, Event::Tick)?;
+                }
+            }
+            Action::Resume(id, incarnation, missed_ticks) => {
+                let node = self.nodes.get_mut(&id).expect("node");
+                if node.incarnation == incarnation && node.core.is_some() {
+                    // The host catches up on the ticks it missed before
+                    // anything else: its clock kept running while stopped.
+                    node.tick_generation += 1;
+                    let generation = node.tick_generation;
+                    let missed_ticks = if self.options.host_skips_tick_catch_up { 0 } else { missed_ticks };
+                    for _ in 0..missed_ticks {
+                        self.step(id, Event::Tick)?;
+                    }
+                    self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation, generation));
+                }
+            }
+            Action::CrashLeader(id, term) => {
+                let status = self.nodes[&id].core.as_ref().map(|c| c.status());
+                if !self.healing && status.is_some_and(|s| s.role == Role::Leader && s.term == term) {
+                    self.crash_node(id);
+                }
+            }
+            Action::Deferred(id, incarnation, event) => {
+                if self.nodes[&id].incarnation == incarnation && self.nodes[&id].core.is_some() {
+                    self.step(id, event)?;
+                }
+            }
+            Action::Deliver(message) => {
+                let up = self.network.link_up(message.from, message.to);
+                if up && self.nodes[&message.to].core.is_some() {
+                    let to = message.to;
+                    self.step(to, Event::Message(message))?;
+                }
+            }
+            Action::DiskSync(id, incarnation) => {
+                let node = self.nodes.get_mut(&id).expect("node");
+                if node.incarnation == incarnation {
+                    node.disk_sync_scheduled = false;
+                    if let Some((index, term)) = node.disk.sync_entries() {
+                        self.step(id, Event::EntriesDurable { index, term })?;
+                    }
+                }
+            }
+            Action::MetaSync(id, incarnation) => {
+                let node = self.nodes.get_mut(&id).expect("node");
+                if node.incarnation == incarnation {
+                    node.meta_sync_scheduled = false;
+                    if let Some(hard_state) = node.disk.sync_meta() {
+                        self.step(id, Event::MetaSaved(hard_state))?;
+                    }
+                }
+            }
+            Action::Client => {
+                if !self.healing {
+                    let delay = self.rng.gen_range(1..=self.client_interval_max_ms);
+                    self.schedule(delay, Action::Client);
+                    self.client_request()?;
+                }
+            }
+            Action::Fault => {
+                if !self.healing {
+                    let delay = self.rng.gen_range(1..=self.fault_interval_max_ms);
+                    self.schedule(delay, Action::Fault);
+                    self.inject_fault();
+                }
+            }
+            Action::Restart(id) => {
+                if self.nodes[&id].core.is_none() {
+                    self.start_node(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let core_seed = self.rng.gen();
+        let node = self.nodes.get_mut(&id).expect("node");
+        let restored = node.restored.take().expect("a stopped node has what survived");
+        let core =
+            RaftCore::new(id, self.voters.clone(), self.config.clone(), restored, ChaCha8Rng::seed_from_u64(core_seed))
+                .expect("valid simulation config");
+        node.core = Some(core);
+        node.incarnation += 1;
+        node.disk_sync_scheduled = false;
+        node.meta_sync_scheduled = false;
+        node.was_leader_of_term = None;
+        node.paused_until_ms = 0;
+        node.tick_generation += 1;
+        let (incarnation, generation) = (node.incarnation, node.tick_generation);
+        let phase = self.rng.gen_range(1..=TICK_MS);
+        self.schedule(phase, Action::Tick(id, incarnation, generation));
+    }
+
+    fn crash_node(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.core.take().is_none() {
+            return;
+        }
+        node.incarnation += 1;
+        node.restored = Some(node.disk.crash(&mut self.rng));
+        self.report.crashes += 1;
+        // Requests held by the dead process are failed by its host.
+        self.outstanding.retain(|_, o| o.node != id);
+        let down_ms = self.rng.gen_range(TICK_MS..=50 * TICK_MS);
+        self.schedule(down_ms, Action::Restart(id));
+    }
+
+    /// Steps one node and runs every checker on what the step changed.
+    fn step(&mut self, id: NodeId, event: Event) -> Result<(), Violation> {
+        let commands = {
+            let node = self.nodes.get_mut(&id).expect("node");
+            let core = node.core.as_mut().expect("live node");
+            core.step_with(event, &node.disk)
+        };
+        for command in commands {
+            self.execute(id, command)?;
+        }
+        let node = &self.nodes[&id];
+        let core = node.core.as_ref().expect("live node");
+        let status = core.status();
+        self.checkers.election_safety(&status)?;
+        self.checkers.commit_monotonic(id, node.incarnation, status.committed_index)?;
+        if status.role == Role::Leader && node.was_leader_of_term != Some(status.term) {
+            self.checkers.leader_completeness(id, status.term, core.log())?;
+            self.report.leaders_elected += 1;
+            self.leader_guess = Some(id);
+            if !self.healing && self.rng.gen_range(0..100) < self.leader_crash_percent {
+                let delay_ms = self.rng.gen_range(1..=3 * TICK_MS);
+                self.schedule(delay_ms, Action::CrashLeader(id, status.term));
+            }
+            self.nodes.get_mut(&id).expect("node").was_leader_of_term = Some(status.term);
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, id: NodeId, command: Command) -> Result<(), Violation> {
+        match command {
+            Command::SaveMeta(hard_state) => {
+                let node = self.nodes.get_mut(&id).expect("node");
+                node.disk.save_meta(hard_state);
+                if !node.meta_sync_scheduled {
+                    node.meta_sync_scheduled = true;
+                    let incarnation = node.incarnation;
+                    let delay = self.rng.gen_range(1..=self.disk_latency_max_ms);
+                    self.schedule(delay, Action::MetaSync(id, incarnation));
+                }
+            }
+            Command::PersistEntries { truncate_from, entries } => {
+                let status = self.nodes[&id].core.as_ref().expect("live").status();
+                self.checkers.leader_append_only(&status, truncate_from)?;
+                let node = self.nodes.get_mut(&id).expect("node");
+                node.disk.persist(truncate_from, &entries);
+                self.checkers.log_matching(id, &entries, node.disk.entries())?;
+                if !node.disk_sync_scheduled {
+                    node.disk_sync_scheduled = true;
+                    let incarnation = node.incarnation;
+                    let delay = self.rng.gen_range(1..=self.disk_latency_max_ms);
+                    self.schedule(delay, Action::DiskSync(id, incarnation));
+                }
+            }
+            Command::Send(message) => {
+                for delay in self.network.route(message.from, message.to, &mut self.rng) {
+                    self.schedule(delay, Action::Deliver(message.clone()));
+                }
+            }
+            Command::Apply(entries) => {
+                let term = self.nodes[&id].core.as_ref().expect("live").status().term;
+                let leaders: Vec<_> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|(&n, node)| node.core.as_ref().map(|c| (n, c)))
+                    .filter(|(_, c)| c.status().role == Role::Leader)
+                    .map(|(n, c)| (n, c.status().term, c.log()))
+                    .collect();
+                self.checkers.state_machine_safety(id, term, &entries, &leaders)?;
+            }
+            Command::Reply(reply) => self.on_reply(id, reply)?,
+        }
+        Ok(())
+    }
+
+    fn on_reply(&mut self, id: NodeId, reply: ClientReply) -> Result<(), Violation> {
+        let request_id = match &reply {
+            ClientReply::Committed { request_id, .. }
+            | ClientReply::ReadReady { request_id, .. }
+            | ClientReply::TransferDone { request_id, .. }
+            | ClientReply::Failed { request_id, .. } => *request_id,
+        };
+        let Some(outstanding) = self.outstanding.remove(&request_id) else {
+            return Err(Violation {
+                checker: names::REQUESTS_ANSWERED,
+                detail: format!("node {id} answered unknown or already answered request {request_id}: {reply:?}"),
+            });
+        };
+        match (reply, outstanding.op) {
+            (ClientReply::Committed { first_index, last_index, term, .. }, ClientOp::Propose(payloads)) => {
+                assert_eq!(last_index + 1 - first_index, payloads.len() as u64);
+                let core = self.nodes[&id].core.as_ref().expect("live");
+                let disk = self.nodes[&id].disk.entries();
+                self.checkers.proposal_acked(id, first_index, term, &payloads, core.log(), disk)?;
+            }
+            (ClientReply::ReadReady { read_index, .. }, ClientOp::Read { acked_before }) => {
+                self.checkers.read_barrier(id, read_index, acked_before)?;
+                self.report.reads_served += 1;
+            }
+            (ClientReply::TransferDone { .. }, ClientOp::Transfer) => self.report.transfers_done += 1,
+            (ClientReply::Failed { error, .. }, _) => {
+                if let crate::ClientError::NotLeader { leader_hint } = error {
+                    self.leader_guess = leader_hint;
+                }
+            }
+            (reply, op) => {
+                return Err(Violation {
+                    checker: names::REQUESTS_ANSWERED,
+                    detail: format!("node {id} answered {op:?} with {reply:?}"),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn client_request(&mut self) -> Result<(), Violation> {
+        let target = match self.leader_guess {
+            Some(leader) if self.rng.gen_bool(0.8) => leader,
+            _ => self.rng.gen_range(1..=self.voters.len() as u64),
+        };
+        if self.nodes[&target].core.is_none() {
+            self.leader_guess = None;
+            return Ok(());
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let roll = self.rng.gen_range(0..100);
+        let (op, event) = if roll < 15 {
+            // Several requests that reach the leader together (the host batches them).
+            let mut batch = Vec::new();
+            for k in 0..self.rng.gen_range(2..=4) {
+                let payloads = self.next_payloads();
+                let id = request_id + k;
+                if k > 0 {
+                    self.next_request_id += 1;
+                    self.outstanding.insert(id, Outstanding { node: target, op: ClientOp::Propose(payloads.clone()) });
+                }
+                batch.push((id, payloads));
+            }
+            (ClientOp::Propose(batch[0].1.clone()), Event::ProposeBatch(batch))
+        } else if roll < 75 {
+            let payloads = self.next_payloads();
+            (ClientOp::Propose(payloads.clone()), Event::Propose { request_id, payloads })
+        } else if roll < 95 {
+            (ClientOp::Read { acked_before: self.checkers.max_acked_index }, Event::ReadIndex { request_id })
+        } else {
+            let target = self.rng.gen_range(1..=self.voters.len() as u64);
+            (ClientOp::Transfer, Event::TransferLeadership { request_id, target })
+        };
+        self.outstanding.insert(request_id, Outstanding { node: target, op });
+        let node = &self.nodes[&target];
+        if self.now_ms < node.paused_until_ms {
+            let action = Action::Deferred(target, node.incarnation, event);
+            self.seq += 1;
+            self.queue.push(Scheduled { at_ms: node.paused_until_ms, seq: self.seq, action });
+            return Ok(());
+        }
+        self.step(target, event)
+    }
+
+    /// One to three fresh, unique payloads.
+    fn next_payloads(&mut self) -> Vec<Bytes> {
+        let count = self.rng.gen_range(1..=3);
+        (0..count)
+            .map(|_| {
+                self.next_payload += 1;
+                Bytes::copy_from_slice(&self.next_payload.to_le_bytes())
+            })
+            .collect()
+    }
+
+    /// Stops a node's process for a while (SIGSTOP, a long GC pause).
+    fn pause_node(&mut self, id: NodeId) {
+        let pause_ms = self.rng.gen_range(1..=60) * TICK_MS;
+        let period_ms = self.tick_period_ms[&id];
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.core.is_none() || self.now_ms < node.paused_until_ms {
+            return;
+        }
+        node.paused_until_ms = self.now_ms + pause_ms;
+        let incarnation = node.incarnation;
+        self.schedule(pause_ms, Action::Resume(id, incarnation, pause_ms / period_ms));
+    }
+
+    fn inject_fault(&mut self) {
+        let ids = self.voters.clone();
+        let n = ids.len() as u64;
+        match self.rng.gen_range(0..100) {
+            0..=19 => self.network.heal(),
+            20..=31 => {
+                let side_len = self.rng.gen_range(1..=n.max(2) / 2) as usize;
+                let mut side = ids.clone();
+                while side.len() > side_len {
+                    let k = self.rng.gen_range(0..side.len());
+                    side.remove(k);
+                }
+                self.network.partition(&ids, &side);
+            }
+            32..=43 => {
+                // Isolate the leader: it keeps appending to a log no one
+                // else sees (the raw material of Figure 8).
+                if let Some(leader) = self.current_leader() {
+                    self.network.partition(&ids, &[leader]);
+                }
+            }
+            44..=53 if n > 1 => {
+                let from = self.rng.gen_range(1..=n);
+                let to = self.rng.gen_range(1..=n);
+                if from != to {
+                    self.network.cut_one_way(from, to);
+                }
+            }
+            54..=63 => {
+                let id = self.rng.gen_range(1..=n);
+                self.crash_node(id);
+            }
+            64..=73 => {
+                let id = match self.current_leader() {
+                    Some(leader) if self.rng.gen_bool(0.5) => leader,
+                    _ => self.rng.gen_range(1..=n),
+                };
+                self.pause_node(id);
+            }
+            74..=89 => {
+                // Crash the leader, the node whose loss hurts most.
+                if let Some(leader) = self.current_leader() {
+                    self.crash_node(leader);
+                }
+            }
+            _ => {
+                self.network.drop_per_mille = self.rng.gen_range(0..150);
+                self.network.duplicate_per_mille = self.rng.gen_range(0..50);
+            }
+        }
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.core.as_ref().map(|c| (id, c.status())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| id)
+    }
+
+    fn heal_everything(&mut self) {
+        self.healing = true;
+        self.network.heal();
+        self.network.drop_per_mille = 0;
+        self.network.duplicate_per_mille = 0;
+        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
+        for id in down {
+            self.start_node(id);
+        }
+    }
+
+    /// A leader whose term and leadership every node acknowledges.
+    fn leader_followed_by_all(&self) -> Option<crate::Status> {
+        let statuses: Vec<_> = self.nodes.values().filter_map(|n| n.core.as_ref().map(|c| c.status())).collect();
+        if statuses.len() != self.nodes.len() {
+            return None;
+        }
+        let leader = *statuses.iter().find(|s| s.role == Role::Leader)?;
+        statuses.iter().all(|s| s.term == leader.term && s.leader_id == Some(leader.id)).then_some(leader)
+    }
+
+    /// Logs converged and no request left unanswered.
+    fn converged(&self) -> bool {
+        self.logs_converged() && self.outstanding.is_empty()
+    }
+
+    /// One leader followed by all, identical fully committed durable logs.
+    fn logs_converged(&self) -> bool {
+        let statuses: Vec<_> = self.nodes.values().filter_map(|n| n.core.as_ref().map(|c| c.status())).collect();
+        let Some(leader) = self.leader_followed_by_all() else { return false };
+        let leader_core = self.nodes[&leader.id].core.as_ref().expect("live");
+        let last_term = leader_core.log().last_term();
+        statuses.iter().all(|s| {
+            let core = self.nodes[&s.id].core.as_ref().expect("live");
+            s.term == leader.term
+                && s.leader_id == Some(leader.id)
+                && s.last_index == leader.last_index
+                && core.log().last_term() == last_term
+                && s.committed_index == s.last_index
+                && s.durable_index == s.last_index
+        })
+    }
+
+    fn check_after_convergence(&self) -> Result<(), Violation> {
+        for (&id, node) in &self.nodes {
+            let core = node.core.as_ref().expect("converged means all live");
+            self.checkers.acked_present(id, core.log(), self.nodes[&id].disk.entries())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,616 @@
+//! One Raft group on one core: the Raft core, its engine log, and the client
+//! requests waiting on it.
+//!
+//! Everything here runs on the group's core thread and is owned by one task,
+//! so the append path — request in, `Propose`, `PersistEntries` into the
+//! engine's batch, the write and sync, `EntriesDurable`, commit, reply —
+//! takes no lock. Commands of one step are executed in order (the core's
+//! contract, see `raft::Command`); storage completions come back through the
+//! engine's eventfd and are fed to the core as `EntriesDurable`.
+//!
+//! Persistence mapping: a Raft entry is one engine entry whose payload is a
+//! one-byte kind (0 no-op, 1 command) followed by the client's bytes, written
+//! with `append_parts` so the client bytes are copied once. Term and vote are
+//! the engine's metadata record.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dledger_engine::{Log, Meta};
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use tokio::sync::mpsc::UnboundedSender;
+
+use dledger_proto::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
+use dledger_raft::{
+    ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, LogStorage, Message,
+    NodeId, RaftCore, RestoredState, Role,
+};
+
+/// The most payload bytes one read answer carries (well below any frame limit).
+pub const MAX_READ_BYTES: usize = 8 << 20;
+
+/// Where a client's answer goes: the writer of its connection.
+pub type ReplyTo = UnboundedSender<Frame>;
+
+/// What a group's task receives from other tasks and cores.
+#[derive(Debug)]
+pub enum GroupInput {
+    Raft(Message),
+    Client {
+        id: u64,
+        request: Request,
+        reply: ReplyTo,
+    },
+    /// Render this group's metrics in the Prometheus text format.
+    Metrics(tokio::sync::oneshot::Sender<String>),
+    /// Stop: finish what is in flight (within a grace period), sync, exit.
+    Shutdown,
+}
+
+/// A Raft message this group wants sent.
+pub type Outgoing = (NodeId, u64, Message);
+
+struct Pending {
+    reply: ReplyTo,
+    client_id: u64,
+    started: Instant,
+}
+
+struct GroupMetrics {
+    append_latency_us: Histogram<u64>,
+    write_sync_us: Histogram<u64>,
+    batches_seen: u64,
+    batch_entries: Histogram<u64>,
+    proposals: u64,
+    entries_appended: u64,
+    bytes_written: u64,
+    elections_won: u64,
+}
+
+impl GroupMetrics {
+    fn new() -> Self {
+        GroupMetrics {
+            append_latency_us: Histogram::new_with_bounds(1, 600_000_000, 2).expect("bounds"),
+            write_sync_us: Histogram::new_with_bounds(1, 600_000_000, 2).expect("bounds"),
+            batches_seen: 0,
+            batch_entries: Histogram::new_with_bounds(1, 1_000_000, 2).expect("bounds"),
+            proposals: 0,
+            entries_appended: 0,
+            bytes_written: 0,
+            elections_won: 0,
+        }
+    }
+}
+
+/// The fatal error of a group: its disk failed and the process must restart it.
+#[derive(Debug, thiserror::Error)]
+#[error("group {group}: {source}")]
+pub struct GroupFatal {
+    pub group: u64,
+    #[source]
+    pub source: dledger_engine::Error,
+}
+
+pub struct GroupHost {
+    pub group: u64,
+    node_id: NodeId,
+    core: RaftCore,
+    log: Log,
+    /// Addresses of the voters, for NotLeader answers.
+    addresses: HashMap<NodeId, String>,
+    pending: HashMap<u64, Pending>,
+    /// Read barriers waiting for apply: (read_index, request id).
+    reads: Vec<(u64, u64)>,
+    next_request: u64,
+    reported_durable: u64,
+    applied_index: u64,
+    /// Messages produced, drained by the core's loop after each turn.
+    pub outbox: Vec<Outgoing>,
+    metrics: GroupMetrics,
+    was_leader: bool,
+    /// Entries the core asked to persist that the engine has not taken yet (full disk).
+    backlog: std::collections::VecDeque<Entry>,
+    disk_full: bool,
+    /// Client appends of this turn not yet given to the core: they go in as
+    /// one `ProposeBatch` (one engine write and one message per peer for all
+    /// of them) before any other event and at the end of the turn.
+    proposals: Vec<(u64, Vec<Bytes>)>,
+}
+
+fn encode_kind(kind: EntryKind) -> &'static [u8] {
+    match kind {
+        EntryKind::Noop => &[0],
+        EntryKind::Command => &[1],
+    }
+}
+
+impl GroupHost {
+    /// Restores the group from its log and starts its Raft core.
+    pub fn open(
+        group: u64,
+        node_id: NodeId,
+        voters: Vec<NodeId>,
+        addresses: HashMap<NodeId, String>,
+        raft: RaftConfig,
+        log: Log,
+    ) -> Result<GroupHost, String> {
+        if log.first_index() != 1 && log.last_index() >= log.first_index() {
+            return Err(format!(
+                "group {group}: log starts at {} (prefix purge is not supported yet)",
+                log.first_index()
+            ));
+        }
+        // The core learns every term from the engine's term runs and reads
+        // payloads back from the engine when it needs them: nothing is loaded.
+        let terms = log.term_runs().to_vec();
+        let last_index = log.last_index();
+        let m = log.meta();
+        let meta = HardState { term: m.current_term, voted_for: m.voted_for };
+        let seed = node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ dledger_engine::segment::fresh_salt();
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let core =
+            RaftCore::new(node_id, voters, raft, RestoredState { meta, terms, last_index, tail: Vec::new() }, rng)
+                .map_err(|e| format!("group {group}: {e}"))?;
+        let reported_durable = log.durable_index();
+        Ok(GroupHost {
+            group,
+            node_id,
+            core,
+            log,
+            addresses,
+            pending: HashMap::new(),
+            reads: Vec::new(),
+            next_request: 1,
+            reported_durable,
+            applied_index: 0,
+            outbox: Vec::new(),
+            metrics: GroupMetrics::new(),
+            was_leader: false,
+            backlog: Default::default(),
+            disk_full: false,
+            proposals: Vec::new(),
+        })
+    }
+
+    pub fn eventfd(&self) -> std::os::unix::io::RawFd {
+        self.log.eventfd()
+    }
+
+    pub fn role(&self) -> Role {
+        self.core.status().role
+    }
+
+    pub fn tick(&mut self) -> Result<(), GroupFatal> {
+        if !self.backlog.is_empty() {
+            self.drain_backlog()?;
+        }
+        self.step(Event::Tick)
+    }
+
+    pub fn on_message(&mut self, m: Message) -> Result<(), GroupFatal> {
+        self.step(Event::Message(m))
+    }
+
+    /// Reaps engine completions and reports newly durable entries to the core.
+    pub fn on_storage_ready(&mut self) -> Result<(), GroupFatal> {
+        loop {
+            match self.log.poll_completions() {
+                Ok(Some(_)) => {
+                    let st = self.log.stats();
+                    if st.batches_written != self.metrics.batches_seen {
+                        self.metrics.batches_seen = st.batches_written;
+                        self.metrics.write_sync_us.saturating_record(st.last_write_sync_us.max(1));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(self.fatal(e)),
+            }
+        }
+        self.report_durable()
+    }
+
+    /// Ends a turn: proposes the queued appends and submits what the turn
+    /// appended (group commit: one engine batch per turn).
+    pub fn flush(&mut self) -> Result<(), GroupFatal> {
+        self.propose_queued()?;
+        self.log.flush().map_err(|e| self.fatal(e))
+    }
+
+    fn propose_queued(&mut self) -> Result<(), GroupFatal> {
+        if self.proposals.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.proposals);
+        self.step_core(Event::ProposeBatch(batch))
+    }
+
+    /// Steps the core, with the engine as its storage for entries that left memory.
+    fn step_core(&mut self, event: Event) -> Result<(), GroupFatal> {
+        let storage = EngineStorage { log: &self.log, error: std::cell::RefCell::new(None) };
+        let commands = self.core.step_with(event, &storage);
+        if let Some(e) = storage.error.into_inner() {
+            return Err(self.fatal(e));
+        }
+        self.execute(commands)
+    }
+
+    fn fatal(&self, source: dledger_engine::Error) -> GroupFatal {
+        GroupFatal { group: self.group, source }
+    }
+
+    fn report_durable(&mut self) -> Result<(), GroupFatal> {
+        let d = self.log.durable_index();
+        if d != self.reported_durable {
+            self.reported_durable = d;
+            if let Some(term) = self.log.term_at(d) {
+                self.step(Event::EntriesDurable { index: d, term })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, event: Event) -> Result<(), GroupFatal> {
+        // Queued appends go first: the core sees inputs in arrival order.
+        self.propose_queued()?;
+        self.step_core(event)
+    }
+
+    fn execute(&mut self, commands: Vec<Command>) -> Result<(), GroupFatal> {
+        for c in commands {
+            match c {
+                Command::SaveMeta(hs) => {
+                    let blob = self.log.meta().blob.clone();
+                    let meta = Meta { current_term: hs.term, voted_for: hs.voted_for, blob };
+                    self.log.save_meta(&meta).map_err(|e| self.fatal(e))?;
+                    self.step(Event::MetaSaved(hs))?;
+                }
+                Command::PersistEntries { truncate_from, entries } => {
+                    if let Some(from) = truncate_from {
+                        self.backlog.retain(|e| e.index < from);
+                        if from <= self.log.last_index() {
+                            self.log.truncate_suffix(from).map_err(|e| self.fatal(e))?;
+                        }
+                        self.reported_durable = self.reported_durable.min(from - 1);
+                    }
+                    if !entries.is_empty() {
+                        self.metrics.batch_entries.saturating_record(entries.len() as u64);
+                    }
+                    self.backlog.extend(entries);
+                    self.drain_backlog()?;
+                }
+                Command::Send(m) => self.outbox.push((m.to, self.group, m)),
+                Command::Apply(_) => {
+                    self.applied_index = self.core.log().applied_index();
+                    self.answer_reads();
+                }
+                Command::Reply(r) => self.reply(r),
+            }
+        }
+        let leader = self.core.status().role == Role::Leader;
+        if leader && !self.was_leader {
+            self.metrics.elections_won += 1;
+        }
+        self.was_leader = leader;
+        Ok(())
+    }
+
+    /// Hands waiting entries to the engine, in order. A full disk is not fatal:
+    /// the entries wait here (not durable, so never acknowledged) and are retried
+    /// every tick until space returns.
+    fn drain_backlog(&mut self) -> Result<(), GroupFatal> {
+        while let Some(e) = self.backlog.front() {
+            match self.log.append_parts(e.term, &[encode_kind(e.kind), &e.payload]) {
+                Ok(i) => {
+                    debug_assert_eq!(i, e.index);
+                    self.metrics.entries_appended += 1;
+                    self.metrics.bytes_written += e.payload.len() as u64 + 1;
+                    self.backlog.pop_front();
+                }
+                // The disk is behind by a whole ring: wait for it.
+                Err(dledger_engine::Error::Backpressure { .. }) => {
+                    let next = self.log.durable_index() + 1;
+                    self.log.wait_durable(next).map_err(|e| self.fatal(e))?;
+                }
+                Err(err @ dledger_engine::Error::NoSpace { .. }) => {
+                    if !self.disk_full {
+                        tracing::error!(group = self.group, error = %err, "disk full: entries wait in memory until space returns");
+                        self.disk_full = true;
+                    }
+                    return Ok(());
+                }
+                Err(err) => return Err(self.fatal(err)),
+            }
+        }
+        if self.disk_full {
+            tracing::info!(group = self.group, "disk has space again; appends resume");
+            self.disk_full = false;
+        }
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied_index;
+        let mut i = 0;
+        while i < self.reads.len() {
+            if self.reads[i].0 <= applied {
+                let (read_index, id) = self.reads.swap_remove(i);
+                self.respond(id, Response::ReadIndex(read_index));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn respond(&mut self, request_id: u64, response: Response) {
+        if let Some(p) = self.pending.remove(&request_id) {
+            if matches!(response, Response::Appended { .. }) {
+                self.metrics.append_latency_us.saturating_record(p.started.elapsed().as_micros() as u64);
+            }
+            // A closed connection has nobody to answer.
+            let _ = p.reply.send(Frame::Response { id: p.client_id, response });
+        }
+    }
+
+    fn not_leader(&self, hint: Option<NodeId>) -> ServerError {
+        ServerError::NotLeader { leader: hint, address: hint.and_then(|h| self.addresses.get(&h).cloned()) }
+    }
+
+    fn reply(&mut self, r: ClientReply) {
+        match r {
+            ClientReply::Committed { request_id, first_index, last_index, term } => {
+                self.respond(request_id, Response::Appended { first_index, last_index, term })
+            }
+            ClientReply::ReadReady { request_id, read_index } => {
+                self.reads.push((read_index, request_id));
+                self.answer_reads();
+            }
+            ClientReply::TransferDone { request_id, new_term, .. } => {
+                self.respond(request_id, Response::Transferred { new_term })
+            }
+            ClientReply::Failed { request_id, error } => {
+                let e = match error {
+                    ClientError::NotLeader { leader_hint } => self.not_leader(leader_hint),
+                    ClientError::LeadershipLost { .. } => ServerError::LeadershipLost,
+                    ClientError::TransferInProgress { target } => self.not_leader(Some(target)),
+                    ClientError::TransferFailed { target, reason } => {
+                        ServerError::TransferFailed(format!("to node {target}: {reason}"))
+                    }
+                    ClientError::EmptyProposal => ServerError::BadRequest("an append needs at least one entry".into()),
+                };
+                self.respond(request_id, Response::Error(e));
+            }
+        }
+    }
+
+    /// Handles a client request: answers at once or registers it with the core.
+    pub fn on_client(&mut self, client_id: u64, request: Request, reply: ReplyTo) -> Result<(), GroupFatal> {
+        let answer = |reply: &ReplyTo, response| {
+            let _ = reply.send(Frame::Response { id: client_id, response });
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let event = match request {
+            Request::Append { payloads } => {
+                // One kind byte is stored before each payload.
+                let max = self.log.config().max_entry_bytes().saturating_sub(1);
+                if let Some(big) = payloads.iter().find(|p| p.len() > max) {
+                    let e =
+                        ServerError::BadRequest(format!("entry of {} bytes exceeds the maximum of {max}", big.len()));
+                    answer(&reply, Response::Error(e));
+                    return Ok(());
+                }
+                if self.disk_full && self.role() == Role::Leader {
+                    // Accepting more would only grow the entries waiting in memory.
+                    let e = ServerError::DiskFull(format!(
+                        "group {} cannot write its log; appends resume when space returns",
+                        self.group
+                    ));
+                    answer(&reply, Response::Error(e));
+                    return Ok(());
+                }
+                self.metrics.proposals += 1;
+                self.pending.insert(request_id, Pending { reply, client_id, started: Instant::now() });
+                self.proposals.push((request_id, payloads));
+                return Ok(());
+            }
+            Request::ReadBarrier => Event::ReadIndex { request_id },
+            Request::TransferLeader { target } => Event::TransferLeadership { request_id, target },
+            Request::Get { index } => {
+                answer(&reply, self.read(index, index.saturating_add(1), 0));
+                return Ok(());
+            }
+            Request::Read { lo, hi, max_bytes } => {
+                answer(&reply, self.read(lo, hi, max_bytes as usize));
+                return Ok(());
+            }
+            Request::Status => {
+                answer(&reply, Response::Status(vec![self.status()]));
+                return Ok(());
+            }
+        };
+        self.pending.insert(request_id, Pending { reply, client_id, started: Instant::now() });
+        self.step(event)
+    }
+
+    /// Committed entries `[lo, hi)`, up to `max_bytes` of payload (0: the cap), never
+    /// more than [`MAX_READ_BYTES`] so that an answer always fits in a frame.
+    fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Response {
+        let max_bytes = if max_bytes == 0 { MAX_READ_BYTES } else { max_bytes.min(MAX_READ_BYTES) };
+        let commit = self.core.log().committed_index();
+        if lo == 0 || lo > commit || hi <= lo {
+            return Response::Error(ServerError::OutOfRange { index: lo, first: 1, commit });
+        }
+        match self.committed_entries(lo, (hi - 1).min(commit), max_bytes) {
+            Ok(out) => Response::Entries(out),
+            Err(e) => Response::Error(ServerError::Internal(format!("reading the log: {e}"))),
+        }
+    }
+
+    /// Committed entries `lo..=hi`, from memory where the core still holds
+    /// them and from the engine before that; stops once `max_bytes` of payload
+    /// are in (at least one entry). A leader's no-op has an empty payload.
+    fn committed_entries(&self, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<ClientEntry>, dledger_engine::Error> {
+        let log = self.core.log();
+        debug_assert!(hi <= log.committed_index());
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let from_memory = log.first_in_memory();
+        if lo < from_memory {
+            let mut stored = Vec::new();
+            self.log.read_range(lo, (hi + 1).min(from_memory), max_bytes, &mut stored)?;
+            for e in stored {
+                bytes += e.payload.len().saturating_sub(1);
+                out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.slice(1..) });
+            }
+        }
+        let next = out.last().map_or(lo, |e| e.index + 1);
+        // Go on in memory only where the files left off: the answer is contiguous.
+        if bytes < max_bytes && next >= from_memory {
+            for e in log.entries(next, hi) {
+                bytes += e.payload.len();
+                out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.clone() });
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let s = self.core.status();
+        let role = match s.role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate | Role::PreCandidate => "candidate",
+        };
+        let mut followers = Vec::new();
+        if s.role == Role::Leader {
+            for id in self.addresses.keys().copied().filter(|&id| id != self.node_id) {
+                if let Some(p) = self.core.progress(id) {
+                    followers.push((id, p.match_index));
+                }
+            }
+            followers.sort_unstable();
+        }
+        GroupStatus {
+            group: self.group,
+            node: self.node_id,
+            role: role.to_string(),
+            term: s.term,
+            leader: s.leader_id,
+            last_index: s.last_index,
+            commit_index: s.committed_index,
+            durable_index: s.durable_index,
+            followers,
+        }
+    }
+
+    /// Fails every waiting request (the node is stopping).
+    pub fn fail_all(&mut self, error: ServerError) {
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.respond(id, Response::Error(error.clone()));
+        }
+        self.reads.clear();
+    }
+
+    /// Makes everything appended durable (for shutdown) and reports it.
+    pub fn sync(&mut self) -> Result<(), GroupFatal> {
+        self.log.sync_all().map_err(|e| self.fatal(e))?;
+        self.report_durable()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Prometheus text lines for this group.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = self.core.status();
+        let g = self.group;
+        let role = match s.role {
+            Role::Leader => 3,
+            Role::Candidate => 2,
+            Role::PreCandidate => 1,
+            Role::Follower => 0,
+        };
+        let m = &self.metrics;
+        let _ = writeln!(out, "dledger_term{{group=\"{g}\"}} {}", s.term);
+        let _ = writeln!(out, "dledger_role{{group=\"{g}\"}} {role}");
+        let _ = writeln!(out, "dledger_last_index{{group=\"{g}\"}} {}", s.last_index);
+        let _ = writeln!(out, "dledger_commit_index{{group=\"{g}\"}} {}", s.committed_index);
+        let _ = writeln!(out, "dledger_durable_index{{group=\"{g}\"}} {}", s.durable_index);
+        let _ = writeln!(out, "dledger_disk_full{{group=\"{g}\"}} {}", self.disk_full as u8);
+        let _ = writeln!(out, "dledger_proposals_total{{group=\"{g}\"}} {}", m.proposals);
+        let _ = writeln!(out, "dledger_entries_appended_total{{group=\"{g}\"}} {}", m.entries_appended);
+        let _ = writeln!(out, "dledger_bytes_written_total{{group=\"{g}\"}} {}", self.log.stats().bytes_written);
+        let _ = writeln!(out, "dledger_payload_bytes_total{{group=\"{g}\"}} {}", m.bytes_written);
+        let _ = writeln!(out, "dledger_leader_elections_won_total{{group=\"{g}\"}} {}", m.elections_won);
+        let memory = self.core.log().memory_bytes();
+        let _ = writeln!(out, "dledger_log_memory_bytes{{group=\"{g}\"}} {memory}");
+        let read_back = self.core.entries_from_storage();
+        let _ = writeln!(out, "dledger_entries_read_back_total{{group=\"{g}\"}} {read_back}");
+        let histograms = [
+            ("dledger_append_latency_us", &m.append_latency_us),
+            ("dledger_write_sync_latency_us", &m.write_sync_us),
+            ("dledger_batch_entries", &m.batch_entries),
+        ];
+        for (name, h) in histograms {
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                let _ = writeln!(out, "{name}{{group=\"{g}\",quantile=\"{q}\"}} {}", h.value_at_quantile(q));
+            }
+            let _ = writeln!(out, "{name}_count{{group=\"{g}\"}} {}", h.len());
+        }
+        if s.role == Role::Leader {
+            for (node, match_index) in self.status().followers {
+                let lag = s.last_index.saturating_sub(match_index);
+                let _ = writeln!(out, "dledger_follower_lag_entries{{group=\"{g}\",follower=\"{node}\"}} {lag}");
+            }
+        }
+    }
+}
+
+/// The engine log as the core's storage for entries that left memory. A
+/// read error is kept and turned into the group's fatal error after the step.
+struct EngineStorage<'a> {
+    log: &'a Log,
+    error: std::cell::RefCell<Option<dledger_engine::Error>>,
+}
+
+/// The most one read for a follower takes from the files (the read blocks the
+/// group's thread; the follower's next ack asks for more).
+const MAX_READ_BACK_BYTES: u64 = 1 << 20;
+
+impl LogStorage for EngineStorage<'_> {
+    fn entries(&self, from: u64, to: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        let mut stored = Vec::new();
+        let max_bytes = max_bytes.clamp(1, MAX_READ_BACK_BYTES) as usize;
+        if let Err(e) = self.log.read_range(from, to + 1, max_bytes, &mut stored) {
+            self.error.borrow_mut().get_or_insert(e);
+            return None;
+        }
+        let mut out = Vec::with_capacity(stored.len());
+        for e in stored {
+            let kind = match e.payload.first() {
+                Some(0) => EntryKind::Noop,
+                Some(1) => EntryKind::Command,
+                _ => {
+                    let err = dledger_engine::Error::Corrupt {
+                        segment: self.log.config().dir.clone(),
+                        offset: 0,
+                        entry_index: e.index,
+                        reason: "entry has no valid kind byte",
+                    };
+                    self.error.borrow_mut().get_or_insert(err);
+                    return None;
+                }
+            };
+            out.push(Entry { index: e.index, term: e.term, kind, payload: e.payload.slice(1..) });
+        }
+        Some(out)
+    }
+}

@@ -1,0 +1,395 @@
+//! TCP between nodes and to clients.
+//!
+//! Outbound: each core keeps one connection to every peer, written by one
+//! task. Groups of the core queue their messages on the peer's [`PeerLink`]
+//! and wake the writer; the writer takes everything queued and writes it in
+//! one `write_all`, so the messages of all groups bound for a peer in one loop
+//! turn go out together. A broken connection is dropped with what was queued
+//! (Raft tolerates lost messages) and reopened with exponential backoff.
+//!
+//! Inbound: a connection opens with a `Hello`. A peer's frames go to the
+//! owning group's inbox, whatever core it is on; a client's requests too,
+//! with a handle to the connection's writer for the answer. A malformed,
+//! oversized or unexpected frame closes that connection with a logged reason;
+//! nothing else happens to the node.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use crate::group::GroupInput;
+use dledger_proto::peer::{decode_raft_body, encode_raft_frame};
+use dledger_proto::{decode_frame, encode_frame, Frame, Hello, Request, Response, ServerError, ALL_GROUPS};
+use dledger_raft::{Message, NodeId};
+
+/// The queue from one core's groups to one peer.
+#[derive(Default)]
+pub struct PeerLink {
+    queue: RefCell<Vec<(u64, Message)>>,
+    notify: Notify,
+}
+
+/// Messages queued while a peer is unreachable are dropped beyond this many.
+const MAX_QUEUED: usize = 64 * 1024;
+
+impl PeerLink {
+    pub fn push(&self, group: u64, m: Message) {
+        let mut q = self.queue.borrow_mut();
+        if q.len() < MAX_QUEUED {
+            q.push((group, m));
+        }
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.queue.borrow().is_empty()
+    }
+
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+}
+
+/// Writes a peer's queued messages over a connection it keeps open.
+pub async fn peer_writer(link: Rc<PeerLink>, me: NodeId, cluster: String, address: String, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(20);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while !stop.load(Ordering::Relaxed) {
+        let mut stream = match TcpStream::connect(&address).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "peer unreachable; retrying");
+                link.queue.borrow_mut().clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        buf.clear();
+        encode_frame(&Frame::Hello(Hello { node_id: me, cluster: cluster.clone() }), &mut buf);
+        if stream.write_all(&buf).await.is_err() {
+            continue;
+        }
+        backoff = Duration::from_millis(20);
+        tracing::info!(%address, "connected to peer");
+        loop {
+            if link.queue.borrow().is_empty() {
+                link.notify.notified().await;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let batch = std::mem::take(&mut *link.queue.borrow_mut());
+            buf.clear();
+            for (group, message) in batch {
+                encode_raft_frame(group, &message, &mut buf);
+            }
+            if let Err(e) = stream.write_all(&buf).await {
+                tracing::info!(%address, error = %e, "peer connection lost; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+/// What a connection needs to route frames.
+pub struct ConnContext {
+    pub me: NodeId,
+    pub cluster: String,
+    pub groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
+    pub max_frame_bytes: usize,
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// Reads frames until one is complete; `Ok(None)` at a clean end of stream.
+async fn read_frame(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Frame>, String> {
+    loop {
+        match decode_frame(buf, max) {
+            Ok(Some(f)) => return Ok(Some(f)),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        buf.reserve(64 * 1024);
+        match rd.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(format!("connection closed inside a frame ({} bytes pending)", buf.len())),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes or misbehaves.
+pub async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let hello = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut rd, &mut buf, ctx.max_frame_bytes)).await;
+    let hello = match hello {
+        Ok(Ok(Some(Frame::Hello(h)))) => h,
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(other))) => {
+            tracing::warn!(%peer, "closing connection: expected hello, got {}", frame_name(&other));
+            return;
+        }
+        Ok(Err(reason)) => {
+            tracing::warn!(%peer, %reason, "closing connection: bad first frame");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "closing connection: no hello within 10 s");
+            return;
+        }
+    };
+    if hello.cluster != ctx.cluster {
+        tracing::warn!(%peer, theirs = %hello.cluster, ours = %ctx.cluster, "closing connection: other cluster");
+        return;
+    }
+    if hello.node_id != 0 {
+        serve_peer(rd, buf, hello.node_id, &peer, &ctx).await;
+    } else {
+        serve_client(rd, wr, buf, &peer, &ctx).await;
+    }
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "hello",
+        Frame::Raft { .. } => "raft",
+        Frame::Request { .. } => "request",
+        Frame::Response { .. } => "response",
+    }
+}
+
+async fn serve_peer(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut buf: BytesMut,
+    from: NodeId,
+    peer: &str,
+    ctx: &ConnContext,
+) {
+    loop {
+        match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
+            Ok(None) => return,
+            Ok(Some(Frame::Raft { group, body })) => {
+                let message = match decode_raft_body(body) {
+                    Ok(m) => m,
+                    Err(reason) => {
+                        tracing::warn!(%peer, %reason, "closing peer connection");
+                        return;
+                    }
+                };
+                if message.to != ctx.me || message.from != from {
+                    tracing::warn!(%peer, from, to = message.to, "closing peer connection: message not for this node");
+                    return;
+                }
+                match ctx.groups.get(group as usize) {
+                    Some(inbox) => {
+                        let _ = inbox.send(GroupInput::Raft(message));
+                    }
+                    None => {
+                        tracing::warn!(%peer, group, "closing peer connection: unknown group (configs differ?)");
+                        return;
+                    }
+                }
+            }
+            Ok(Some(other)) => {
+                tracing::warn!(%peer, "closing peer connection: unexpected {} frame", frame_name(&other));
+                return;
+            }
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "closing peer connection");
+                return;
+            }
+        }
+    }
+}
+
+/// Requests one client connection may have unanswered; beyond it the
+/// connection is not read (TCP pushes back on the client), so a client that
+/// pipelines without reading answers cannot grow the node's memory.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
+
+/// Unanswered requests of one connection. Every request gets exactly one
+/// answer frame, counted off when the writer takes it.
+#[derive(Default)]
+struct InFlight {
+    count: std::cell::Cell<usize>,
+    room: Notify,
+}
+
+async fn client_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    in_flight: Rc<InFlight>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let answered = |n: usize| {
+        in_flight.count.set(in_flight.count.get().saturating_sub(n));
+        in_flight.room.notify_one();
+    };
+    while let Some(f) = rx.recv().await {
+        buf.clear();
+        encode_frame(&f, &mut buf);
+        let mut n = 1;
+        // Coalesce every answer that is ready into one write.
+        while let Ok(f) = rx.try_recv() {
+            encode_frame(&f, &mut buf);
+            n += 1;
+        }
+        answered(n);
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_client(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut buf: BytesMut,
+    peer: &str,
+    ctx: &ConnContext,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let in_flight = Rc::new(InFlight::default());
+    tokio::task::spawn_local(client_writer(wr, rx, in_flight.clone()));
+    loop {
+        while in_flight.count.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
+            in_flight.room.notified().await;
+        }
+        let frame = match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
+            Ok(None) => return,
+            Ok(Some(f)) => f,
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "closing client connection");
+                return;
+            }
+        };
+        let Frame::Request { id, group, request } = frame else {
+            tracing::warn!(%peer, "closing client connection: unexpected {} frame", frame_name(&frame));
+            return;
+        };
+        // Every path below sends exactly one answer for this request.
+        in_flight.count.set(in_flight.count.get() + 1);
+        if ctx.stopping.load(Ordering::Relaxed) {
+            let _ = tx.send(Frame::Response { id, response: Response::Error(ServerError::ShuttingDown) });
+            continue;
+        }
+        if group == ALL_GROUPS && request == Request::Status {
+            tokio::task::spawn_local(all_status(id, ctx.groups.clone(), tx.clone()));
+            continue;
+        }
+        match ctx.groups.get(group as usize) {
+            Some(inbox) => {
+                if inbox.send(GroupInput::Client { id, request, reply: tx.clone() }).is_err() {
+                    let _ = tx.send(Frame::Response { id, response: Response::Error(ServerError::ShuttingDown) });
+                }
+            }
+            None => {
+                let _ = tx.send(Frame::Response { id, response: Response::Error(ServerError::UnknownGroup(group)) });
+            }
+        }
+    }
+}
+
+/// Asks every group for its status and answers with all of them.
+async fn all_status(id: u64, groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>, reply: mpsc::UnboundedSender<Frame>) {
+    let mut all = Vec::new();
+    for inbox in groups.iter() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if inbox.send(GroupInput::Client { id, request: Request::Status, reply: tx }).is_err() {
+            continue;
+        }
+        if let Some(Frame::Response { response: Response::Status(s), .. }) = rx.recv().await {
+            all.extend(s);
+        }
+    }
+    let _ = reply.send(Frame::Response { id, response: Response::Status(all) });
+}
+
+impl std::fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLink").field("queued", &self.queue.borrow().len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dledger_proto::DEFAULT_MAX_FRAME_BYTES;
+
+    /// A client that pipelines requests without limit is read only up to the
+    /// cap; every answer lets exactly as many more in.
+    #[test]
+    fn a_connection_stops_being_read_at_its_in_flight_cap() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            // A group that takes requests and answers only when the test says so.
+            let (inbox, mut requests) = mpsc::unbounded_channel();
+            let ctx = Rc::new(ConnContext {
+                me: 1,
+                cluster: "c".into(),
+                groups: Arc::new(vec![inbox]),
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+                stopping: Arc::new(AtomicBool::new(false)),
+            });
+            tokio::task::spawn_local(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                serve_connection(s, ctx).await;
+            });
+            let total = MAX_IN_FLIGHT_PER_CONNECTION + 1000;
+            let mut out = BytesMut::new();
+            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
+            for id in 0..total as u64 {
+                let request = Request::Get { index: id };
+                encode_frame(&Frame::Request { id, group: 0, request }, &mut out);
+            }
+            let mut client = TcpStream::connect(address).await.unwrap();
+            // About 300 KB: fits in the socket buffers, so the whole write completes.
+            client.write_all(&out).await.unwrap();
+            let mut held = Vec::new();
+            while held.len() < MAX_IN_FLIGHT_PER_CONNECTION {
+                match requests.recv().await.unwrap() {
+                    GroupInput::Client { id, reply, .. } => held.push((id, reply)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // At the cap: nothing more is read (a deadline, not a measurement).
+            let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
+            assert!(more.is_err(), "a request beyond the cap of {MAX_IN_FLIGHT_PER_CONNECTION} was read");
+            // Ten answers let exactly ten more requests in, then the connection stops again.
+            for (id, reply) in held.drain(..10) {
+                reply.send(Frame::Response { id, response: Response::ReadIndex(id) }).unwrap();
+            }
+            for _ in 0..10 {
+                assert!(matches!(requests.recv().await, Some(GroupInput::Client { .. })));
+            }
+            let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
+            assert!(more.is_err(), "more requests read than answers given");
+            // The answers reached the client.
+            let mut buf = BytesMut::new();
+            let mut answered = 0;
+            while answered < 10 {
+                client.read_buf(&mut buf).await.unwrap();
+                while let Some(Frame::Response { .. }) = decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap() {
+                    answered += 1;
+                }
+            }
+        });
+    }
+}
