@@ -170,7 +170,15 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Server { config, listen, data_dir, cores, metrics_listen } => {
             init_logs("info");
-            server(&config, listen, data_dir, cores, metrics_listen)
+            match server(&config, listen, data_dir, cores, metrics_listen) {
+                // A fatal error after start (a log failed): 70, EX_SOFTWARE, so that a
+                // supervisor tells "stopped on an error" from "refused to start".
+                Err(dledger_server::RunError::Fatal(e)) => {
+                    eprintln!("dledger: stopped: {e}");
+                    return ExitCode::from(70);
+                }
+                r => r.map_err(|e| e.to_string()),
+            }
         }
         cmd => {
             init_logs("warn");
@@ -193,8 +201,9 @@ fn server(
     data_dir: Option<PathBuf>,
     cores: Option<usize>,
     metrics_listen: Option<String>,
-) -> Result<(), String> {
-    let mut cfg = ServerConfig::from_file(config).map_err(|e| e.to_string())?;
+) -> Result<(), dledger_server::RunError> {
+    let invalid = dledger_server::StartError::Config;
+    let mut cfg = ServerConfig::from_file(config).map_err(invalid)?;
     if let Some(l) = listen {
         cfg.listen = l;
     }
@@ -207,8 +216,8 @@ fn server(
     if metrics_listen.is_some() {
         cfg.metrics_listen = metrics_listen;
     }
-    cfg.validate().map_err(|e| e.to_string())?;
-    dledger_server::run(cfg).map_err(|e| e.to_string())
+    cfg.validate().map_err(invalid)?;
+    dledger_server::run(cfg)
 }
 
 fn client(t: &Target) -> Client {

@@ -18,6 +18,9 @@
 //! max_batch_kib = 4096              # largest write (and entry) of a group's log
 //! log_memory_mib = 64               # per group: applied entries kept in memory for followers
 //!                                   # and reads; older ones are read back from the log files
+//! snapshot_every_entries = 100000   # groups with a state machine (embedded): snapshot after
+//!                                   # this many applied entries (0 = never)
+//! snapshots_kept = 2                # and keep the newest this many
 //!
 //! [[peers]]                         # every voter, this node included
 //! id = 1
@@ -65,10 +68,18 @@ fn default_log_memory_mib() -> u64 {
 fn default_max_batch_kib() -> usize {
     4096
 }
+fn default_snapshot_every() -> u64 {
+    100_000
+}
+fn default_snapshots_kept() -> usize {
+    2
+}
 
+/// One voter of the cluster.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
+    /// Its node id (at least 1).
     pub id: u64,
     /// Where this node reaches the peer (its `listen`, or a proxy in front of it).
     pub address: String,
@@ -78,30 +89,42 @@ pub struct Peer {
     pub client_address: Option<String>,
 }
 
+/// A server's configuration; see the module docs for the TOML and the defaults.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// This node, one of the peers' ids.
     pub node_id: u64,
+    /// The cluster's name; a data directory of another cluster is refused.
     #[serde(default = "default_cluster")]
     pub cluster: String,
+    /// Where peers and clients connect (one port).
     pub listen: String,
+    /// Where the logs (and snapshots) live.
     pub data_dir: PathBuf,
+    /// Raft groups `0..groups`, each with its own log.
     #[serde(default = "default_groups")]
     pub groups: u64,
+    /// Event loops (0: one per CPU); never more than groups.
     #[serde(default)]
     pub cores: usize,
     /// Where the event loops are pinned; see the module docs. Several nodes
     /// sharing a host must not all pin to CPU 0: give them disjoint lists or `[]`.
     #[serde(default)]
     pub cpus: Option<Vec<usize>>,
+    /// Where to serve Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// The Raft clock's period.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// Shortest election timeout, in ticks.
     #[serde(default = "default_election_min")]
     pub election_timeout_min_ticks: u64,
+    /// Longest election timeout, in ticks.
     #[serde(default = "default_election_max")]
     pub election_timeout_max_ticks: u64,
+    /// A leader's heartbeat interval, in ticks.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ticks: u64,
     /// Hand leadership to this node whenever it is caught up.
@@ -113,6 +136,7 @@ pub struct ServerConfig {
     /// auto, uring or portable.
     #[serde(default)]
     pub backend: Option<String>,
+    /// Largest frame accepted from a peer or client.
     #[serde(default = "default_max_frame_mib")]
     pub max_frame_mib: u64,
     /// Largest write of a group's log: a group commit takes what arrived while
@@ -125,21 +149,73 @@ pub struct ServerConfig {
     /// Per group: applied, durable entries kept in memory (see the module docs).
     #[serde(default = "default_log_memory_mib")]
     pub log_memory_mib: u64,
+    /// Groups with a state machine: take a snapshot after this many applied
+    /// entries (0: never), so that a restart replays at most that many.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_entries: u64,
+    /// Groups with a state machine: snapshots kept (the newest ones).
+    #[serde(default = "default_snapshots_kept")]
+    pub snapshots_kept: usize,
+    /// Every voter, this node included.
     pub peers: Vec<Peer>,
 }
 
 /// A configuration that cannot run, with what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The read error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
     #[error("invalid config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The values do not make a working server (named).
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 impl ServerConfig {
+    /// A configuration with every default, for node `node_id` listening on
+    /// `listen` with its data in `data_dir`, in a cluster of `peers` (this
+    /// node included): the builder's starting point. Change fields, then
+    /// [`validate`](ServerConfig::validate) (the server validates too).
+    pub fn new(node_id: u64, listen: impl Into<String>, data_dir: impl Into<PathBuf>, peers: Vec<Peer>) -> Self {
+        ServerConfig {
+            node_id,
+            cluster: default_cluster(),
+            listen: listen.into(),
+            data_dir: data_dir.into(),
+            groups: default_groups(),
+            cores: 0,
+            cpus: None,
+            metrics_listen: None,
+            tick_ms: default_tick_ms(),
+            election_timeout_min_ticks: default_election_min(),
+            election_timeout_max_ticks: default_election_max(),
+            heartbeat_ticks: default_heartbeat(),
+            preferred_leader: None,
+            segment_mib: default_segment_mib(),
+            backend: None,
+            max_frame_mib: default_max_frame_mib(),
+            max_batch_kib: default_max_batch_kib(),
+            log_memory_mib: default_log_memory_mib(),
+            snapshot_every_entries: default_snapshot_every(),
+            snapshots_kept: default_snapshots_kept(),
+            peers,
+        }
+    }
+
+    /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<ServerConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
@@ -148,6 +224,7 @@ impl ServerConfig {
         })
     }
 
+    /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
         let c: ServerConfig = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.message().to_string() })?;
@@ -155,6 +232,7 @@ impl ServerConfig {
         Ok(c)
     }
 
+    /// Checks that the values make a working server.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.node_id == 0 {
@@ -216,6 +294,9 @@ impl ServerConfig {
                 self.max_frame_mib, self.max_batch_kib
             ));
         }
+        if self.snapshots_kept == 0 {
+            return bad("snapshots_kept must be at least 1".into());
+        }
         if let Some(b) = &self.backend {
             b.parse::<dledger_engine::BackendChoice>().map_err(ConfigError::Invalid)?;
         }
@@ -227,6 +308,7 @@ impl ServerConfig {
         self.peers.iter().map(|p| (p.id, p.client_address.clone().unwrap_or_else(|| p.address.clone()))).collect()
     }
 
+    /// The ids of every voter.
     pub fn voters(&self) -> Vec<u64> {
         self.peers.iter().map(|p| p.id).collect()
     }
@@ -267,6 +349,7 @@ impl ServerConfig {
         }
     }
 
+    /// Event loops to run (`cores`, or one per CPU).
     pub fn cores(&self) -> usize {
         let all = std::thread::available_parallelism().map_or(1, |n| n.get());
         if self.cores == 0 {
@@ -302,6 +385,14 @@ address = "127.0.0.1:7002"
         assert_eq!(c.batch_bytes(), 4 << 20);
         let small = ServerConfig::from_toml(&format!("segment_mib = 2\n{GOOD}")).unwrap();
         assert_eq!(small.batch_bytes(), 512 << 10, "a quarter of a 2 MiB segment");
+    }
+
+    #[test]
+    fn the_builder_has_the_toml_defaults() {
+        let toml = ServerConfig::from_toml(GOOD).unwrap();
+        let built = ServerConfig::new(1, "127.0.0.1:7001", "/tmp/x", toml.peers.clone());
+        assert_eq!(built, toml);
+        built.validate().unwrap();
     }
 
     #[test]

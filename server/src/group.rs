@@ -12,8 +12,17 @@
 //! one-byte kind (0 no-op, 1 command) followed by the client's bytes, written
 //! with `append_parts` so the client bytes are copied once. Term and vote are
 //! the engine's metadata record.
+//!
+//! With a state machine (see `apply.rs`), every entry the core applies is fed
+//! to the group's apply thread, in order and exactly once from the index the
+//! state machine restored to (`ApplyFeed::fed`). The core hands over only the
+//! entries it holds in memory, so entries before that (after a restart, or
+//! when the apply thread fell behind by more than `MAX_APPLY_LAG_*`) are read
+//! back from memory or the log files in bounded chunks, a chunk per turn.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,6 +30,12 @@ use dledger_engine::{Log, Meta};
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{oneshot, watch};
+
+use crate::apply::{AppendReply, ApplyMsg, ApplyProgress, ReadReply};
+use crate::error::GroupError;
+use crate::state_machine::CommittedEntry;
+use crate::{Applied, GroupEvent};
 
 use dledger_proto::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
 use dledger_raft::{
@@ -36,26 +51,75 @@ pub type ReplyTo = UnboundedSender<Frame>;
 
 /// What a group's task receives from other tasks and cores.
 #[derive(Debug)]
-pub enum GroupInput {
+pub(crate) enum GroupInput {
+    /// A message from a peer.
     Raft(Message),
-    Client {
-        id: u64,
-        request: Request,
-        reply: ReplyTo,
-    },
+    /// A network client's request.
+    Client { id: u64, request: Request, reply: ReplyTo },
+    /// A request through a [`GroupHandle`](crate::GroupHandle) in this process.
+    Local(LocalRequest),
     /// Render this group's metrics in the Prometheus text format.
     Metrics(tokio::sync::oneshot::Sender<String>),
     /// Stop: finish what is in flight (within a grace period), sync, exit.
     Shutdown,
 }
 
+/// A request of the embedding application.
+#[derive(Debug)]
+pub(crate) enum LocalRequest {
+    Append { payloads: Vec<Bytes>, reply: AppendReply },
+    Read { query: Bytes, reply: ReadReply },
+    Status(oneshot::Sender<GroupStatus>),
+}
+
+/// Answers a local request that cannot be served with `error`.
+pub(crate) fn refuse_local(request: LocalRequest, error: ServerError) {
+    match request {
+        LocalRequest::Append { reply, .. } => drop(reply.send(Err(GroupError::Server(error)))),
+        LocalRequest::Read { reply, .. } => drop(reply.send(Err(GroupError::Server(error)))),
+        // A status needs no running group, but the host is gone: the handle sees `Stopped`.
+        LocalRequest::Status(_) => {}
+    }
+}
+
 /// A Raft message this group wants sent.
-pub type Outgoing = (NodeId, u64, Message);
+pub(crate) type Outgoing = (NodeId, u64, Message);
+
+/// Who waits for a request registered with the core.
+enum Waiter {
+    Wire { reply: ReplyTo, client_id: u64 },
+    Append(AppendReply),
+    Read(Bytes, ReadReply),
+}
 
 struct Pending {
-    reply: ReplyTo,
-    client_id: u64,
+    to: Waiter,
     started: Instant,
+}
+
+/// The apply thread falls behind by at most this many entries, and this many
+/// payload bytes, before the group stops feeding it (the rest waits in the log).
+const MAX_APPLY_LAG_ENTRIES: u64 = 64 * 1024;
+const MAX_APPLY_LAG_BYTES: u64 = 64 << 20;
+/// The most one catch-up chunk reads back from the log files.
+const MAX_CATCH_UP_BYTES: usize = 1 << 20;
+
+/// The group's end of its apply thread.
+pub(crate) struct ApplyFeed {
+    pub(crate) tx: crossbeam_channel::Sender<ApplyMsg>,
+    pub(crate) progress: Arc<ApplyProgress>,
+    /// The last index sent (or restored: a snapshot's, the state machine's own).
+    pub(crate) fed: u64,
+    /// Payload bytes sent since start.
+    fed_bytes: u64,
+    /// The highest index a local append waits on: outputs up to it are kept.
+    waited_upto: u64,
+}
+
+impl ApplyFeed {
+    pub(crate) fn new(tx: crossbeam_channel::Sender<ApplyMsg>, progress: Arc<ApplyProgress>, fed: u64) -> Self {
+        ApplyFeed { tx, progress, fed, fed_bytes: 0, waited_upto: 0 }
+    }
 }
 
 struct GroupMetrics {
@@ -84,17 +148,19 @@ impl GroupMetrics {
     }
 }
 
-/// The fatal error of a group: its disk failed and the process must restart it.
+/// The fatal error of a group: its log failed and the server must restart it.
 #[derive(Debug, thiserror::Error)]
 #[error("group {group}: {source}")]
 pub struct GroupFatal {
+    /// The group.
     pub group: u64,
+    /// The engine's error.
     #[source]
     pub source: dledger_engine::Error,
 }
 
-pub struct GroupHost {
-    pub group: u64,
+pub(crate) struct GroupHost {
+    pub(crate) group: u64,
     node_id: NodeId,
     core: RaftCore,
     log: Log,
@@ -117,6 +183,16 @@ pub struct GroupHost {
     /// one `ProposeBatch` (one engine write and one message per peer for all
     /// of them) before any other event and at the end of the turn.
     proposals: Vec<(u64, Vec<Bytes>)>,
+    /// The apply thread, for a group with a state machine.
+    feed: Option<ApplyFeed>,
+    /// Local appends not yet committed.
+    local_appends: usize,
+    /// Local reads whose read index is known, waiting for it to be fed.
+    local_reads: Vec<(u64, Bytes, ReadReply)>,
+    /// Role, term and leader as last published to `events`.
+    published: (Role, u64, Option<NodeId>),
+    events: watch::Sender<GroupEvent>,
+    voters: Vec<NodeId>,
 }
 
 fn encode_kind(kind: EntryKind) -> &'static [u8] {
@@ -150,10 +226,24 @@ impl GroupHost {
         let meta = HardState { term: m.current_term, voted_for: m.voted_for };
         let seed = node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ dledger_engine::segment::fresh_salt();
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let core =
-            RaftCore::new(node_id, voters, raft, RestoredState { meta, terms, last_index, tail: Vec::new() }, rng)
-                .map_err(|e| format!("group {group}: {e}"))?;
+        let core = RaftCore::new(
+            node_id,
+            voters.clone(),
+            raft,
+            RestoredState { meta, terms, last_index, tail: Vec::new() },
+            rng,
+        )
+        .map_err(|e| format!("group {group}: {e}"))?;
         let reported_durable = log.durable_index();
+        let s = core.status();
+        let published = (s.role, s.term, s.leader_id);
+        let (events, _) = watch::channel(GroupEvent {
+            group,
+            role: s.role,
+            term: s.term,
+            leader: s.leader_id,
+            voters: voters.clone(),
+        });
         Ok(GroupHost {
             group,
             node_id,
@@ -171,7 +261,35 @@ impl GroupHost {
             backlog: Default::default(),
             disk_full: false,
             proposals: Vec::new(),
+            feed: None,
+            local_appends: 0,
+            local_reads: Vec::new(),
+            published,
+            events,
+            voters,
         })
+    }
+
+    /// Feeds a state machine that has applied up to `feed.fed` (restored).
+    pub(crate) fn attach_state_machine(&mut self, feed: ApplyFeed) -> Result<(), String> {
+        if feed.fed > self.log.last_index() {
+            return Err(format!(
+                "the state machine has applied up to {} but the log ends at {}: the log is not the one it was applied from",
+                feed.fed,
+                self.log.last_index()
+            ));
+        }
+        self.feed = Some(feed);
+        Ok(())
+    }
+
+    pub(crate) fn has_state_machine(&self) -> bool {
+        self.feed.is_some()
+    }
+
+    /// Leadership changes of this group, for the embedding application.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<GroupEvent> {
+        self.events.subscribe()
     }
 
     pub fn eventfd(&self) -> std::os::unix::io::RawFd {
@@ -186,7 +304,9 @@ impl GroupHost {
         if !self.backlog.is_empty() {
             self.drain_backlog()?;
         }
-        self.step(Event::Tick)
+        self.step(Event::Tick)?;
+        // Resume feeding an apply thread that had fallen behind.
+        self.feed_state_machine(None)
     }
 
     pub fn on_message(&mut self, m: Message) -> Result<(), GroupFatal> {
@@ -281,19 +401,116 @@ impl GroupHost {
                     self.drain_backlog()?;
                 }
                 Command::Send(m) => self.outbox.push((m.to, self.group, m)),
-                Command::Apply(_) => {
+                Command::Apply(entries) => {
                     self.applied_index = self.core.log().applied_index();
                     self.answer_reads();
+                    self.feed_state_machine(Some(entries))?;
                 }
                 Command::Reply(r) => self.reply(r),
             }
         }
-        let leader = self.core.status().role == Role::Leader;
+        let s = self.core.status();
+        let leader = s.role == Role::Leader;
         if leader && !self.was_leader {
             self.metrics.elections_won += 1;
         }
         self.was_leader = leader;
+        // Publish only changes: the watch channel takes a lock, the comparison does not.
+        let now = (s.role, s.term, s.leader_id);
+        if now != self.published {
+            self.published = now;
+            let voters = self.voters.clone();
+            self.events.send_replace(GroupEvent {
+                group: self.group,
+                role: s.role,
+                term: s.term,
+                leader: s.leader_id,
+                voters,
+            });
+        }
         Ok(())
+    }
+
+    /// Sends the apply thread what the core has applied and it has not been
+    /// sent: `batch` (what the core's `Apply` just handed over) when it
+    /// follows on, or else a chunk read back from memory or the log files.
+    /// Stops while the thread is more than `MAX_APPLY_LAG_*` behind; the
+    /// next tick resumes.
+    fn feed_state_machine(&mut self, batch: Option<Vec<Entry>>) -> Result<(), GroupFatal> {
+        let Some(mut feed) = self.feed.take() else { return Ok(()) };
+        let r = self.feed_with(&mut feed, batch);
+        self.feed = Some(feed);
+        self.send_ready_queries();
+        r
+    }
+
+    /// Local reads whose read index has been fed go to the apply thread,
+    /// behind those entries (the channel keeps the order).
+    fn send_ready_queries(&mut self) {
+        let Some(feed) = &self.feed else { return };
+        let mut i = 0;
+        while i < self.local_reads.len() {
+            if self.local_reads[i].0 <= feed.fed {
+                let (_, query, reply) = self.local_reads.swap_remove(i);
+                let _ = feed.tx.send(ApplyMsg::Query { query, reply });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn feed_with(&mut self, feed: &mut ApplyFeed, mut batch: Option<Vec<Entry>>) -> Result<(), GroupFatal> {
+        let target = self.core.log().applied_index();
+        while feed.fed < target {
+            let behind = feed.fed - feed.progress.applied.load(Ordering::Acquire);
+            let behind_bytes = feed.fed_bytes - feed.progress.applied_bytes.load(Ordering::Acquire);
+            if behind >= MAX_APPLY_LAG_ENTRIES || behind_bytes >= MAX_APPLY_LAG_BYTES {
+                break;
+            }
+            let mut entries = match batch.take() {
+                Some(mut b) => {
+                    b.retain(|e| e.index > feed.fed);
+                    b
+                }
+                None => Vec::new(),
+            };
+            if entries.first().is_none_or(|e| e.index != feed.fed + 1) {
+                entries = self.catch_up_chunk(feed.fed + 1, target)?;
+            }
+            let (Some(first), Some(last)) = (entries.first(), entries.last()) else { break };
+            assert_eq!(first.index, feed.fed + 1, "group {}: the apply thread is fed without gaps", self.group);
+            let (first_index, last, last_term) = (first.index, last.index, last.term);
+            let mut bytes = 0;
+            let entries: Vec<CommittedEntry> = entries
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::Command)
+                .map(|e| {
+                    bytes += e.payload.len() as u64;
+                    CommittedEntry { index: e.index, term: e.term, payload: e.payload }
+                })
+                .collect();
+            let keep_outputs = self.local_appends > 0 || feed.waited_upto >= first_index;
+            // A closed channel means the state machine failed: the server is stopping.
+            let _ = feed.tx.send(ApplyMsg::Batch { entries, last, last_term, bytes, keep_outputs });
+            feed.fed = last;
+            feed.fed_bytes += bytes;
+        }
+        Ok(())
+    }
+
+    /// Applied entries from `lo` (up to `hi`): from memory where the core
+    /// still holds them, else from the log files; a bounded chunk.
+    fn catch_up_chunk(&self, lo: u64, hi: u64) -> Result<Vec<Entry>, GroupFatal> {
+        let log = self.core.log();
+        if lo >= log.first_in_memory() {
+            return Ok(log.entries(lo, hi.min(lo + 4095)).to_vec());
+        }
+        let storage = EngineStorage { log: &self.log, error: std::cell::RefCell::new(None) };
+        let to = hi.min(log.first_in_memory() - 1);
+        match storage.entries(lo, to, MAX_CATCH_UP_BYTES as u64) {
+            Some(e) => Ok(e),
+            None => Err(self.fatal(storage.error.into_inner().expect("an error when no entries"))),
+        }
     }
 
     /// Hands waiting entries to the engine, in order. A full disk is not fatal:
@@ -343,13 +560,49 @@ impl GroupHost {
         }
     }
 
+    /// Answers a registered request; a local one gets errors only (its
+    /// successes are answered in [`Self::reply`]).
     fn respond(&mut self, request_id: u64, response: Response) {
         if let Some(p) = self.pending.remove(&request_id) {
-            if matches!(response, Response::Appended { .. }) {
-                self.metrics.append_latency_us.saturating_record(p.started.elapsed().as_micros() as u64);
+            self.answer(p, response);
+        }
+    }
+
+    fn answer(&mut self, p: Pending, response: Response) {
+        let error = |response| match response {
+            Response::Error(e) => GroupError::Server(e),
+            other => GroupError::Server(ServerError::Internal(format!("unexpected answer {other:?}"))),
+        };
+        match p.to {
+            Waiter::Wire { reply, client_id } => {
+                if matches!(response, Response::Appended { .. }) {
+                    self.metrics.append_latency_us.saturating_record(p.started.elapsed().as_micros() as u64);
+                }
+                // A closed connection has nobody to answer.
+                let _ = reply.send(Frame::Response { id: client_id, response });
             }
-            // A closed connection has nobody to answer.
-            let _ = p.reply.send(Frame::Response { id: p.client_id, response });
+            Waiter::Append(reply) => {
+                self.local_appends -= 1;
+                let _ = reply.send(Err(error(response)));
+            }
+            Waiter::Read(_, reply) => {
+                let _ = reply.send(Err(error(response)));
+            }
+        }
+    }
+
+    /// A local append committed: answered at once without a state machine,
+    /// else by the apply thread once it has applied the entries.
+    fn committed_locally(&mut self, reply: AppendReply, first_index: u64, last_index: u64, term: u64) {
+        self.local_appends -= 1;
+        match &mut self.feed {
+            Some(feed) => {
+                feed.waited_upto = feed.waited_upto.max(last_index);
+                let _ = feed.tx.send(ApplyMsg::Waiter { first: first_index, last: last_index, term, reply });
+            }
+            None => {
+                let _ = reply.send(Ok(Applied { first_index, last_index, term, outputs: Vec::new() }));
+            }
         }
     }
 
@@ -360,12 +613,28 @@ impl GroupHost {
     fn reply(&mut self, r: ClientReply) {
         match r {
             ClientReply::Committed { request_id, first_index, last_index, term } => {
-                self.respond(request_id, Response::Appended { first_index, last_index, term })
+                let Some(p) = self.pending.remove(&request_id) else { return };
+                match p.to {
+                    Waiter::Append(reply) => {
+                        self.metrics.append_latency_us.saturating_record(p.started.elapsed().as_micros() as u64);
+                        self.committed_locally(reply, first_index, last_index, term);
+                    }
+                    to => self.answer(Pending { to, ..p }, Response::Appended { first_index, last_index, term }),
+                }
             }
-            ClientReply::ReadReady { request_id, read_index } => {
-                self.reads.push((read_index, request_id));
-                self.answer_reads();
-            }
+            ClientReply::ReadReady { request_id, read_index } => match self.pending.get(&request_id) {
+                Some(Pending { to: Waiter::Read(..), .. }) => {
+                    if let Some(Pending { to: Waiter::Read(query, reply), .. }) = self.pending.remove(&request_id) {
+                        self.local_reads.push((read_index, query, reply));
+                        self.send_ready_queries();
+                    }
+                }
+                Some(_) => {
+                    self.reads.push((read_index, request_id));
+                    self.answer_reads();
+                }
+                None => {}
+            },
             ClientReply::TransferDone { request_id, new_term, .. } => {
                 self.respond(request_id, Response::Transferred { new_term })
             }
@@ -393,25 +662,13 @@ impl GroupHost {
         self.next_request += 1;
         let event = match request {
             Request::Append { payloads } => {
-                // One kind byte is stored before each payload.
-                let max = self.log.config().max_entry_bytes().saturating_sub(1);
-                if let Some(big) = payloads.iter().find(|p| p.len() > max) {
-                    let e =
-                        ServerError::BadRequest(format!("entry of {} bytes exceeds the maximum of {max}", big.len()));
-                    answer(&reply, Response::Error(e));
-                    return Ok(());
-                }
-                if self.disk_full && self.role() == Role::Leader {
-                    // Accepting more would only grow the entries waiting in memory.
-                    let e = ServerError::DiskFull(format!(
-                        "group {} cannot write its log; appends resume when space returns",
-                        self.group
-                    ));
+                if let Err(e) = self.check_append(&payloads) {
                     answer(&reply, Response::Error(e));
                     return Ok(());
                 }
                 self.metrics.proposals += 1;
-                self.pending.insert(request_id, Pending { reply, client_id, started: Instant::now() });
+                self.pending
+                    .insert(request_id, Pending { to: Waiter::Wire { reply, client_id }, started: Instant::now() });
                 self.proposals.push((request_id, payloads));
                 return Ok(());
             }
@@ -430,8 +687,56 @@ impl GroupHost {
                 return Ok(());
             }
         };
-        self.pending.insert(request_id, Pending { reply, client_id, started: Instant::now() });
+        self.pending.insert(request_id, Pending { to: Waiter::Wire { reply, client_id }, started: Instant::now() });
         self.step(event)
+    }
+
+    /// Handles a request of the embedding application.
+    pub(crate) fn on_local(&mut self, request: LocalRequest) -> Result<(), GroupFatal> {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        match request {
+            LocalRequest::Append { payloads, reply } => {
+                if let Err(e) = self.check_append(&payloads) {
+                    let _ = reply.send(Err(GroupError::Server(e)));
+                    return Ok(());
+                }
+                self.metrics.proposals += 1;
+                self.local_appends += 1;
+                self.pending.insert(request_id, Pending { to: Waiter::Append(reply), started: Instant::now() });
+                self.proposals.push((request_id, payloads));
+                Ok(())
+            }
+            LocalRequest::Read { query, reply } => {
+                if self.feed.is_none() {
+                    let _ = reply.send(Err(GroupError::NoStateMachine(self.group)));
+                    return Ok(());
+                }
+                self.pending.insert(request_id, Pending { to: Waiter::Read(query, reply), started: Instant::now() });
+                self.step(Event::ReadIndex { request_id })
+            }
+            LocalRequest::Status(reply) => {
+                let _ = reply.send(self.status());
+                Ok(())
+            }
+        }
+    }
+
+    /// Why an append cannot be taken now, if it cannot.
+    fn check_append(&self, payloads: &[Bytes]) -> Result<(), ServerError> {
+        // One kind byte is stored before each payload.
+        let max = self.log.config().max_entry_bytes().saturating_sub(1);
+        if let Some(big) = payloads.iter().find(|p| p.len() > max) {
+            return Err(ServerError::BadRequest(format!("entry of {} bytes exceeds the maximum of {max}", big.len())));
+        }
+        if self.disk_full && self.role() == Role::Leader {
+            // Accepting more would only grow the entries waiting in memory.
+            return Err(ServerError::DiskFull(format!(
+                "group {} cannot write its log; appends resume when space returns",
+                self.group
+            )));
+        }
+        Ok(())
     }
 
     /// Committed entries `[lo, hi)`, up to `max_bytes` of payload (0: the cap), never
@@ -515,6 +820,9 @@ impl GroupHost {
             self.respond(id, Response::Error(error.clone()));
         }
         self.reads.clear();
+        for (_, _, reply) in self.local_reads.drain(..) {
+            let _ = reply.send(Err(GroupError::Server(error.clone())));
+        }
     }
 
     /// Makes everything appended durable (for shutdown) and reports it.
@@ -554,6 +862,13 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_log_memory_bytes{{group=\"{g}\"}} {memory}");
         let read_back = self.core.entries_from_storage();
         let _ = writeln!(out, "dledger_entries_read_back_total{{group=\"{g}\"}} {read_back}");
+        if let Some(feed) = &self.feed {
+            let applied = feed.progress.applied.load(Ordering::Relaxed);
+            let snapshot = feed.progress.snapshot_index.load(Ordering::Relaxed);
+            let _ = writeln!(out, "dledger_applied_index{{group=\"{g}\"}} {applied}");
+            let _ = writeln!(out, "dledger_apply_lag_entries{{group=\"{g}\"}} {}", feed.fed - applied.min(feed.fed));
+            let _ = writeln!(out, "dledger_snapshot_index{{group=\"{g}\"}} {snapshot}");
+        }
         let histograms = [
             ("dledger_append_latency_us", &m.append_latency_us),
             ("dledger_write_sync_latency_us", &m.write_sync_us),

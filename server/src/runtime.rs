@@ -1,6 +1,11 @@
 //! Starting and stopping a node: data directory checks, one pinned thread
-//! per core with a single-threaded runtime, group tasks, the acceptor, the
-//! metrics endpoint and signal handling.
+//! per core with a single-threaded runtime, group tasks, apply threads for
+//! groups with a state machine, the acceptor, the metrics endpoint and
+//! signal handling.
+//!
+//! A fatal error (a group's log fails, a state machine fails, a core's task
+//! panics) never exits the process: it is recorded once in [`Shared`], the
+//! whole server is asked to stop, and [`Server::wait`] returns it.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -17,28 +22,104 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::apply::{guarded, ApplyProgress, ApplyWorker};
 use crate::config::ServerConfig;
+use crate::embed::GroupHandle;
+use crate::error::Fatal;
+use crate::group::ApplyFeed;
 use crate::group::{GroupHost, GroupInput};
+use crate::snapshot::SnapshotStore;
+use crate::state_machine::{StateMachine, StateMachineError};
 use crate::transport::{peer_writer, serve_connection, ConnContext, PeerLink};
 use dledger_proto::ServerError;
 
-/// Why a node could not start: one line an operator can act on.
+/// Why a server could not start: one line an operator can act on. Nothing
+/// on disk is changed by a start that fails, except a new data directory's
+/// `IDENTITY` file.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The listening address (or the metrics address) cannot be bound.
     #[error("cannot listen on {address}: {source}{hint}")]
-    Listen { address: String, source: std::io::Error, hint: &'static str },
+    Listen {
+        /// The address.
+        address: String,
+        /// The bind error.
+        source: std::io::Error,
+        /// What probably causes it.
+        hint: &'static str,
+    },
+    /// The data directory was made by another node or cluster.
     #[error(
         "data directory {dir} belongs to {found}, not to node {node} of cluster {cluster:?}; refusing to touch it"
     )]
-    ForeignDataDir { dir: PathBuf, found: String, node: u64, cluster: String },
+    ForeignDataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Whose it is, from its `IDENTITY` file.
+        found: String,
+        /// This node.
+        node: u64,
+        /// This cluster.
+        cluster: String,
+    },
+    /// The data directory cannot be used.
     #[error("data directory {dir}: {message}")]
-    DataDir { dir: PathBuf, message: String },
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A group's log cannot be opened (corrupt, unreadable).
     #[error("cannot open the log of group {group}: {source}")]
-    Log { group: u64, source: dledger_engine::Error },
+    Log {
+        /// The group.
+        group: u64,
+        /// The engine's error.
+        source: dledger_engine::Error,
+    },
+    /// A group cannot start from what its log holds.
     #[error("group {group}: {message}")]
-    Group { group: u64, message: String },
+    Group {
+        /// The group.
+        group: u64,
+        /// Why.
+        message: String,
+    },
+    /// A state machine was registered for a group the config does not have.
+    #[error("a state machine is registered for group {group}, but the server has groups 0..{groups}")]
+    NoSuchGroup {
+        /// The group asked.
+        group: u64,
+        /// The groups configured.
+        groups: u64,
+    },
+    /// A group's state machine could not be restored from its snapshot.
+    #[error("group {group}: restoring the state machine: {error}")]
+    Restore {
+        /// The group.
+        group: u64,
+        /// The state machine's (or the snapshot file's) error.
+        #[source]
+        error: StateMachineError,
+    },
+    /// The configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Threads or the async runtime could not be started.
     #[error("runtime: {0}")]
     Runtime(String),
+}
+
+/// Why [`run`] returned: the server did not start, or it stopped on a fatal error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// It did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// It started and then stopped on this error.
+    #[error(transparent)]
+    Fatal(#[from] Fatal),
 }
 
 const IDENTITY_FILE: &str = "IDENTITY";
@@ -98,18 +179,17 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// A started node. `stop` asks it to shut down; `wait` joins it.
-pub struct Node {
-    stop: Arc<AtomicBool>,
-    wake: Vec<mpsc::UnboundedSender<GroupInput>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    pub local_addr: std::net::SocketAddr,
-    fatal: Arc<std::sync::OnceLock<String>>,
+/// What every thread of a server shares: the stop flag, the group inboxes
+/// (to wake them), and the first fatal error.
+pub(crate) struct Shared {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) wake: Vec<mpsc::UnboundedSender<GroupInput>>,
+    pub(crate) fatal: std::sync::OnceLock<Fatal>,
 }
 
-impl Node {
-    /// Stops accepting requests, lets in-flight ones finish (bounded), syncs, exits.
-    pub fn stop(&self) {
+impl Shared {
+    /// Asks every group to finish what is in flight and stop.
+    pub(crate) fn stop(&self) {
         if !self.stop.swap(true, Ordering::SeqCst) {
             for w in &self.wake {
                 let _ = w.send(GroupInput::Shutdown);
@@ -117,20 +197,87 @@ impl Node {
         }
     }
 
-    /// Waits until every core has finished; returns the fatal error that stopped it, if any.
-    pub fn wait(self) -> Result<(), String> {
+    /// Records `fatal` (the first one wins) and stops the server.
+    pub(crate) fn fail(&self, fatal: Fatal) {
+        let _ = self.fatal.set(fatal);
+        self.stop();
+    }
+}
+
+/// A running server: its groups serve peers and network clients on
+/// [`local_addr`](Server::local_addr), and the application in its process
+/// through [`GroupHandle`]s. Built by [`ServerBuilder`](crate::ServerBuilder)
+/// (or [`start`] for a server without state machines).
+pub struct Server {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) threads: Vec<std::thread::JoinHandle<()>>,
+    pub(crate) local_addr: std::net::SocketAddr,
+    pub(crate) handles: Vec<GroupHandle>,
+}
+
+impl Server {
+    /// Where peers and network clients reach this server (the bound `listen`
+    /// address, with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// The handle of group `group`, if the server has it.
+    pub fn group(&self, group: u64) -> Option<GroupHandle> {
+        self.handles.get(group as usize).cloned()
+    }
+
+    /// Every group's metrics in the Prometheus text format (what
+    /// `metrics_listen` serves).
+    pub async fn metrics(&self) -> String {
+        let mut body = String::new();
+        for h in &self.handles {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if h.inbox.send(GroupInput::Metrics(tx)).is_ok() {
+                if let Ok(text) = rx.await {
+                    body.push_str(&text);
+                }
+            }
+        }
+        body
+    }
+
+    /// Asks the server to stop: requests in flight get up to two seconds to
+    /// commit, every log is synced, then the threads end. Returns at once;
+    /// [`wait`](Server::wait) joins.
+    pub fn stop(&self) {
+        self.shared.stop();
+    }
+
+    /// Whether the server has stopped or is stopping (asked to, or on a fatal error).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until every thread of the server has ended (after
+    /// [`stop`](Server::stop), a signal under [`run`], or a fatal error);
+    /// returns the fatal error that stopped it, if any. From async code, call
+    /// it through `tokio::task::spawn_blocking`.
+    pub fn wait(self) -> Result<(), Fatal> {
         for t in self.threads {
             let _ = t.join();
         }
-        match self.fatal.get() {
-            Some(e) => Err(e.clone()),
+        drop(self.handles);
+        match Arc::try_unwrap(self.shared).ok().and_then(|s| s.fatal.into_inner()) {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
 }
 
-/// Opens everything and starts the cores; returns once the node serves.
-pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
+/// Opens everything and starts the cores of a server without state machines
+/// (a replicated log, as `dledger server` runs); returns once it serves.
+pub fn start(cfg: ServerConfig) -> Result<Server, StartError> {
+    start_with(cfg, Vec::new())
+}
+
+/// Opens everything, restores each state machine, starts the cores.
+pub(crate) fn start_with(cfg: ServerConfig, machines: Vec<(u64, Box<dyn StateMachine>)>) -> Result<Server, StartError> {
     // Ports first: a node that cannot listen must not create or change anything on disk.
     let listener = TcpListener::bind(&cfg.listen).map_err(|source| StartError::Listen {
         address: cfg.listen.clone(),
@@ -156,24 +303,35 @@ pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
         None => None,
     };
     let backend: BackendChoice = cfg.backend.as_deref().unwrap_or("auto").parse().map_err(StartError::Runtime)?;
+    let mut machines_by_group: HashMap<u64, Box<dyn StateMachine>> = HashMap::new();
+    for (group, m) in machines {
+        if group >= cfg.groups {
+            return Err(StartError::NoSuchGroup { group, groups: cfg.groups });
+        }
+        machines_by_group.insert(group, m);
+    }
     check_identity(&cfg.data_dir, cfg.node_id, &cfg.cluster)?;
 
-    // Open every group's log and restore its core before serving anything.
+    // Open every group's log and restore its core (and state machine) before serving anything.
     let mut hosts = Vec::new();
+    let mut workers = Vec::new();
     for group in 0..cfg.groups {
         let mut lc = LogConfig::new(cfg.data_dir.join(format!("group-{group}")));
         lc.segment_size_bytes = cfg.segment_mib << 20;
         lc.backend = backend;
         lc.max_batch_bytes = cfg.batch_bytes();
         let log = Log::open(lc).map_err(|source| StartError::Log { group, source })?;
-        let host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
+        let mut host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
             .map_err(|message| StartError::Group { group, message })?;
+        if let Some(machine) = machines_by_group.remove(&group) {
+            let (feed, worker, rx) = restore_state_machine(&cfg, group, machine)?;
+            host.attach_state_machine(feed).map_err(|message| StartError::Group { group, message })?;
+            workers.push((worker, rx));
+        }
         hosts.push(host);
     }
     // A core without a group would have nothing to run: never more cores than groups.
     let cores = cfg.cores().max(1).min(cfg.groups as usize);
-    let stop = Arc::new(AtomicBool::new(false));
-    let fatal = Arc::new(std::sync::OnceLock::new());
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..cfg.groups {
@@ -181,7 +339,26 @@ pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
         inboxes.push(tx);
         receivers.push(Some(rx));
     }
+    let shared = Arc::new(Shared {
+        stop: Arc::new(AtomicBool::new(false)),
+        wake: inboxes.clone(),
+        fatal: std::sync::OnceLock::new(),
+    });
+    let handles: Vec<GroupHandle> = hosts
+        .iter()
+        .map(|h| GroupHandle::new(h.group, inboxes[h.group as usize].clone(), h.subscribe(), h.has_state_machine()))
+        .collect();
     let inboxes = Arc::new(inboxes);
+    let mut threads = Vec::new();
+    for (mut worker, rx) in workers {
+        let s = shared.clone();
+        worker.on_fatal = Arc::new(move |f| s.fail(f));
+        let t = std::thread::Builder::new()
+            .name(format!("dledger-apply-{}", worker.group))
+            .spawn(move || worker.run(rx))
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        threads.push(t);
+    }
     let mut conn_txs = Vec::new();
     let mut conn_rxs = Vec::new();
     for _ in 0..cores {
@@ -196,11 +373,9 @@ pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
     }
     let mut listener = Some(listener);
     let mut metrics = metrics;
-    let mut threads = Vec::new();
     for (core, groups) in per_core.into_iter().enumerate() {
         let cfg = cfg.clone();
-        let stop = stop.clone();
-        let fatal = fatal.clone();
+        let shared = shared.clone();
         let inboxes = inboxes.clone();
         let conn_rx = conn_rxs[core].take().expect("one per core");
         let acceptor =
@@ -214,25 +389,62 @@ pub fn start(cfg: ServerConfig) -> Result<Node, StartError> {
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = fatal.set(format!("core {core}: cannot start runtime: {e}"));
+                        shared.fail(Fatal::Core { core, message: format!("cannot start runtime: {e}") });
                         return;
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run_core(core, cfg, groups, inboxes, conn_rx, acceptor, stop, fatal));
+                local.block_on(&rt, run_core(core, cfg, groups, inboxes, conn_rx, acceptor, shared));
             })
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         threads.push(t);
     }
     tracing::info!(node = cfg.node_id, %local_addr, cores, groups = cfg.groups, "node started");
-    Ok(Node { stop, wake: inboxes.iter().cloned().collect(), threads, local_addr, fatal })
+    Ok(Server { shared, threads, local_addr, handles })
 }
 
-/// Runs a node until SIGTERM or SIGINT, then shuts it down cleanly.
-pub fn run(cfg: ServerConfig) -> Result<(), StartError> {
-    let node = start(cfg)?;
-    let stop = node.stop.clone();
-    let wake = node.wake.clone();
+/// Restores a group's state machine: the newest whole snapshot if it is
+/// ahead of what the state machine reports durable, then the index to feed from.
+#[allow(clippy::type_complexity)]
+fn restore_state_machine(
+    cfg: &ServerConfig,
+    group: u64,
+    mut machine: Box<dyn StateMachine>,
+) -> Result<(ApplyFeed, ApplyWorker, crossbeam_channel::Receiver<crate::apply::ApplyMsg>), StartError> {
+    let restore_err = |error: StateMachineError| StartError::Restore { group, error };
+    let dir = cfg.data_dir.join("snapshots").join(format!("group-{group}"));
+    let store = SnapshotStore::open(dir, cfg.snapshots_kept).map_err(|e| restore_err(e.into()))?;
+    let own = guarded(|| Ok(machine.applied_index())).map_err(restore_err)?;
+    let mut snapshot_index = 0;
+    if let Some(snap) = store.newest().map_err(|e| restore_err(e.into()))? {
+        snapshot_index = snap.index;
+        if snap.index > own {
+            let mut r = SnapshotStore::reader(&snap).map_err(|e| restore_err(e.into()))?;
+            guarded(|| machine.restore(&mut r)).map_err(restore_err)?;
+            tracing::info!(group, index = snap.index, bytes = snap.len, "state machine restored from its snapshot");
+        }
+    }
+    let from = own.max(snapshot_index);
+    let progress = Arc::new(ApplyProgress::default());
+    progress.applied.store(from, Ordering::Relaxed);
+    progress.snapshot_index.store(snapshot_index, Ordering::Relaxed);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let worker = ApplyWorker {
+        group,
+        machine,
+        store,
+        snapshot_every: cfg.snapshot_every_entries,
+        progress: progress.clone(),
+        on_fatal: Arc::new(|_| {}),
+    };
+    Ok((ApplyFeed::new(tx, progress, from), worker, rx))
+}
+
+/// Runs a server without state machines until SIGTERM or SIGINT, then shuts
+/// it down cleanly; returns the fatal error that stopped it, if one did.
+pub fn run(cfg: ServerConfig) -> Result<(), RunError> {
+    let server = start(cfg)?;
+    let shared = server.shared.clone();
     // A small thread turns signals into a stop request.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -249,14 +461,10 @@ pub fn run(cfg: ServerConfig) -> Result<(), StartError> {
                 _ = int.recv() => {}
             }
             tracing::info!("signal received; shutting down");
-            if !stop.swap(true, Ordering::SeqCst) {
-                for w in &wake {
-                    let _ = w.send(GroupInput::Shutdown);
-                }
-            }
+            shared.stop();
         });
     });
-    node.wait().map_err(StartError::Runtime)
+    server.wait().map_err(RunError::Fatal)
 }
 
 type Acceptor = (TcpListener, Vec<mpsc::UnboundedSender<std::net::TcpStream>>, Option<TcpListener>);
@@ -269,9 +477,9 @@ async fn run_core(
     inboxes: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
     mut conn_rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
     acceptor: Option<Acceptor>,
-    stop: Arc<AtomicBool>,
-    fatal: Arc<std::sync::OnceLock<String>>,
+    shared: Arc<Shared>,
 ) {
+    let stop = shared.stop.clone();
     // This core's links to every other node.
     let mut links: HashMap<u64, Rc<PeerLink>> = HashMap::new();
     for p in cfg.peers.iter().filter(|p| p.id != cfg.node_id) {
@@ -312,14 +520,13 @@ async fn run_core(
     });
     let mut tasks = Vec::new();
     for (host, inbox) in groups {
-        tasks.push(tokio::task::spawn_local(run_group(host, inbox, links.clone(), cfg.tick_ms, fatal.clone())));
+        tasks.push(tokio::task::spawn_local(run_group(host, inbox, links.clone(), cfg.tick_ms, shared.clone())));
     }
     for t in tasks {
         if let Err(e) = t.await {
-            // A group that panicked is a replica lost: stop the node loudly, as for a disk failure.
-            tracing::error!(core, error = %e, "a group task failed; the node stops");
-            let _ = fatal.set(format!("core {core}: group task failed: {e}"));
-            std::process::exit(70);
+            // A group that panicked is a replica lost: stop the server loudly, as for a disk failure.
+            tracing::error!(core, error = %e, "a group task failed; the server stops");
+            shared.fail(Fatal::Core { core, message: format!("group task failed: {e}") });
         }
     }
     tracing::debug!(core, "core finished");
@@ -403,6 +610,14 @@ fn handle_input(
                 host.on_client(id, request, reply)
             }
         }
+        Some(GroupInput::Local(request)) => {
+            if stopping_since.is_some() {
+                crate::group::refuse_local(request, ServerError::ShuttingDown);
+                Ok(())
+            } else {
+                host.on_local(request)
+            }
+        }
         Some(GroupInput::Metrics(tx)) => {
             let mut s = String::new();
             host.render_metrics(&mut s);
@@ -416,6 +631,18 @@ fn handle_input(
     }
 }
 
+/// Answers a request that reached a stopped group.
+fn answer_stopped(input: GroupInput) {
+    match input {
+        GroupInput::Client { id, reply, .. } => {
+            let response = dledger_proto::Response::Error(ServerError::ShuttingDown);
+            let _ = reply.send(dledger_proto::Frame::Response { id, response });
+        }
+        GroupInput::Local(r) => crate::group::refuse_local(r, ServerError::ShuttingDown),
+        GroupInput::Raft(_) | GroupInput::Metrics(_) | GroupInput::Shutdown => {}
+    }
+}
+
 /// How long a stopping group waits for requests in flight to commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -424,7 +651,7 @@ async fn run_group(
     mut inbox: mpsc::UnboundedReceiver<GroupInput>,
     links: Rc<HashMap<u64, Rc<PeerLink>>>,
     tick_ms: u64,
-    fatal: Arc<std::sync::OnceLock<String>>,
+    shared: Arc<Shared>,
 ) {
     let group = host.group;
     // SAFETY: the eventfd belongs to the log inside `host`, which outlives `efd` (declared
@@ -432,7 +659,8 @@ async fn run_group(
     let efd = match unsafe { AsyncFd::register_with_interest(Fd(host.eventfd()), tokio::io::Interest::READABLE) } {
         Ok(f) => f,
         Err(e) => {
-            let _ = fatal.set(format!("group {group}: cannot watch the log's eventfd: {}", e.into_parts().1));
+            let message = format!("group {group}: cannot watch the log's eventfd: {}", e.into_parts().1);
+            shared.fail(Fatal::Core { core: usize::MAX, message });
             return;
         }
     };
@@ -465,9 +693,14 @@ async fn run_group(
         let r = r.and_then(|()| host.flush());
         if let Err(e) = r {
             tracing::error!(group, error = %e, "log failed; the node stops so that a restart recovers it");
-            let _ = fatal.set(e.to_string());
             host.fail_all(ServerError::Internal(e.to_string()));
-            std::process::exit(70);
+            // The log is broken: no final sync; the other groups stop cleanly.
+            shared.fail(Fatal::Log(e));
+            inbox.close();
+            while let Ok(input) = inbox.try_recv() {
+                answer_stopped(input);
+            }
+            return;
         }
         // Wake only the writers that got something: an idle link costs no syscall.
         for (to, g, m) in host.outbox.drain(..) {
@@ -489,10 +722,7 @@ async fn run_group(
                 // Whatever is still queued gets an answer too.
                 inbox.close();
                 while let Ok(input) = inbox.try_recv() {
-                    if let GroupInput::Client { id, reply, .. } = input {
-                        let response = dledger_proto::Response::Error(ServerError::ShuttingDown);
-                        let _ = reply.send(dledger_proto::Frame::Response { id, response });
-                    }
+                    answer_stopped(input);
                 }
                 tracing::info!(group, "group stopped");
                 // Let the connection writers send the last answers.
