@@ -85,7 +85,7 @@ pub use dledger_raft::Role;
 pub use embed::{Applied, GroupEvent, GroupHandle, ServerBuilder};
 pub use error::{Fatal, GroupError};
 pub use group::{GroupFatal, MAX_READ_BYTES};
-pub use runtime::{check_identity, run, start, RunError, Server, StartError};
+pub use runtime::{check_identity, run, start, RunError, Server, StartError, Stopper};
 pub use snapshot::SnapshotMeta;
 pub use state_machine::{CommittedEntry, StateMachine, StateMachineError};
 pub use transport::MAX_IN_FLIGHT_PER_CONNECTION;

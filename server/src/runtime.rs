@@ -185,12 +185,15 @@ pub(crate) struct Shared {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) wake: Vec<mpsc::UnboundedSender<GroupInput>>,
     pub(crate) fatal: std::sync::OnceLock<Fatal>,
+    /// Set once, when the server is asked to stop (for [`Stopper::stopping`]).
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
     /// Asks every group to finish what is in flight and stop.
     pub(crate) fn stop(&self) {
         if !self.stop.swap(true, Ordering::SeqCst) {
+            self.stopping.send_replace(true);
             for w in &self.wake {
                 let _ = w.send(GroupInput::Shutdown);
             }
@@ -254,6 +257,13 @@ impl Server {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
+    /// A handle that stops the server or waits for it to stop, usable where
+    /// the [`Server`] itself is not (a signal handler, an HTTP front's
+    /// graceful shutdown).
+    pub fn stopper(&self) -> Stopper {
+        Stopper { shared: self.shared.clone() }
+    }
+
     /// Blocks until every thread of the server has ended (after
     /// [`stop`](Server::stop), a signal under [`run`], or a fatal error);
     /// returns the fatal error that stopped it, if any. From async code, call
@@ -267,6 +277,26 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Stops a [`Server`], or waits until it is stopping; see [`Server::stopper`].
+#[derive(Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    /// Asks the server to stop (see [`Server::stop`]).
+    pub fn stop(&self) {
+        self.shared.stop();
+    }
+
+    /// Returns once the server is stopping: asked to, or on a fatal error.
+    pub async fn stopping(&self) {
+        let mut rx = self.shared.stopping.subscribe();
+        // The sender lives in `shared`, which this handle keeps alive.
+        let _ = rx.wait_for(|s| *s).await;
     }
 }
 
@@ -343,6 +373,7 @@ pub(crate) fn start_with(cfg: ServerConfig, machines: Vec<(u64, Box<dyn StateMac
         stop: Arc::new(AtomicBool::new(false)),
         wake: inboxes.clone(),
         fatal: std::sync::OnceLock::new(),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     let handles: Vec<GroupHandle> = hosts
         .iter()
