@@ -15,7 +15,35 @@
 //! one connection per endpoint carrying the requests of many clients at once
 //! (the wire protocol matches answers to requests by id), which is how a
 //! broker with many producer threads would use a few sockets.
-#![allow(missing_docs)]
+//!
+//! The crate depends on `dledger-proto` (without its Raft messages) and on
+//! tokio's network, time and sync parts only: no server, no Raft core.
+//!
+//! ```
+//! # // A one-node server in this process, so that the example runs.
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let peers = vec![dledger_server::Peer { id: 1, address: "127.0.0.1:0".into(), client_address: None }];
+//! # let mut config = dledger_server::ServerConfig::new(1, "127.0.0.1:0", dir.path(), peers);
+//! # config.cpus = Some(vec![]);
+//! # let server = dledger_server::Server::builder(config).start().unwrap();
+//! # let endpoint = server.local_addr().to_string();
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use dledger_client::Client;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // Any endpoints of the cluster; the client finds the leader of group 0.
+//! let mut client = Client::new(vec![endpoint], "dledger", 0, Duration::from_secs(10));
+//! let (index, _term) = client.append(Bytes::from_static(b"hello")).await?;
+//! assert_eq!(client.get(index).await?.payload, "hello");
+//! let read_up_to = client.read_barrier().await?; // a linearizable read point
+//! assert!(read_up_to >= index);
+//! # Ok::<(), dledger_client::ClientError>(())
+//! # }).unwrap();
+//! # server.stop();
+//! # server.wait().unwrap();
+//! ```
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,15 +68,34 @@ pub enum ClientError {
         "no leader reachable within {waited:?}: a quorum of nodes is down or cut off{}",
         if *maybe_applied { "; an earlier attempt reached a leader, so the request may still take effect" } else { "" }
     )]
-    NoQuorum { waited: Duration, maybe_applied: bool },
+    NoQuorum {
+        /// How long the client tried.
+        waited: Duration,
+        /// Whether an earlier attempt may have taken effect.
+        maybe_applied: bool,
+    },
+    /// A leader took the request but did not answer within the deadline (it may still take effect).
     #[error("the request was not answered within {0:?}")]
     Timeout(Duration),
+    /// The server answered with an error that retrying does not fix.
     #[error("{0}")]
     Server(ServerError),
+    /// The endpoint cannot be connected to.
     #[error("cannot reach {endpoint}: {reason}")]
-    Unreachable { endpoint: String, reason: String },
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The endpoint answered with something that is not a valid frame (or not the answer asked).
     #[error("protocol error from {endpoint}: {reason}")]
-    Protocol { endpoint: String, reason: String },
+    Protocol {
+        /// The endpoint.
+        endpoint: String,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// One open connection.
@@ -275,6 +322,7 @@ impl Client {
         Client { shared: Some(conns), ..Client::new(endpoints, cluster, group, timeout) }
     }
 
+    /// The group this client talks to.
     pub fn group(&self) -> u64 {
         self.group
     }

@@ -36,6 +36,13 @@ struct Target {
     timeout_ms: u64,
 }
 
+/// The state machines `dledger server` can run itself.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BuiltinMachine {
+    /// A running CRC32C and count of applied entries.
+    Checksum,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node.
@@ -54,6 +61,10 @@ enum Cmd {
         /// Overrides `metrics_listen` in the config.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Give every group a built-in state machine: `checksum` (a running
+        /// CRC32C of what is applied; for measuring what a state machine costs).
+        #[arg(long, value_enum)]
+        state_machine: Option<BuiltinMachine>,
     },
     /// A local three-node cluster in the background.
     Quickstart {
@@ -146,6 +157,9 @@ enum Quick {
         /// First of three ports; metrics on P+100.. (0: free ports below the ephemeral range).
         #[arg(long, default_value_t = 20911)]
         base_port: u16,
+        /// Run the nodes with this built-in state machine (see `server --state-machine`).
+        #[arg(long, value_enum)]
+        state_machine: Option<BuiltinMachine>,
     },
     /// Show the processes and the cluster table.
     Status {
@@ -168,9 +182,9 @@ fn init_logs(default: &str) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Server { config, listen, data_dir, cores, metrics_listen } => {
+        Cmd::Server { config, listen, data_dir, cores, metrics_listen, state_machine } => {
             init_logs("info");
-            match server(&config, listen, data_dir, cores, metrics_listen) {
+            match server(&config, listen, data_dir, cores, metrics_listen, state_machine) {
                 // A fatal error after start (a log failed): 70, EX_SOFTWARE, so that a
                 // supervisor tells "stopped on an error" from "refused to start".
                 Err(dledger_server::RunError::Fatal(e)) => {
@@ -201,6 +215,7 @@ fn server(
     data_dir: Option<PathBuf>,
     cores: Option<usize>,
     metrics_listen: Option<String>,
+    machine: Option<BuiltinMachine>,
 ) -> Result<(), dledger_server::RunError> {
     let invalid = dledger_server::StartError::Config;
     let mut cfg = ServerConfig::from_file(config).map_err(invalid)?;
@@ -217,7 +232,14 @@ fn server(
         cfg.metrics_listen = metrics_listen;
     }
     cfg.validate().map_err(invalid)?;
-    dledger_server::run(cfg)
+    let groups = cfg.groups;
+    let mut builder = dledger_server::Server::builder(cfg);
+    if let Some(BuiltinMachine::Checksum) = machine {
+        for g in 0..groups {
+            builder = builder.state_machine(g, crate::checksum::Checksum::default());
+        }
+    }
+    builder.run()
 }
 
 fn client(t: &Target) -> Client {
@@ -323,7 +345,7 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
         Cmd::Quickstart { action } => match action {
-            Quick::Start { dir, base_port } => quick_start(&dir, base_port).await,
+            Quick::Start { dir, base_port, state_machine } => quick_start(&dir, base_port, state_machine).await,
             Quick::Status { dir } => quick_status(&dir).await,
             Quick::Stop { dir } => quick_stop(&dir),
         },
@@ -433,7 +455,7 @@ fn pid_alive(pid: i32) -> bool {
     }
 }
 
-async fn quick_start(dir: &Path, base_port: u16) -> Result<(), String> {
+async fn quick_start(dir: &Path, base_port: u16, machine: Option<BuiltinMachine>) -> Result<(), String> {
     for n in 1..=3 {
         if let Ok(pid) = std::fs::read_to_string(dir.join(format!("n{n}.pid"))) {
             if pid.trim().parse().is_ok_and(pid_alive) {
@@ -472,10 +494,12 @@ async fn quick_start(dir: &Path, base_port: u16) -> Result<(), String> {
         let log = std::fs::File::create(dir.join(format!("n{n}.log"))).map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new(&exe)
-            .arg("server")
-            .arg("--config")
-            .arg(&cfg_path)
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("server").arg("--config").arg(&cfg_path);
+        if let Some(BuiltinMachine::Checksum) = machine {
+            cmd.args(["--state-machine", "checksum"]);
+        }
+        let child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(err)

@@ -10,5 +10,6 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checksum;
 pub mod cli;
 pub mod ports;

@@ -11,6 +11,24 @@
 //!
 //! The module docs of [`log`], [`frame`] and [`segment`] state the on-disk
 //! format and the invariants the code asserts.
+//!
+//! ```
+//! use dledger_engine::{Log, LogConfig};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut config = LogConfig::new(dir.path().join("log"));
+//! config.segment_size_bytes = 4 << 20;
+//! let mut log = Log::open(config).unwrap();
+//! // Appends are readable at once and durable later: one batch per flush.
+//! let first = log.append(1, b"hello").unwrap();
+//! log.append(1, b"world").unwrap();
+//! log.flush().unwrap();
+//! log.wait_durable(first + 1).unwrap();
+//! assert!(log.durable_index() >= first + 1);
+//! let mut entries = Vec::new();
+//! log.read_range(first, first + 2, 1 << 20, &mut entries).unwrap();
+//! assert_eq!(entries[1].payload, "world");
+//! ```
 
 mod aligned;
 mod config;

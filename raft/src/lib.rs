@@ -52,6 +52,48 @@
 //! in memory and the first index is always 1), membership changes, and
 //! repairing entries the engine reports corrupt in mid-log.
 //!
+//! # Example: a one-node host
+//!
+//! The smallest host: it "persists" instantly and applies in memory. A real
+//! host (`dledger-server`'s group host) does the same with an engine log.
+//!
+//! ```
+//! use std::collections::VecDeque;
+//! use bytes::Bytes;
+//! use dledger_raft::{ClientReply, Command, Config, Event, HardState, RaftCore, RestoredState, Role};
+//! use rand::SeedableRng;
+//!
+//! let restored = RestoredState::whole(HardState::default(), Vec::new());
+//! let rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+//! let mut core = RaftCore::new(1, vec![1], Config::default(), restored, rng).unwrap();
+//! let (mut applied, mut replies) = (Vec::new(), Vec::new());
+//! // Executes commands in order; completions go back in as events.
+//! let mut run = |core: &mut RaftCore, event: Event| {
+//!     let mut events = VecDeque::from([event]);
+//!     while let Some(e) = events.pop_front() {
+//!         for c in core.step(e) {
+//!             match c {
+//!                 Command::SaveMeta(hs) => events.push_back(Event::MetaSaved(hs)),
+//!                 Command::PersistEntries { entries, .. } => {
+//!                     if let Some(last) = entries.last() {
+//!                         events.push_back(Event::EntriesDurable { index: last.index, term: last.term });
+//!                     }
+//!                 }
+//!                 Command::Apply(entries) => applied.extend(entries),
+//!                 Command::Reply(r) => replies.push(r),
+//!                 Command::Send(_) => unreachable!("a one-node group sends nothing"),
+//!             }
+//!         }
+//!     }
+//! };
+//! while core.status().role != Role::Leader {
+//!     run(&mut core, Event::Tick);
+//! }
+//! run(&mut core, Event::Propose { request_id: 1, payloads: vec![Bytes::from_static(b"x")] });
+//! assert!(matches!(replies[..], [ClientReply::Committed { request_id: 1, first_index: 2, last_index: 2, .. }]));
+//! assert_eq!(applied.last().unwrap().payload, "x"); // after the leader's no-op at index 1
+//! ```
+//!
 //! # Testing
 //!
 //! Handler tests (`handler_tests.rs`) assert the exact commands one event

@@ -15,7 +15,7 @@ use dledger_raft::Role;
 use crate::config::ServerConfig;
 use crate::error::GroupError;
 use crate::group::{GroupInput, LocalRequest};
-use crate::runtime::{start_with, Server, StartError};
+use crate::runtime::{run_until_signal, start_with, RunError, Server, StartError};
 use crate::state_machine::StateMachine;
 
 /// Builds a [`Server`]: a config, then a state machine for any of its groups.
@@ -49,6 +49,12 @@ impl ServerBuilder {
     pub fn start(self) -> Result<Server, StartError> {
         self.config.validate()?;
         start_with(self.config, self.machines)
+    }
+
+    /// Starts the server and runs it until SIGTERM or SIGINT (then stops it
+    /// cleanly) or a fatal error (returned).
+    pub fn run(self) -> Result<(), RunError> {
+        run_until_signal(self.start()?)
     }
 }
 

@@ -17,7 +17,7 @@
 //!
 //! # Embedding
 //!
-//! ```no_run
+//! ```
 //! use std::io::{Read, Write};
 //! use bytes::Bytes;
 //! use dledger_server::{CommittedEntry, Peer, Server, ServerConfig, StateMachine, StateMachineError};
@@ -48,23 +48,32 @@
 //!     }
 //! }
 //!
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! // A one-node cluster; list every voter in `peers` for more.
-//! let peers = vec![Peer { id: 1, address: "127.0.0.1:7001".into(), client_address: None }];
-//! let config = ServerConfig::new(1, "127.0.0.1:7001", "/var/lib/counter", peers);
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let data_dir = dir.path();
+//! // A one-node cluster (port 0: any free port); list every voter in `peers` for more.
+//! let peers = vec![Peer { id: 1, address: "127.0.0.1:0".into(), client_address: None }];
+//! let config = ServerConfig::new(1, "127.0.0.1:0", data_dir, peers);
 //! let server = Server::builder(config).state_machine(0, Counter::default()).start()?;
 //! let group = server.group(0).expect("group 0");
 //! group.leader().await?;
 //! let applied = group.append(vec![Bytes::from_static(&[5])]).await?;
 //! assert_eq!(applied.outputs[0].as_ref(), &5u64.to_le_bytes());
-//! let now = group.read(Bytes::new()).await?; // linearizable
+//! let now = group.read(Bytes::new()).await?; // linearizable: sees the append
+//! assert_eq!(now.as_ref(), &5u64.to_le_bytes());
 //! server.stop();
 //! tokio::task::spawn_blocking(move || server.wait()).await??;
 //! # Ok(()) }
 //! ```
 //!
-//! The doc test of [`Server`] runs a whole embedding; `examples/kv` is a
-//! replicated key-value store built on it.
+//! `examples/kv` is a replicated key-value store built on this API.
+//!
+//! # The log alone
+//!
+//! [`start`] (or a builder without state machines) runs a replicated log:
+//! what `dledger server` runs. Its groups still have handles; an append
+//! returns once committed, with no outputs.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

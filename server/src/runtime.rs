@@ -474,7 +474,11 @@ fn restore_state_machine(
 /// Runs a server without state machines until SIGTERM or SIGINT, then shuts
 /// it down cleanly; returns the fatal error that stopped it, if one did.
 pub fn run(cfg: ServerConfig) -> Result<(), RunError> {
-    let server = start(cfg)?;
+    run_until_signal(start(cfg)?)
+}
+
+/// Waits for SIGTERM or SIGINT (or a fatal error), then stops `server` and joins it.
+pub(crate) fn run_until_signal(server: Server) -> Result<(), RunError> {
     let shared = server.shared.clone();
     // A small thread turns signals into a stop request.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -8,8 +8,10 @@
 //! | `GET /kv/{key}` (linearizable) | `200` [`Value`] |
 //! | `GET /status` | `200` this node's view of the group |
 //!
-//! Errors are JSON `{"error": ..., ...}`: `421` from a follower, with the
-//! leader's id and HTTP address when known (`leader`, `leader_http`); `503`
+//! A follower answers `307 Temporary Redirect` to the same path on the
+//! leader's HTTP front (`curl -L` follows it, method and body kept), with a
+//! JSON body naming the leader (`leader`, `leader_http`); `421` when it
+//! knows no leader's HTTP address. Other errors are JSON `{"error": ...}`: `503`
 //! when no leader is known, leadership was lost with the write in flight
 //! (`"outcome": "unknown"`: it may still commit) or the node is stopping;
 //! `400` for a request the store refuses; `507` when the leader's disk is full.
@@ -52,16 +54,17 @@ pub fn router(group: GroupHandle, http_addresses: HashMap<u64, String>) -> Route
         .with_state(front)
 }
 
-fn error(front: &Front, e: GroupError) -> Response {
+fn error(front: &Front, path: &str, e: GroupError) -> Response {
     let (code, body) = match &e {
-        GroupError::Server(ServerError::NotLeader { leader, .. }) => (
-            StatusCode::MISDIRECTED_REQUEST,
-            serde_json::json!({
-                "error": e.to_string(),
-                "leader": leader,
-                "leader_http": leader.and_then(|l| front.http.get(&l)),
-            }),
-        ),
+        GroupError::Server(ServerError::NotLeader { leader, .. }) => {
+            let leader_http = leader.and_then(|l| front.http.get(&l));
+            let body = serde_json::json!({"error": "not the leader", "leader": leader, "leader_http": leader_http});
+            if let Some(to) = leader_http {
+                let location = [(axum::http::header::LOCATION, format!("http://{to}{path}"))];
+                return (StatusCode::TEMPORARY_REDIRECT, location, Json(body)).into_response();
+            }
+            (StatusCode::MISDIRECTED_REQUEST, body)
+        }
         GroupError::Server(ServerError::LeadershipLost) => {
             (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e.to_string(), "outcome": "unknown"}))
         }
@@ -79,37 +82,41 @@ fn error(front: &Front, e: GroupError) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn write(front: &Front, c: Command) -> Response {
+async fn write(front: &Front, path: &str, c: Command) -> Response {
     let payload = Bytes::from(serde_json::to_vec(&c).expect("a command serializes"));
     match front.group.append(vec![payload]).await {
         Ok(a) => match a.outputs.first().map(|o| serde_json::from_slice::<Output>(o)) {
             Some(Ok(out)) => (StatusCode::OK, Json(out)).into_response(),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "the store gave no output").into_response(),
         },
-        Err(e) => error(front, e),
+        Err(e) => error(front, path, e),
     }
 }
 
 async fn put_key(State(f): State<Arc<Front>>, Path(key): Path<String>, value: String) -> Response {
-    write(&f, Command::Put { key, value }).await
+    let path = format!("/kv/{key}");
+    write(&f, &path, Command::Put { key, value }).await
 }
 
 async fn delete_key(State(f): State<Arc<Front>>, Path(key): Path<String>) -> Response {
-    write(&f, Command::Delete { key }).await
+    let path = format!("/kv/{key}");
+    write(&f, &path, Command::Delete { key }).await
 }
 
 async fn cas_key(State(f): State<Arc<Front>>, Path(key): Path<String>, Json(b): Json<CasBody>) -> Response {
-    write(&f, Command::Cas { key, expected: b.expected, new: b.new }).await
+    let path = format!("/kv/{key}/cas");
+    write(&f, &path, Command::Cas { key, expected: b.expected, new: b.new }).await
 }
 
 async fn get_key(State(f): State<Arc<Front>>, Path(key): Path<String>) -> Response {
+    let path = format!("/kv/{key}");
     let q = Bytes::from(serde_json::to_vec(&Query::Get { key }).expect("a query serializes"));
     match f.group.read(q).await {
         Ok(v) => match serde_json::from_slice::<Value>(&v) {
             Ok(v) => (StatusCode::OK, Json(v)).into_response(),
             Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the store gave no value").into_response(),
         },
-        Err(e) => error(&f, e),
+        Err(e) => error(&f, &path, e),
     }
 }
 
@@ -122,6 +129,6 @@ async fn status(State(f): State<Arc<Front>>) -> Response {
             });
             (StatusCode::OK, Json(body)).into_response()
         }
-        Err(e) => error(&f, e),
+        Err(e) => error(&f, "/status", e),
     }
 }

@@ -239,7 +239,8 @@ async fn attempt(http: &reqwest::Client, base: &str, key: &str, op: &Op) -> Outc
             Op::Get => Outcome::Done(Ret::Read(body["value"].as_str().map(Into::into))),
             _ => Outcome::Done(Ret::Wrote(body["ok"].as_bool().unwrap(), body["previous"].as_str().map(Into::into))),
         },
-        421 => Outcome::Refused(body["leader_http"].as_str().map(Into::into)),
+        // A follower: it proposed nothing; the leader's address, if it knows one.
+        307 | 421 => Outcome::Refused(body["leader_http"].as_str().map(Into::into)),
         _ => Outcome::Unknown,
     }
 }
@@ -254,7 +255,12 @@ async fn every_acknowledged_operation_is_linearizable_across_a_leader_kill() {
         n.start(dir.path());
     }
     let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.http.clone()).collect());
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    // Redirects are followed by hand: a 307 is a refusal the history must see as such.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let history = Arc::new(Mutex::new(Vec::<Event>::new()));
     let next_op = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(AtomicU64::new(0));
