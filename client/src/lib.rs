@@ -25,7 +25,7 @@
 //! # let peers = vec![dledger_server::Peer { id: 1, address: "127.0.0.1:0".into(), client_address: None }];
 //! # let mut config = dledger_server::ServerConfig::new(1, "127.0.0.1:0", dir.path(), peers);
 //! # config.cpus = Some(vec![]);
-//! # let server = dledger_server::Server::builder(config).start().unwrap();
+//! # let server = dledger_server::Server::builder(config).bootstrap(true).start().unwrap();
 //! # let endpoint = server.local_addr().to_string();
 //! use std::time::Duration;
 //! use bytes::Bytes;

@@ -65,6 +65,16 @@ enum Cmd {
         /// CRC32C of what is applied; for measuring what a state machine costs).
         #[arg(long, value_enum)]
         state_machine: Option<BuiltinMachine>,
+        /// Create the data directory if it is missing or empty (the first start
+        /// of a new cluster's node, as `dledger init` does). Never on a restart:
+        /// without it, a node whose data was lost refuses to start.
+        #[arg(long)]
+        bootstrap: bool,
+    },
+    /// Create a node's data directory for a new cluster (once, before its first start).
+    Init {
+        #[arg(long)]
+        config: PathBuf,
     },
     /// A local three-node cluster in the background.
     Quickstart {
@@ -182,9 +192,23 @@ fn init_logs(default: &str) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Server { config, listen, data_dir, cores, metrics_listen, state_machine } => {
+        Cmd::Init { config } => {
             init_logs("info");
-            match server(&config, listen, data_dir, cores, metrics_listen, state_machine) {
+            ServerConfig::from_file(&config).map_err(|e| e.to_string()).and_then(|cfg| {
+                let id = dledger_server::init(&cfg).map_err(|e| e.to_string())?;
+                println!(
+                    "initialized {} for node {} of cluster {:?} (incarnation {:016x})",
+                    cfg.data_dir.display(),
+                    id.node,
+                    id.cluster,
+                    id.incarnation
+                );
+                Ok(())
+            })
+        }
+        Cmd::Server { config, listen, data_dir, cores, metrics_listen, state_machine, bootstrap } => {
+            init_logs("info");
+            match server(&config, listen, data_dir, cores, metrics_listen, state_machine, bootstrap) {
                 // A fatal error after start (a log failed): 70, EX_SOFTWARE, so that a
                 // supervisor tells "stopped on an error" from "refused to start".
                 Err(dledger_server::RunError::Fatal(e)) => {
@@ -216,6 +240,7 @@ fn server(
     cores: Option<usize>,
     metrics_listen: Option<String>,
     machine: Option<BuiltinMachine>,
+    bootstrap: bool,
 ) -> Result<(), dledger_server::RunError> {
     let invalid = dledger_server::StartError::Config;
     let mut cfg = ServerConfig::from_file(config).map_err(invalid)?;
@@ -233,7 +258,7 @@ fn server(
     }
     cfg.validate().map_err(invalid)?;
     let groups = cfg.groups;
-    let mut builder = dledger_server::Server::builder(cfg);
+    let mut builder = dledger_server::Server::builder(cfg).bootstrap(bootstrap);
     if let Some(BuiltinMachine::Checksum) = machine {
         for g in 0..groups {
             builder = builder.state_machine(g, crate::checksum::Checksum::default());
@@ -248,7 +273,7 @@ fn client(t: &Target) -> Client {
 
 async fn tool(cmd: Cmd) -> Result<(), String> {
     match cmd {
-        Cmd::Server { .. } => unreachable!("handled in main"),
+        Cmd::Server { .. } | Cmd::Init { .. } => unreachable!("handled in main"),
         Cmd::Append { target, data } => {
             let mut c = client(&target);
             let payloads: Vec<Bytes> = data.into_iter().map(Bytes::from).collect();
@@ -491,6 +516,11 @@ async fn quick_start(dir: &Path, base_port: u16, machine: Option<BuiltinMachine>
             dir.join(format!("n{n}")).display()
         );
         std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
+        // The bootstrap, once: a restarted node (even with this very command line) never re-creates its data.
+        let parsed = ServerConfig::from_file(&cfg_path).map_err(|e| e.to_string())?;
+        if !parsed.data_dir.join(dledger_server::IDENTITY_FILE).exists() {
+            dledger_server::init(&parsed).map_err(|e| e.to_string())?;
+        }
         let log = std::fs::File::create(dir.join(format!("n{n}.log"))).map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         use std::os::unix::process::CommandExt;

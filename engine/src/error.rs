@@ -53,6 +53,11 @@ pub enum Error {
     /// Another process (or another `Log` in this one) has the directory open.
     #[error("log directory {dir} is in use by another process (its LOCK file is held)")]
     Locked { dir: PathBuf },
+    /// The metadata record (term and vote) is gone or unreadable in a log that
+    /// has been used: open refuses, because a node that forgot its vote could
+    /// vote twice in one term. The node must not come back as the same voter.
+    #[error("metadata {path} is lost: {reason}; the node's term and vote are unknown, so it must not rejoin as the same voter (restore the file, or replace the node)")]
+    MetaLost { path: PathBuf, reason: &'static str },
     /// A forced backend cannot be used here.
     #[error("backend {backend} unavailable in {path}: {reason}")]
     BackendUnavailable { backend: &'static str, path: PathBuf, reason: String },

@@ -1,11 +1,23 @@
 //! The small durable metadata record Raft needs (current term, vote, an opaque blob),
 //! replaced atomically.
 //!
-//! The file `meta` holds two 4 KiB slots. A save writes the slot *not* holding
-//! the newest record, with a sequence number one higher, then `fdatasync`s.
-//! Load takes the valid slot with the highest sequence. A crash during a save
-//! can tear only the slot being written, so the previous record survives
-//! whole: the replacement is atomic without a rename or a directory sync.
+//! The file `meta` holds two 4 KiB slots, each a whole copy of the record. A
+//! save writes the new record (sequence number one higher) to slot 0 and
+//! `fdatasync`s, then to slot 1 and `fdatasync`s again. Load takes the valid
+//! slot with the highest sequence:
+//!
+//! - a crash while slot 0 is written leaves slot 1 with the previous record,
+//!   which is the last one made durable (nobody acted on the torn one: a vote
+//!   is sent only after its save returns);
+//! - a crash while slot 1 is written leaves slot 0 with the new, durable record;
+//! - one copy damaged later (rot, a misdirected write) leaves the other with
+//!   the same newest record, and open rewrites both.
+//!
+//! So falling back never loses a record that was made durable, and the
+//! cases where it would are refused, not defaulted ([`Error::MetaLost`]):
+//! both slots damaged, or the file missing from a directory that already
+//! holds segments (a log that has been used). Defaults (term 0, no vote) are
+//! taken only for a file that was never written.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -64,11 +76,42 @@ fn decode(b: &[u8]) -> Option<(u64, Meta)> {
     Some((read_u64(b, 8), Meta { current_term: read_u64(b, 16), voted_for, blob: b[FIXED..FIXED + blob_len].to_vec() }))
 }
 
+/// Whether `dir` holds log segments (it has been used by a log).
+fn dir_has_segments(dir: &Path) -> Result<bool> {
+    for de in std::fs::read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))? {
+        let de = de.map_err(|e| Error::io("list log directory", dir, e))?;
+        if crate::segment::parse_segment_file_name(&de.file_name().to_string_lossy()).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The newest record of the two slots, and whether both slots hold it;
+/// `(0, default)` for a file never written; `MetaLost` when no slot is valid
+/// and some slot holds something (a damaged record).
+fn best_record(buf: &[u8], path: &Path) -> Result<(u64, Meta, bool)> {
+    let slots: Vec<Option<(u64, Meta)>> = buf.chunks(SLOT_SIZE).map(decode).collect();
+    let best = slots.iter().flatten().max_by_key(|(seq, _)| *seq).cloned();
+    match best {
+        Some((seq, m)) => {
+            let both = slots.iter().all(|s| s.as_ref().is_some_and(|(q, _)| *q == seq));
+            Ok((seq, m, both))
+        }
+        None if buf.iter().all(|&b| b == 0) => Ok((0, Meta::default(), true)),
+        None => Err(Error::MetaLost { path: path.into(), reason: "both copies of the record are damaged" }),
+    }
+}
+
 impl MetaStore {
-    /// Opens (creating if absent) the metadata file in `dir`.
+    /// Opens (creating if absent) the metadata file in `dir`; refuses a lost one
+    /// (see the module docs).
     pub fn open(dir: &Path) -> Result<MetaStore> {
         let path = dir.join(META_FILE);
         let existed = path.exists();
+        if !existed && dir_has_segments(dir)? {
+            return Err(Error::MetaLost { path, reason: "the file is missing beside the log's segments" });
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -87,9 +130,15 @@ impl MetaStore {
         buf.resize(2 * SLOT_SIZE, 0);
         // A record written but not synced before a crash must not be trusted unless it is on disk.
         file.sync_data().map_err(|e| Error::io("fsync metadata", &path, e))?;
-        let best = buf.chunks(SLOT_SIZE).filter_map(decode).max_by_key(|(seq, _)| *seq);
-        let (seq, current) = best.unwrap_or_default();
-        Ok(MetaStore { path, file, seq, current })
+        let (seq, current, both) = best_record(&buf, &path)?;
+        let mut store = MetaStore { path, file, seq, current };
+        if seq > 0 && !both {
+            // One copy is stale or damaged: write both again, so that one more fault is survivable.
+            tracing::warn!(path = %store.path.display(), seq, "metadata: one copy differs or is damaged; rewriting both");
+            let m = store.current.clone();
+            store.save(&m)?;
+        }
+        Ok(store)
     }
 
     /// Reads the record without creating, syncing or locking anything.
@@ -111,10 +160,11 @@ impl MetaStore {
         let n = file.read_at(&mut buf, 0).map_err(|e| Error::io("read metadata", &path, e))?;
         buf.truncate(n);
         buf.resize(2 * SLOT_SIZE, 0);
-        let (seq, current) = buf.chunks(SLOT_SIZE).filter_map(decode).max_by_key(|(seq, _)| *seq).unwrap_or_default();
+        let (seq, current, _) = best_record(&buf, &path)?;
         Ok(MetaStore { path, file, seq, current })
     }
 
+    /// The record in force.
     pub fn get(&self) -> &Meta {
         &self.current
     }
@@ -128,13 +178,16 @@ impl MetaStore {
             )));
         }
         let seq = self.seq + 1;
-        let slot = (seq % 2) * SLOT_SIZE as u64;
-        self.file.write_all_at(&encode(seq, m), slot).map_err(|e| Error::io("write metadata", &self.path, e))?;
-        self.file.sync_data().map_err(|e| Error::Fatal {
-            op: "fdatasync metadata",
-            path: self.path.clone(),
-            source: e,
-        })?;
+        let image = encode(seq, m);
+        // Copy 0, durable, then copy 1: at every instant one slot holds the newest durable record.
+        for slot in [0, SLOT_SIZE as u64] {
+            self.file.write_all_at(&image, slot).map_err(|e| Error::io("write metadata", &self.path, e))?;
+            self.file.sync_data().map_err(|e| Error::Fatal {
+                op: "fdatasync metadata",
+                path: self.path.clone(),
+                source: e,
+            })?;
+        }
         self.seq = seq;
         self.current = m.clone();
         Ok(())
@@ -157,31 +210,66 @@ mod tests {
         assert_eq!(s.get(), &Meta { current_term: 5, voted_for: Some(50), blob: vec![5; 5] });
     }
 
-    /// Crash test: a save torn at any byte leaves either the old or the new record, never garbage.
+    /// Crash test: a save torn at any byte of either copy leaves the old or the
+    /// new record, never garbage, and the new one once its first copy was whole.
     #[test]
     fn torn_save_keeps_the_previous_record() {
         let old = Meta { current_term: 3, voted_for: Some(2), blob: b"old".to_vec() };
         let new = Meta { current_term: 4, voted_for: None, blob: b"newer".to_vec() };
-        for cut in (0..=SLOT_SIZE).step_by(7).chain([SLOT_SIZE]) {
-            let dir = tempfile::tempdir().unwrap();
-            let mut s = MetaStore::open(dir.path()).unwrap();
-            s.save(&old).unwrap();
-            // Simulate the next save reaching disk only up to `cut` bytes of its slot.
-            let seq = 2u64;
-            let image = encode(seq, &new);
-            let slot = (seq % 2) * SLOT_SIZE as u64;
-            s.file.write_all_at(&image[..cut], slot).unwrap();
-            drop(s);
-            let got = MetaStore::open(dir.path()).unwrap().get().clone();
-            if cut == SLOT_SIZE {
-                assert_eq!(got, new, "complete write at cut {cut}");
-            } else {
-                assert!(got == old || got == new, "cut {cut} produced {got:?}");
-                if cut < FIXED {
-                    assert_eq!(got, old, "cut {cut} inside the fixed header");
+        for copy in [0u64, 1] {
+            for cut in (0..=SLOT_SIZE).step_by(7).chain([SLOT_SIZE]) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut s = MetaStore::open(dir.path()).unwrap();
+                s.save(&old).unwrap();
+                // The next save: copy 0 whole if copy 1 is the torn one, then `cut` bytes of the torn copy.
+                let image = encode(2, &new);
+                if copy == 1 {
+                    s.file.write_all_at(&image, 0).unwrap();
                 }
+                s.file.write_all_at(&image[..cut], copy * SLOT_SIZE as u64).unwrap();
+                drop(s);
+                let got = MetaStore::open(dir.path()).unwrap().get().clone();
+                if copy == 1 || cut == SLOT_SIZE {
+                    assert_eq!(got, new, "copy {copy} cut {cut}: the first copy was whole");
+                } else {
+                    assert!(got == old || got == new, "copy {copy} cut {cut} produced {got:?}");
+                    if cut < FIXED {
+                        assert_eq!(got, old, "cut {cut} inside the fixed header");
+                    }
+                }
+                // Whatever open chose, both copies hold it now.
+                let again = MetaStore::open(dir.path()).unwrap();
+                assert_eq!(again.get(), &got);
             }
         }
+    }
+
+    /// The newest record survives the loss of either copy; the loss of both,
+    /// or of the file beside segments, is refused rather than read as "term 0,
+    /// no vote" (which would let the node vote twice in a term).
+    #[test]
+    fn a_damaged_copy_is_survived_and_a_lost_record_refused() {
+        let rec = Meta { current_term: 7, voted_for: Some(3), blob: Vec::new() };
+        for slot in [0u64, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = MetaStore::open(dir.path()).unwrap();
+            s.save(&Meta { current_term: 6, voted_for: Some(1), blob: Vec::new() }).unwrap();
+            s.save(&rec).unwrap();
+            s.file.write_all_at(&[0xAB; 64], slot * SLOT_SIZE as u64 + 10).unwrap();
+            drop(s);
+            assert_eq!(MetaStore::open(dir.path()).unwrap().get(), &rec, "slot {slot} damaged");
+            // Both damaged (the repair above rewrote the first; damage both now).
+            let f = OpenOptions::new().write(true).open(dir.path().join(META_FILE)).unwrap();
+            f.write_all_at(&[0xAB; 64], 10).unwrap();
+            f.write_all_at(&[0xAB; 64], SLOT_SIZE as u64 + 10).unwrap();
+            let e = MetaStore::open(dir.path()).unwrap_err();
+            assert!(matches!(e, Error::MetaLost { .. }), "{e}");
+            assert!(matches!(MetaStore::open_read_only(dir.path()).unwrap_err(), Error::MetaLost { .. }));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(crate::segment::segment_file_name(1)), b"").unwrap();
+        let e = MetaStore::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("missing beside the log's segments"), "{e}");
     }
 
     #[test]

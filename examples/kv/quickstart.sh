@@ -19,7 +19,8 @@ case "$cmd" in
         printf '[server]\nnode_id = %s\nlisten = "127.0.0.1:2092%s"\ndata_dir = "%s/n%s"\ncores = 1\ncpus = []\n' "$i" "$i" "$dir" "$i"
         for j in 1 2 3; do printf '[[server.peers]]\nid = %s\naddress = "127.0.0.1:2092%s"\n' "$j" "$j"; done
       } > "$dir/n$i.toml"
-      "$here/target/release/dledger-kv" serve --config "$dir/n$i.toml" >> "$dir/n$i.log" 2>&1 &
+      boot=(); [ -e "$dir/n$i" ] || boot=(--bootstrap)   # the first start only
+      "$here/target/release/dledger-kv" serve --config "$dir/n$i.toml" "${boot[@]}" >> "$dir/n$i.log" 2>&1 &
       echo $! > "$dir/n$i.pid"
     done
     for _ in $(seq 100); do

@@ -23,13 +23,14 @@ use crate::state_machine::StateMachine;
 pub struct ServerBuilder {
     config: ServerConfig,
     machines: Vec<(u64, Box<dyn StateMachine>)>,
+    bootstrap: bool,
 }
 
 impl Server {
     /// Starts building a server from `config` (from TOML with
     /// [`ServerConfig::from_file`] or built with [`ServerConfig::new`]).
     pub fn builder(config: ServerConfig) -> ServerBuilder {
-        ServerBuilder { config, machines: Vec::new() }
+        ServerBuilder { config, machines: Vec::new(), bootstrap: false }
     }
 }
 
@@ -42,13 +43,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Allows the start to create the data directory when it is missing or
+    /// empty: the bootstrap of a new node of a new cluster (see
+    /// [`init`](crate::init)). Pass it for the very first start only; without
+    /// it a node whose data was lost refuses to come back as the same voter.
+    pub fn bootstrap(mut self, yes: bool) -> Self {
+        self.bootstrap = yes;
+        self
+    }
+
     /// Validates the config, opens every log, restores every state machine
     /// (newest snapshot, then what it reports applied) and starts serving.
     /// Returns once the server listens; leaders are elected after that
     /// (watch [`GroupHandle::events`]).
     pub fn start(self) -> Result<Server, StartError> {
         self.config.validate()?;
-        start_with(self.config, self.machines)
+        start_with(self.config, self.machines, self.bootstrap)
     }
 
     /// Starts the server and runs it until SIGTERM or SIGINT (then stops it

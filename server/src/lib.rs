@@ -55,7 +55,7 @@
 //! // A one-node cluster (port 0: any free port); list every voter in `peers` for more.
 //! let peers = vec![Peer { id: 1, address: "127.0.0.1:0".into(), client_address: None }];
 //! let config = ServerConfig::new(1, "127.0.0.1:0", data_dir, peers);
-//! let server = Server::builder(config).state_machine(0, Counter::default()).start()?;
+//! let server = Server::builder(config).bootstrap(true).state_machine(0, Counter::default()).start()?;
 //! let group = server.group(0).expect("group 0");
 //! group.leader().await?;
 //! let applied = group.append(vec![Bytes::from_static(&[5])]).await?;
@@ -83,6 +83,7 @@ pub mod config;
 mod embed;
 mod error;
 mod group;
+mod identity;
 mod runtime;
 mod snapshot;
 mod state_machine;
@@ -94,7 +95,8 @@ pub use dledger_raft::Role;
 pub use embed::{Applied, GroupEvent, GroupHandle, ServerBuilder};
 pub use error::{Fatal, GroupError};
 pub use group::{GroupFatal, MAX_READ_BYTES};
-pub use runtime::{check_identity, run, start, RunError, Server, StartError, Stopper};
+pub use identity::{init, Identity, IDENTITY_FILE};
+pub use runtime::{run, start, RunError, Server, StartError, Stopper};
 pub use snapshot::SnapshotMeta;
 pub use state_machine::{CommittedEntry, StateMachine, StateMachineError};
 pub use transport::MAX_IN_FLIGHT_PER_CONNECTION;

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,6 +70,30 @@ pub enum StartError {
         /// Why.
         message: String,
     },
+    /// The data directory has not been created by a bootstrap (it is missing
+    /// or empty): a new node of a new cluster starts with `dledger init` or
+    /// `--bootstrap`; a node whose data was lost must not come back as the
+    /// same voter.
+    #[error(
+        "data directory {dir} is missing or empty: this node has no state. For a new cluster, initialize it \
+         (dledger init --config ..., or server --bootstrap); a node whose data was lost must not rejoin as the \
+         same voter (it could vote twice in a term and lose acknowledged entries): replace it with a new member"
+    )]
+    NotInitialized {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A group's directory that this node created is gone.
+    #[error(
+        "group {group}'s directory {dir} was created by this node and is gone: its votes and acknowledged entries \
+         are lost, so the node must not rejoin as the same voter (restore it, or replace the node)"
+    )]
+    GroupLost {
+        /// The group.
+        group: u64,
+        /// Its directory.
+        dir: PathBuf,
+    },
     /// A group's log cannot be opened (corrupt, unreadable).
     #[error("cannot open the log of group {group}: {source}")]
     Log {
@@ -120,45 +144,6 @@ pub enum RunError {
     /// It started and then stopped on this error.
     #[error(transparent)]
     Fatal(#[from] Fatal),
-}
-
-const IDENTITY_FILE: &str = "IDENTITY";
-
-/// Checks (or, for a new directory, records) which node and cluster own `dir`.
-/// Nothing is written unless the directory is new.
-pub fn check_identity(dir: &Path, node: u64, cluster: &str) -> Result<(), StartError> {
-    let want = format!("cluster={cluster}\nnode={node}\n");
-    let path = dir.join(IDENTITY_FILE);
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir { dir: dir.into(), message: e.to_string() })?;
-    }
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found == want => Ok(()),
-        Ok(found) => Err(StartError::ForeignDataDir {
-            dir: dir.into(),
-            found: found.trim().replace('\n', ", "),
-            node,
-            cluster: cluster.into(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let non_empty = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-            if non_empty {
-                return Err(StartError::DataDir {
-                    dir: dir.into(),
-                    message: "not empty and has no IDENTITY file (not a dledger data directory?)".into(),
-                });
-            }
-            let err = |e: std::io::Error| StartError::DataDir { dir: dir.into(), message: e.to_string() };
-            std::fs::create_dir_all(dir).map_err(err)?;
-            let tmp = dir.join("IDENTITY.tmp");
-            std::fs::write(&tmp, &want).map_err(err)?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
-            std::fs::rename(&tmp, &path).map_err(err)?;
-            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(err)?;
-            Ok(())
-        }
-        Err(e) => Err(StartError::DataDir { dir: dir.into(), message: e.to_string() }),
-    }
 }
 
 struct Fd(RawFd);
@@ -303,11 +288,15 @@ impl Stopper {
 /// Opens everything and starts the cores of a server without state machines
 /// (a replicated log, as `dledger server` runs); returns once it serves.
 pub fn start(cfg: ServerConfig) -> Result<Server, StartError> {
-    start_with(cfg, Vec::new())
+    start_with(cfg, Vec::new(), false)
 }
 
 /// Opens everything, restores each state machine, starts the cores.
-pub(crate) fn start_with(cfg: ServerConfig, machines: Vec<(u64, Box<dyn StateMachine>)>) -> Result<Server, StartError> {
+pub(crate) fn start_with(
+    cfg: ServerConfig,
+    machines: Vec<(u64, Box<dyn StateMachine>)>,
+    bootstrap: bool,
+) -> Result<Server, StartError> {
     // Ports first: a node that cannot listen must not create or change anything on disk.
     let listener = TcpListener::bind(&cfg.listen).map_err(|source| StartError::Listen {
         address: cfg.listen.clone(),
@@ -340,13 +329,13 @@ pub(crate) fn start_with(cfg: ServerConfig, machines: Vec<(u64, Box<dyn StateMac
         }
         machines_by_group.insert(group, m);
     }
-    check_identity(&cfg.data_dir, cfg.node_id, &cfg.cluster)?;
+    let identity = crate::identity::check(&cfg, bootstrap)?;
 
     // Open every group's log and restore its core (and state machine) before serving anything.
     let mut hosts = Vec::new();
     let mut workers = Vec::new();
     for group in 0..cfg.groups {
-        let mut lc = LogConfig::new(cfg.data_dir.join(format!("group-{group}")));
+        let mut lc = LogConfig::new(crate::identity::group_dir(&cfg.data_dir, group));
         lc.segment_size_bytes = cfg.segment_mib << 20;
         lc.backend = backend;
         lc.max_batch_bytes = cfg.batch_bytes();
@@ -360,6 +349,7 @@ pub(crate) fn start_with(cfg: ServerConfig, machines: Vec<(u64, Box<dyn StateMac
         }
         hosts.push(host);
     }
+    crate::identity::record_groups(&cfg, identity)?;
     // A core without a group would have nothing to run: never more cores than groups.
     let cores = cfg.cores().max(1).min(cfg.groups as usize);
     let mut inboxes = Vec::new();

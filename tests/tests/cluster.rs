@@ -373,7 +373,7 @@ async fn metrics_endpoint_speaks_prometheus_text() {
     )
     .unwrap();
     let mut child = std::process::Command::new(harness::dledger_bin())
-        .args(["server", "--config", cfg.to_str().unwrap()])
+        .args(["server", "--bootstrap", "--config", cfg.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

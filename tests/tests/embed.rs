@@ -140,7 +140,7 @@ async fn appends_return_outputs_reads_are_linearizable_and_followers_redirect() 
     let servers: Vec<Server> = configs(dir.path(), 3, 0)
         .into_iter()
         .zip(&probes)
-        .map(|(c, p)| Server::builder(c).state_machine(0, Sum::new(p.clone())).start().unwrap())
+        .map(|(c, p)| Server::builder(c).bootstrap(true).state_machine(0, Sum::new(p.clone())).start().unwrap())
         .collect();
     let handles: Vec<GroupHandle> = servers.iter().map(|s| s.group(0).unwrap()).collect();
     let l = leader_of(&handles).await;
@@ -189,7 +189,8 @@ async fn a_restart_replays_only_what_the_snapshot_does_not_cover() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = configs(dir.path(), 1, 40).remove(0);
     let probe = Arc::new(Probe::default());
-    let server = Server::builder(cfg.clone()).state_machine(0, Sum::new(probe.clone())).start().unwrap();
+    let server =
+        Server::builder(cfg.clone()).bootstrap(true).state_machine(0, Sum::new(probe.clone())).start().unwrap();
     let h = server.group(0).unwrap();
     h.leader().await.unwrap();
     for v in 1..=100u64 {
@@ -249,7 +250,7 @@ async fn a_failing_state_machine_stops_only_its_server(panics: bool) {
         if i == 0 {
             m.fail_at = Some((7, panics));
         }
-        servers.push(Some(Server::builder(c).state_machine(0, m).start().unwrap()));
+        servers.push(Some(Server::builder(c).bootstrap(true).state_machine(0, m).start().unwrap()));
     }
     let handles: Vec<GroupHandle> = servers.iter().map(|s| s.as_ref().unwrap().group(0).unwrap()).collect();
     let l = 1;
@@ -296,7 +297,7 @@ async fn a_state_machine_error_stops_only_its_server_with_a_typed_error() {
 async fn a_log_only_embedding_appends_without_outputs_and_has_nothing_to_query() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = configs(dir.path(), 1, 0).remove(0);
-    let server = Server::builder(cfg).start().unwrap();
+    let server = Server::builder(cfg).bootstrap(true).start().unwrap();
     let h = server.group(0).unwrap();
     assert!(!h.has_state_machine());
     h.leader().await.unwrap();
@@ -315,7 +316,7 @@ async fn a_log_only_embedding_appends_without_outputs_and_has_nothing_to_query()
 fn a_state_machine_for_a_group_the_server_lacks_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = configs(dir.path(), 1, 0).remove(0);
-    let err = Server::builder(cfg).state_machine(3, Sum::new(Arc::default())).start().err().unwrap();
+    let err = Server::builder(cfg).bootstrap(true).state_machine(3, Sum::new(Arc::default())).start().err().unwrap();
     assert!(err.to_string().contains("group 3"), "{err}");
     assert!(!dir.path().join("n1").exists(), "nothing was created");
 }

@@ -1,5 +1,6 @@
 //! Storage faults under real processes: a corrupt sealed segment on a
-//! stopped follower, a follower whose disk fills up, and a leader whose disk
+//! stopped follower, a follower whose data directory is wiped or whose vote
+//! record is lost, a follower whose disk fills up, and a leader whose disk
 //! fills up.
 
 mod harness;
@@ -73,6 +74,72 @@ async fn corrupt_sealed_segment_on_a_follower_refuses_to_start_and_serves_nothin
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("corrupt log") && err.contains(&*segs[0].to_string_lossy()), "{err}");
     assert_eq!(std::fs::read(&segs[0]).unwrap(), before, "nothing was truncated or rewritten");
+    // The two others go on, with every acknowledged entry.
+    let mut client = c.client(0);
+    let (last, _) = client.append(Bytes::from_static(b"after")).await.unwrap();
+    let max = acked.iter().map(|a| a.0).max().unwrap();
+    assert!(last > max);
+    let log = c.committed_log(c.leader(0).await, 0, max).await;
+    for (i, t) in acked {
+        assert_eq!(log[i as usize - 1].1, t, "entry {i}");
+    }
+}
+
+/// Starts `id` as an operator would restart it (its own config, no bootstrap)
+/// and returns what it printed when it refused to start.
+async fn start_expecting_refusal(c: &Cluster, id: u64) -> String {
+    let mut child = Command::new(harness::dledger_bin())
+        .args(["server", "--config", c.nodes[id as usize - 1].config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = eventually("the node to refuse to start", Duration::from_secs(20), || {
+        let exited = child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "node {id} must not start");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    err
+}
+
+/// The held-back fault test's first step, and the meta-record fault: a
+/// follower whose vote record (`meta`) is deleted, then one whose whole
+/// data directory is wiped, is restarted with its old config. Either would
+/// come back with no vote and an empty or shorter log and could vote twice
+/// in a term (the test that found it lost 28,246 acknowledged appends); both
+/// are refused, with a reason, and the other two keep every acknowledged
+/// entry and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_lost_its_vote_record_or_its_data_refuses_to_rejoin() {
+    let mut c = Cluster::start(3, 1, 1);
+    c.leader(0).await;
+    let acked = fill(&c, 800, 100).await;
+    let leader = c.leader(0).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    assert!(c.stop(follower).success());
+
+    let meta = c.data_dir(follower).join("group-0").join("meta");
+    let saved = std::fs::read(&meta).unwrap();
+    std::fs::remove_file(&meta).unwrap();
+    let err = start_expecting_refusal(&c, follower).await;
+    assert!(err.contains("metadata") && err.contains("is lost") && err.contains("must not rejoin"), "{err}");
+    assert!(!meta.exists(), "the refusal created nothing");
+    // Both copies damaged: refused too.
+    let mut damaged = saved.clone();
+    damaged[10] ^= 0xff;
+    damaged[4096 + 10] ^= 0xff;
+    std::fs::write(&meta, &damaged).unwrap();
+    let err = start_expecting_refusal(&c, follower).await;
+    assert!(err.contains("both copies of the record are damaged"), "{err}");
+
+    std::fs::remove_dir_all(c.data_dir(follower)).unwrap();
+    let err = start_expecting_refusal(&c, follower).await;
+    assert!(err.contains("missing or empty") && err.contains("must not rejoin as the same voter"), "{err}");
+    assert!(!c.data_dir(follower).exists(), "nothing was created");
+
     // The two others go on, with every acknowledged entry.
     let mut client = c.client(0);
     let (last, _) = client.append(Bytes::from_static(b"after")).await.unwrap();

@@ -32,13 +32,17 @@ pub mod store;
 pub use config::KvConfig;
 pub use store::KvStore;
 
-/// Runs a node until SIGTERM or SIGINT (or a fatal error, returned).
-pub async fn serve(config: KvConfig) -> Result<(), ServeError> {
+/// Runs a node until SIGTERM or SIGINT (or a fatal error, returned);
+/// `bootstrap`: create the data directory (first start of a new cluster).
+pub async fn serve(config: KvConfig, bootstrap: bool) -> Result<(), ServeError> {
     let http = tokio::net::TcpListener::bind(&config.http)
         .await
         .map_err(|e| ServeError::Http(format!("cannot listen on {}: {e}", config.http)))?;
     let addresses = config.http_addresses();
-    let server = dledger_server::Server::builder(config.server).state_machine(0, KvStore::default()).start()?;
+    let server = dledger_server::Server::builder(config.server)
+        .bootstrap(bootstrap)
+        .state_machine(0, KvStore::default())
+        .start()?;
     let group = server.group(0).expect("group 0 exists");
     tracing::info!(http = %config.http, raft = %server.local_addr(), "dledger-kv serving");
     let app = http::router(group, addresses);

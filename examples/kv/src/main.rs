@@ -20,13 +20,17 @@ enum Cmd {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
+        /// Create the data directory if it is missing or empty: the first start
+        /// of a new cluster's node only (a restart without it refuses lost data).
+        #[arg(long)]
+        bootstrap: bool,
     },
 }
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    let Cmd::Serve { config } = Cli::parse().command;
+    let Cmd::Serve { config, bootstrap } = Cli::parse().command;
     let config = match dledger_kv::KvConfig::from_file(&config) {
         Ok(c) => c,
         Err(e) => {
@@ -41,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dledger_kv::serve(config)) {
+    match rt.block_on(dledger_kv::serve(config, bootstrap)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ dledger_kv::ServeError::Fatal(_)) => {
             eprintln!("dledger-kv: stopped: {e}");

@@ -154,16 +154,20 @@ struct Node {
     http: String,
     config: PathBuf,
     child: Option<Child>,
+    started: bool,
 }
 
 impl Node {
     fn start(&mut self, dir: &Path) {
+        // The bootstrap at the first start only: the restart must find its data.
+        let bootstrap = !std::mem::replace(&mut self.started, true);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("n{}.log", self.id))).unwrap();
         self.child = Some(
             Command::new(env!("CARGO_BIN_EXE_dledger-kv"))
                 .args(["serve", "--config"])
                 .arg(&self.config)
+                .args(bootstrap.then_some("--bootstrap"))
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -205,7 +209,7 @@ fn write_configs(dir: &Path) -> Vec<Node> {
             }
             let config = dir.join(format!("n{id}.toml"));
             std::fs::write(&config, t).unwrap();
-            Node { id, http: http(i), config, child: None }
+            Node { id, http: http(i), config, child: None, started: false }
         })
         .collect()
 }

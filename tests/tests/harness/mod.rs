@@ -209,13 +209,17 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
+        let first_start = self.runs[id as usize - 1].load(std::sync::atomic::Ordering::SeqCst) == 0;
         let n = self.node(id);
         assert!(n.child.is_none(), "node {id} already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
-        let child = Command::new(dledger_bin())
-            .arg("server")
-            .arg("--config")
-            .arg(&n.config)
+        let mut cmd = Command::new(dledger_bin());
+        cmd.arg("server").arg("--config").arg(&n.config);
+        // The bootstrap at the first start only: a restart must find the node's data.
+        if first_start {
+            cmd.arg("--bootstrap");
+        }
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
