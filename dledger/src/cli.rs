@@ -506,14 +506,16 @@ async fn quick_start(dir: &Path, base_port: u16, machine: Option<BuiltinMachine>
     let peers: String =
         endpoints.iter().enumerate().map(|(i, e)| format!("[[peers]]\nid = {}\naddress = \"{e}\"\n", i + 1)).collect();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let secret = write_peer_secret(&dir)?;
     for n in 1..=3usize {
         let cfg_path = dir.join(format!("n{n}.toml"));
         let cfg = format!(
             // Three nodes share this host: let the kernel place their loops.
-            "node_id = {n}\nlisten = \"{}\"\nmetrics_listen = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\n\n{peers}",
+            "node_id = {n}\nlisten = \"{}\"\nmetrics_listen = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\npeer_secret_file = \"{}\"\n\n{peers}",
             endpoints[n - 1],
             metrics[n - 1],
-            dir.join(format!("n{n}")).display()
+            dir.join(format!("n{n}")).display(),
+            secret.display()
         );
         std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
         // The bootstrap, once: a restarted node (even with this very command line) never re-creates its data.
@@ -562,6 +564,27 @@ async fn quick_start(dir: &Path, base_port: u16, machine: Option<BuiltinMachine>
     println!("  curl -s http://{}/metrics", metrics[0]);
     println!("  dledger quickstart stop --dir {}", dir.display());
     Ok(())
+}
+
+/// The quick start's cluster secret (made once, readable by this user only):
+/// its nodes authenticate each other with it.
+fn write_peer_secret(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("peer.secret");
+    if path.exists() {
+        return Ok(path);
+    }
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{hex}\n").as_bytes()).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 async fn quick_status(dir: &Path) -> Result<(), String> {

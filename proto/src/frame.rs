@@ -84,12 +84,26 @@ pub enum Frame {
         /// The answer.
         response: Response,
     },
+    /// From a node to a peer that said `Hello`: prove you hold the cluster's
+    /// secret by answering [`Frame::Auth`] over this fresh nonce.
+    Challenge {
+        /// Random, never reused.
+        nonce: [u8; 32],
+    },
+    /// A peer's answer to [`Frame::Challenge`]: a MAC of the nonce and both
+    /// node ids under the cluster's secret (computed by the server crate).
+    Auth {
+        /// The MAC.
+        mac: [u8; 32],
+    },
 }
 
 pub(crate) const KIND_HELLO: u8 = 1;
 pub(crate) const KIND_RAFT: u8 = 2;
 pub(crate) const KIND_REQUEST: u8 = 3;
 pub(crate) const KIND_RESPONSE: u8 = 4;
+pub(crate) const KIND_CHALLENGE: u8 = 5;
+pub(crate) const KIND_AUTH: u8 = 6;
 
 /// Appends one frame of `kind` to `out`, its payload written by `body`.
 pub(crate) fn write_frame(out: &mut BytesMut, kind: u8, body: impl FnOnce(&mut BytesMut)) {
@@ -126,7 +140,18 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             out.put_u64_le(*id);
             encode_response(response, out);
         }),
+        Frame::Challenge { nonce } => write_frame(out, KIND_CHALLENGE, |out| out.put_slice(nonce)),
+        Frame::Auth { mac } => write_frame(out, KIND_AUTH, |out| out.put_slice(mac)),
     }
+}
+
+fn get_32(p: &mut Bytes, what: &'static str) -> Result<[u8; 32], WireError> {
+    if p.remaining() < 32 {
+        return Err(WireError::Malformed(what));
+    }
+    let mut b = [0u8; 32];
+    p.copy_to_slice(&mut b);
+    Ok(b)
 }
 
 /// Frames smaller than this are copied out of the read buffer (see [`decode_frame`]).
@@ -198,6 +223,8 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
             let id = get_u64(&mut p, "response")?;
             Frame::Response { id, response: decode_response(&mut p)? }
         }
+        KIND_CHALLENGE => Frame::Challenge { nonce: get_32(&mut p, "challenge")? },
+        KIND_AUTH => Frame::Auth { mac: get_32(&mut p, "auth")? },
         k => return Err(WireError::UnknownKind(k)),
     };
     if p.has_remaining() {
@@ -216,6 +243,8 @@ mod tests {
             Frame::Hello(Hello { node_id: 3, cluster: "c1".into() }),
             Frame::Raft { group: 7, body: Bytes::from_static(b"opaque to the frame layer") },
             Frame::Raft { group: 8, body: Bytes::new() },
+            Frame::Challenge { nonce: [7; 32] },
+            Frame::Auth { mac: [9; 32] },
             Frame::Request { id: 1, group: 0, request: Request::Append { payloads: vec![Bytes::from_static(b"x")] } },
             Frame::Request { id: 2, group: 0, request: Request::Read { lo: 1, hi: 9, max_bytes: 100 } },
             Frame::Request { id: 3, group: ALL_GROUPS, request: Request::Status },

@@ -139,6 +139,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The restored term (metadata or log) is beyond [`MAX_TERM`](crate::MAX_TERM).
+    #[error("restored term {0} is beyond the largest term a node accepts (2^62): the metadata came from a hostile or corrupt source")]
+    RestoredTerm(u64),
 }
 
 impl Config {

@@ -183,6 +183,9 @@ impl RaftCore {
             return Err(ConfigError::RestoredLog { index, reason });
         }
         let log = RaftLog::restored(restored.terms, restored.last_index, restored.tail);
+        if restored.meta.term > crate::MAX_TERM || log.last_term() > crate::MAX_TERM {
+            return Err(ConfigError::RestoredTerm(restored.meta.term.max(log.last_term())));
+        }
         let (term, voted_for) = if log.last_term() > restored.meta.term {
             (log.last_term(), None)
         } else {

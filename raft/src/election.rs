@@ -14,7 +14,7 @@
 //!   TimeoutNow), which protects both stable leaders and the leader lease.
 
 use super::core::{RaftCore, Role};
-use super::message::{LogIndex, MessageBody, NodeId, Term};
+use super::message::{LogIndex, MessageBody, NodeId, Term, MAX_TERM};
 use super::progress::Progress;
 
 impl RaftCore {
@@ -28,6 +28,11 @@ impl RaftCore {
     }
 
     fn campaign_pre_vote(&mut self) {
+        if self.term >= MAX_TERM {
+            // Unreachable by counting elections; never wrap (see MAX_TERM).
+            self.reset_election_timer();
+            return;
+        }
         self.role = Role::PreCandidate;
         self.leader_id = None;
         self.votes.clear();
@@ -53,6 +58,10 @@ impl RaftCore {
 
     /// Starts a real election in the next term.
     pub(super) fn campaign(&mut self, leadership_transfer: bool) {
+        if self.term >= MAX_TERM {
+            self.reset_election_timer();
+            return;
+        }
         let term = self.term + 1;
         self.set_term(term);
         self.set_vote(self.id);

@@ -474,6 +474,36 @@ fn malformed_messages_are_dropped_not_fatal() {
     assert_eq!(leader.progress(2).map(|p| p.match_index), Some(0));
 }
 
+/// The hostile heartbeat that once froze a cluster: term `u64::MAX` (or
+/// anything above MAX_TERM) is dropped, the node keeps its term and leader,
+/// and a node restored at such a term refuses to start.
+#[test]
+fn a_message_beyond_the_term_space_is_dropped_and_never_adopted() {
+    let mut follower = node(2, &VOTERS, 2, &[1]);
+    for term in [u64::MAX, MAX_TERM + 1] {
+        for body in [
+            MessageBody::Heartbeat { leader_commit_index: 0, round: 1 },
+            MessageBody::VoteRequest { last_log_index: 9, last_log_term: 9, leadership_transfer: true },
+            MessageBody::PreVoteRequest { last_log_index: 9, last_log_term: 9 },
+        ] {
+            assert_eq!(follower.step(recv(1, 2, term, body.clone())), vec![], "term {term}: {body:?}");
+            assert_eq!(follower.status().term, 2);
+        }
+    }
+    let mut leader = elected_leader(&VOTERS, 1, &[1]);
+    let before = leader.status();
+    assert_eq!(leader.step(recv(2, 1, u64::MAX, MessageBody::AppendResponse { result: Ok(1) })), vec![]);
+    assert_eq!((leader.status().role, leader.status().term), (Role::Leader, before.term));
+    // A node at the top of the term space never campaigns (never wraps to 0).
+    let mut top = node_with(1, &VOTERS, config(), HardState { term: MAX_TERM, voted_for: None }, &[1]);
+    for _ in 0..100 {
+        assert!(top.step(Event::Tick).iter().all(|c| !matches!(c, Command::SaveMeta(_) | Command::Send(_))));
+    }
+    let restored = RestoredState::whole(HardState { term: u64::MAX, voted_for: None }, Vec::new());
+    let rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    assert!(matches!(RaftCore::new(1, VOTERS.to_vec(), config(), restored, rng), Err(ConfigError::RestoredTerm(_))));
+}
+
 #[test]
 fn a_dead_follower_never_holds_back_commit() {
     let voters = [1, 2, 3, 4, 5];

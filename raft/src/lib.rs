@@ -142,7 +142,7 @@ pub use self::config::{Config, ConfigError, InjectedBugs, LeaseConfig};
 pub use self::core::{LogStorage, NoStorage, RaftCore, RestoredState, Role, Status};
 pub use self::event::Event;
 pub use self::message::{
-    ConflictHint, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, RequestId, Term,
+    ConflictHint, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, RequestId, Term, MAX_TERM,
 };
 pub use self::progress::{Progress, ProgressState};
 pub use self::raft_log::RaftLog;

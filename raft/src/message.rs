@@ -147,11 +147,22 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+/// The highest term a node accepts or reaches. Terms grow by one per
+/// election, so no real cluster comes near 2^62; a message claiming more is
+/// malformed (one heartbeat at `u64::MAX` once froze a cluster for good: the
+/// term was saved, and `term + 1` wrapped), and a node at this term does not
+/// campaign.
+pub const MAX_TERM: Term = 1 << 62;
+
 impl Message {
-    /// Structural checks a receiver applies before acting on a message: an
-    /// append's entries continue `prev_log_index` one by one, with terms that
-    /// never decrease and never exceed the sender's term.
+    /// Structural checks a receiver applies before acting on a message: its
+    /// term is at most [`MAX_TERM`]; an append's entries continue
+    /// `prev_log_index` one by one, with terms that never decrease and never
+    /// exceed the sender's term.
     pub fn is_well_formed(&self) -> bool {
+        if self.term > MAX_TERM {
+            return false;
+        }
         match &self.body {
             MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, .. } => {
                 // Index 0 is the empty log's end, whose term is 0.

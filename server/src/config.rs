@@ -21,6 +21,7 @@
 //! snapshot_every_entries = 100000   # groups with a state machine (embedded): snapshot after
 //!                                   # this many applied entries (0 = never)
 //! snapshots_kept = 2                # and keep the newest this many
+//! # peer_secret_file = "secret"     # the cluster's shared secret: peers must prove they hold it
 //!
 //! [[peers]]                         # every voter, this node included
 //! id = 1
@@ -156,6 +157,12 @@ pub struct ServerConfig {
     /// Groups with a state machine: snapshots kept (the newest ones).
     #[serde(default = "default_snapshots_kept")]
     pub snapshots_kept: usize,
+    /// A file holding the cluster's shared secret (at least 16 bytes): with
+    /// it, a peer must prove it holds the same secret before any of its
+    /// messages is read (challenge and response, see `auth.rs`). Without it,
+    /// peers are not authenticated: for loopback only (a warning otherwise).
+    #[serde(default)]
+    pub peer_secret_file: Option<PathBuf>,
     /// Every voter, this node included.
     pub peers: Vec<Peer>,
 }
@@ -211,6 +218,7 @@ impl ServerConfig {
             log_memory_mib: default_log_memory_mib(),
             snapshot_every_entries: default_snapshot_every(),
             snapshots_kept: default_snapshots_kept(),
+            peer_secret_file: None,
             peers,
         }
     }

@@ -79,6 +79,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+mod auth;
 pub mod config;
 mod embed;
 mod error;

@@ -130,6 +130,9 @@ pub enum StartError {
     /// The configuration is not valid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The peer secret cannot be used.
+    #[error("{0}")]
+    Secret(String),
     /// Threads or the async runtime could not be started.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -322,6 +325,15 @@ pub(crate) fn start_with(
         None => None,
     };
     let backend: BackendChoice = cfg.backend.as_deref().unwrap_or("auto").parse().map_err(StartError::Runtime)?;
+    let secret = match &cfg.peer_secret_file {
+        Some(p) => Some(crate::auth::PeerSecret::load(p).map_err(StartError::Secret)?),
+        None => {
+            if !local_addr.ip().is_loopback() && cfg.peers.len() > 1 {
+                tracing::warn!(%local_addr, "peers are not authenticated (no peer_secret_file) on a non-loopback address: anyone who reaches this port can act as a peer");
+            }
+            None
+        }
+    };
     let mut machines_by_group: HashMap<u64, Box<dyn StateMachine>> = HashMap::new();
     for (group, m) in machines {
         if group >= cfg.groups {
@@ -397,6 +409,7 @@ pub(crate) fn start_with(
     for (core, groups) in per_core.into_iter().enumerate() {
         let cfg = cfg.clone();
         let shared = shared.clone();
+        let secret = secret.clone();
         let inboxes = inboxes.clone();
         let conn_rx = conn_rxs[core].take().expect("one per core");
         let acceptor =
@@ -415,7 +428,7 @@ pub(crate) fn start_with(
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run_core(core, cfg, groups, inboxes, conn_rx, acceptor, shared));
+                local.block_on(&rt, run_core(core, cfg, groups, inboxes, conn_rx, acceptor, shared, secret));
             })
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         threads.push(t);
@@ -503,6 +516,7 @@ async fn run_core(
     mut conn_rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
     acceptor: Option<Acceptor>,
     shared: Arc<Shared>,
+    secret: Option<crate::auth::PeerSecret>,
 ) {
     let stop = shared.stop.clone();
     // This core's links to every other node.
@@ -512,8 +526,10 @@ async fn run_core(
         tokio::task::spawn_local(peer_writer(
             link.clone(),
             cfg.node_id,
+            p.id,
             cfg.cluster.clone(),
             p.address.clone(),
+            secret.clone(),
             stop.clone(),
         ));
         links.insert(p.id, link);
@@ -525,6 +541,8 @@ async fn run_core(
         groups: inboxes.clone(),
         max_frame_bytes: (cfg.max_frame_mib << 20) as usize,
         stopping: stop.clone(),
+        voters: cfg.voters(),
+        secret,
     });
     if let Some((listener, conn_txs, metrics)) = acceptor {
         tokio::task::spawn_local(accept_loop(listener, conn_txs, stop.clone()));

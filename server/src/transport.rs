@@ -7,11 +7,14 @@
 //! turn go out together. A broken connection is dropped with what was queued
 //! (Raft tolerates lost messages) and reopened with exponential backoff.
 //!
-//! Inbound: a connection opens with a `Hello`. A peer's frames go to the
-//! owning group's inbox, whatever core it is on; a client's requests too,
-//! with a handle to the connection's writer for the answer. A malformed,
-//! oversized or unexpected frame closes that connection with a logged reason;
-//! nothing else happens to the node.
+//! Inbound: a connection opens with a `Hello`. A peer must be a configured
+//! voter other than this node and, when the cluster has a secret
+//! (`peer_secret_file`), answer a challenge (see `auth.rs`) before any of its
+//! frames is read; then its frames go to the owning group's inbox, whatever
+//! core it is on. A client's requests go there too, with a handle to the
+//! connection's writer for the answer. A malformed, oversized or unexpected
+//! frame closes that connection with a logged reason; nothing else happens
+//! to the node.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -24,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
+use crate::auth::{nonce, PeerSecret};
 use crate::group::GroupInput;
 use dledger_proto::peer::{decode_raft_body, encode_raft_frame};
 use dledger_proto::{decode_frame, encode_frame, Frame, Hello, Request, Response, ServerError, ALL_GROUPS};
@@ -31,7 +35,7 @@ use dledger_raft::{Message, NodeId};
 
 /// The queue from one core's groups to one peer.
 #[derive(Default)]
-pub struct PeerLink {
+pub(crate) struct PeerLink {
     queue: RefCell<Vec<(u64, Message)>>,
     notify: Notify,
 }
@@ -40,24 +44,56 @@ pub struct PeerLink {
 const MAX_QUEUED: usize = 64 * 1024;
 
 impl PeerLink {
-    pub fn push(&self, group: u64, m: Message) {
+    pub(crate) fn push(&self, group: u64, m: Message) {
         let mut q = self.queue.borrow_mut();
         if q.len() < MAX_QUEUED {
             q.push((group, m));
         }
     }
 
-    pub fn has_queued(&self) -> bool {
+    pub(crate) fn has_queued(&self) -> bool {
         !self.queue.borrow().is_empty()
     }
 
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.notify.notify_one();
     }
 }
 
+/// How long a peer waits for the other side's challenge, and a node for the answer.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers the challenge of the node at the other end of `stream` (with `secret`).
+async fn answer_challenge(
+    stream: &mut TcpStream,
+    secret: &PeerSecret,
+    cluster: &str,
+    me: NodeId,
+    to: NodeId,
+) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(256);
+    let (mut rd, mut wr) = stream.split();
+    let frame = tokio::time::timeout(AUTH_TIMEOUT, read_frame(&mut rd, &mut buf, 1024))
+        .await
+        .map_err(|_| format!("no challenge within {AUTH_TIMEOUT:?} (does it have the same peer_secret_file?)"))??;
+    let Some(Frame::Challenge { nonce }) = frame else {
+        return Err("closed or answered without a challenge (does it have the same peer_secret_file?)".into());
+    };
+    buf.clear();
+    encode_frame(&Frame::Auth { mac: secret.answer(cluster, me, to, &nonce) }, &mut buf);
+    wr.write_all(&buf).await.map_err(|e| e.to_string())
+}
+
 /// Writes a peer's queued messages over a connection it keeps open.
-pub async fn peer_writer(link: Rc<PeerLink>, me: NodeId, cluster: String, address: String, stop: Arc<AtomicBool>) {
+pub(crate) async fn peer_writer(
+    link: Rc<PeerLink>,
+    me: NodeId,
+    to: NodeId,
+    cluster: String,
+    address: String,
+    secret: Option<PeerSecret>,
+    stop: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(20);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while !stop.load(Ordering::Relaxed) {
@@ -76,6 +112,15 @@ pub async fn peer_writer(link: Rc<PeerLink>, me: NodeId, cluster: String, addres
         encode_frame(&Frame::Hello(Hello { node_id: me, cluster: cluster.clone() }), &mut buf);
         if stream.write_all(&buf).await.is_err() {
             continue;
+        }
+        if let Some(secret) = &secret {
+            if let Err(reason) = answer_challenge(&mut stream, secret, &cluster, me, to).await {
+                tracing::warn!(%address, %reason, "peer authentication failed; retrying");
+                link.queue.borrow_mut().clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
         }
         backoff = Duration::from_millis(20);
         tracing::info!(%address, "connected to peer");
@@ -100,17 +145,21 @@ pub async fn peer_writer(link: Rc<PeerLink>, me: NodeId, cluster: String, addres
 }
 
 /// What a connection needs to route frames.
-pub struct ConnContext {
-    pub me: NodeId,
-    pub cluster: String,
-    pub groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
-    pub max_frame_bytes: usize,
-    pub stopping: Arc<AtomicBool>,
+pub(crate) struct ConnContext {
+    pub(crate) me: NodeId,
+    pub(crate) cluster: String,
+    pub(crate) groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) stopping: Arc<AtomicBool>,
+    /// The voters: the only node ids a peer may claim.
+    pub(crate) voters: Vec<NodeId>,
+    /// With a secret, a peer must answer a challenge before anything else.
+    pub(crate) secret: Option<PeerSecret>,
 }
 
 /// Reads frames until one is complete; `Ok(None)` at a clean end of stream.
 async fn read_frame(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Frame>, String> {
@@ -131,10 +180,10 @@ async fn read_frame(
 }
 
 /// Serves one accepted connection until it closes or misbehaves.
-pub async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
+pub(crate) async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let hello = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut rd, &mut buf, ctx.max_frame_bytes)).await;
     let hello = match hello {
@@ -158,7 +207,32 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
         return;
     }
     if hello.node_id != 0 {
-        serve_peer(rd, buf, hello.node_id, &peer, &ctx).await;
+        let from = hello.node_id;
+        if from == ctx.me || !ctx.voters.contains(&from) {
+            tracing::warn!(%peer, from, "closing connection: not a peer of this node");
+            return;
+        }
+        if let Some(secret) = &ctx.secret {
+            let nonce = nonce();
+            let mut out = BytesMut::new();
+            encode_frame(&Frame::Challenge { nonce }, &mut out);
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+            let answer = tokio::time::timeout(AUTH_TIMEOUT, read_frame(&mut rd, &mut buf, 1024)).await;
+            match answer {
+                Ok(Ok(Some(Frame::Auth { mac }))) if secret.verify(&ctx.cluster, from, ctx.me, &nonce, &mac) => {}
+                Ok(Ok(Some(Frame::Auth { .. }))) => {
+                    tracing::warn!(%peer, from, "closing connection: peer authentication failed (wrong secret)");
+                    return;
+                }
+                _ => {
+                    tracing::warn!(%peer, from, "closing connection: peer did not authenticate");
+                    return;
+                }
+            }
+        }
+        serve_peer(rd, buf, from, &peer, &ctx).await;
     } else {
         serve_client(rd, wr, buf, &peer, &ctx).await;
     }
@@ -170,6 +244,8 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Raft { .. } => "raft",
         Frame::Request { .. } => "request",
         Frame::Response { .. } => "response",
+        Frame::Challenge { .. } => "challenge",
+        Frame::Auth { .. } => "auth",
     }
 }
 
@@ -347,6 +423,8 @@ mod tests {
                 groups: Arc::new(vec![inbox]),
                 max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
                 stopping: Arc::new(AtomicBool::new(false)),
+                voters: vec![1, 2],
+                secret: None,
             });
             tokio::task::spawn_local(async move {
                 let (s, _) = listener.accept().await.unwrap();

@@ -27,6 +27,14 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     dledger::ports::free_ports(n).expect("free ports")
 }
 
+/// A cluster secret for the nodes of one test (peers authenticate with it).
+pub fn write_secret(dir: &Path) -> PathBuf {
+    let p = dir.join("peer.secret");
+    let bytes: [u8; 16] = rand::random();
+    std::fs::write(&p, bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap();
+    p
+}
+
 /// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
 where
@@ -73,7 +81,16 @@ impl Cluster {
         Self::start_with(n, groups, 1, extra)
     }
 
+    /// `start`, with peers not authenticated (no `peer_secret_file`).
+    pub fn start_unauthenticated(n: usize, groups: u64) -> Cluster {
+        Self::start_inner(n, groups, 1, "segment_mib = 8\n", false)
+    }
+
     fn start_with(n: usize, groups: u64, cores: usize, extra: &str) -> Cluster {
+        Self::start_inner(n, groups, cores, extra, true)
+    }
+
+    fn start_inner(n: usize, groups: u64, cores: usize, extra: &str, authenticated: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -83,12 +100,17 @@ impl Cluster {
             .map(|(i, e)| format!("[[peers]]\nid = {}\naddress = \"{e}\"\n", i + 1))
             .collect();
         let mut nodes = Vec::new();
+        let secret = if authenticated {
+            format!("peer_secret_file = \"{}\"\n", write_secret(dir.path()).display())
+        } else {
+            String::new()
+        };
         for (i, ep) in endpoints.iter().enumerate() {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("n{id}.toml"));
             let text = format!(
-                "node_id = {id}\nlisten = \"{ep}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = {cores}\ncpus = []\n{extra}\n{peers}",
-                dir.path().join(format!("n{id}")).display()
+                "node_id = {id}\nlisten = \"{ep}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = {cores}\ncpus = []\n{secret}{extra}\n{peers}",
+                dir.path().join(format!("n{id}")).display(),
             );
             std::fs::write(&config, text).unwrap();
             nodes.push(NodeProc {
@@ -122,6 +144,7 @@ impl Cluster {
             }
         }
         let mut nodes = Vec::new();
+        let secret = write_secret(dir.path());
         for a in 1..=n as u64 {
             let mut peers = String::new();
             for b in 1..=n as u64 {
@@ -137,9 +160,10 @@ impl Cluster {
             }
             let config = dir.path().join(format!("n{a}.toml"));
             let text = format!(
-                "node_id = {a}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = 1\ncpus = []\nsegment_mib = 8\n{extra_config}\n{peers}",
+                "node_id = {a}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {groups}\ncores = 1\ncpus = []\nsegment_mib = 8\npeer_secret_file = \"{}\"\n{extra_config}\n{peers}",
                 real[a as usize - 1],
-                dir.path().join(format!("n{a}")).display()
+                dir.path().join(format!("n{a}")).display(),
+                secret.display()
             );
             std::fs::write(&config, text).unwrap();
             nodes.push(NodeProc {
