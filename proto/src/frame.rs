@@ -343,6 +343,23 @@ mod tests {
         f.put_u32_le(crc);
         f.extend_from_slice(&lying);
         assert!(matches!(decode_frame(&mut f, 1024), Err(WireError::Malformed(_))));
+        // Too many (empty) entries in one append: refused, not allocated.
+        let many = Frame::Request {
+            id: 1,
+            group: 0,
+            request: Request::Append { payloads: vec![Bytes::new(); crate::MAX_APPEND_ENTRIES + 1] },
+        };
+        let mut b = BytesMut::new();
+        encode_frame(&many, &mut b);
+        assert!(matches!(decode_frame(&mut b, DEFAULT_MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
+        let ok = Frame::Request {
+            id: 1,
+            group: 0,
+            request: Request::Append { payloads: vec![Bytes::new(); crate::MAX_APPEND_ENTRIES] },
+        };
+        let mut b = BytesMut::new();
+        encode_frame(&ok, &mut b);
+        assert_eq!(decode_frame(&mut b, DEFAULT_MAX_FRAME_BYTES).unwrap(), Some(ok));
     }
 
     #[test]

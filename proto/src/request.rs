@@ -53,6 +53,11 @@ pub enum Request {
     },
 }
 
+/// The most entries one [`Request::Append`] may carry. More is refused when
+/// decoding, before anything is allocated for them: one 64 MiB frame of empty
+/// payloads used to become 16 million entries and gigabytes of heap.
+pub const MAX_APPEND_ENTRIES: usize = 64 * 1024;
+
 /// The group id that asks a node about all its groups (with [`Request::Status`]).
 pub const ALL_GROUPS: u64 = u64::MAX;
 
@@ -196,6 +201,9 @@ pub(crate) fn decode_request(p: &mut Bytes) -> Result<Request, WireError> {
     Ok(match get_u8(p, W)? {
         1 => {
             let n = get_count(p, 4, W)?;
+            if n > MAX_APPEND_ENTRIES {
+                return Err(WireError::Malformed("append (more entries than MAX_APPEND_ENTRIES)"));
+            }
             let mut payloads = Vec::with_capacity(n);
             for _ in 0..n {
                 payloads.push(get_bytes(p, W)?);

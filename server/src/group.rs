@@ -46,8 +46,25 @@ use dledger_raft::{
 /// The most payload bytes one read answer carries (well below any frame limit).
 pub const MAX_READ_BYTES: usize = 8 << 20;
 
-/// Where a client's answer goes: the writer of its connection.
-pub type ReplyTo = UnboundedSender<Frame>;
+/// Where a client's answer goes: the writer of its connection, with the
+/// answer budget the connection charged for the request (credited back once
+/// the answer is written).
+#[derive(Debug, Clone)]
+pub(crate) struct ReplyTo {
+    tx: UnboundedSender<(Frame, usize)>,
+    budget: usize,
+}
+
+impl ReplyTo {
+    pub(crate) fn new(tx: UnboundedSender<(Frame, usize)>, budget: usize) -> Self {
+        ReplyTo { tx, budget }
+    }
+
+    /// Queues the answer; an error means the connection is gone.
+    pub(crate) fn send(&self, f: Frame) -> Result<(), ()> {
+        self.tx.send((f, self.budget)).map_err(|_| ())
+    }
+}
 
 /// What a group's task receives from other tasks and cores.
 #[derive(Debug)]
@@ -654,7 +671,7 @@ impl GroupHost {
     }
 
     /// Handles a client request: answers at once or registers it with the core.
-    pub fn on_client(&mut self, client_id: u64, request: Request, reply: ReplyTo) -> Result<(), GroupFatal> {
+    pub(crate) fn on_client(&mut self, client_id: u64, request: Request, reply: ReplyTo) -> Result<(), GroupFatal> {
         let answer = |reply: &ReplyTo, response| {
             let _ = reply.send(Frame::Response { id: client_id, response });
         };
@@ -724,6 +741,13 @@ impl GroupHost {
 
     /// Why an append cannot be taken now, if it cannot.
     fn check_append(&self, payloads: &[Bytes]) -> Result<(), ServerError> {
+        if payloads.len() > dledger_proto::MAX_APPEND_ENTRIES {
+            return Err(ServerError::BadRequest(format!(
+                "an append of {} entries exceeds the maximum of {}",
+                payloads.len(),
+                dledger_proto::MAX_APPEND_ENTRIES
+            )));
+        }
         // One kind byte is stored before each payload.
         let max = self.log.config().max_entry_bytes().saturating_sub(1);
         if let Some(big) = payloads.iter().find(|p| p.len() > max) {

@@ -541,6 +541,7 @@ async fn run_core(
         groups: inboxes.clone(),
         max_frame_bytes: (cfg.max_frame_mib << 20) as usize,
         stopping: stop.clone(),
+        max_entry_bytes: cfg.batch_bytes(),
         voters: cfg.voters(),
         secret,
     });

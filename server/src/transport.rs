@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::auth::{nonce, PeerSecret};
-use crate::group::GroupInput;
+use crate::group::{GroupInput, ReplyTo};
 use dledger_proto::peer::{decode_raft_body, encode_raft_frame};
 use dledger_proto::{decode_frame, encode_frame, Frame, Hello, Request, Response, ServerError, ALL_GROUPS};
 use dledger_raft::{Message, NodeId};
@@ -151,6 +151,8 @@ pub(crate) struct ConnContext {
     pub(crate) groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
     pub(crate) max_frame_bytes: usize,
     pub(crate) stopping: Arc<AtomicBool>,
+    /// The largest entry a group's log takes (a `Get` may return one).
+    pub(crate) max_entry_bytes: usize,
     /// The voters: the only node ids a peer may claim.
     pub(crate) voters: Vec<NodeId>,
     /// With a secret, a peer must answer a challenge before anything else.
@@ -298,37 +300,68 @@ async fn serve_peer(
 /// pipelines without reading answers cannot grow the node's memory.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
 
-/// Unanswered requests of one connection. Every request gets exactly one
-/// answer frame, counted off when the writer takes it.
+/// Unanswered requests of one connection and the most their answers can
+/// weigh. Every request gets exactly one answer frame; both are counted off
+/// once the writer has written it (not when it takes it: a client that does
+/// not read would otherwise let answers pile up in the writer's buffer).
 #[derive(Default)]
 struct InFlight {
     count: std::cell::Cell<usize>,
+    /// Worst-case answer bytes of the requests in flight (see [`answer_budget`]).
+    bytes: std::cell::Cell<usize>,
     room: Notify,
 }
 
+/// The most answer bytes one connection may have in flight: reads are
+/// admitted against their worst-case answer, so a client pipelining
+/// `Read{1, MAX}` without reading answers holds at most this much of the
+/// node's memory (it used to be 4,096 x 8 MiB).
+pub const MAX_ANSWER_BYTES_PER_CONNECTION: usize = 256 << 20;
+
+/// The worst-case size of `request`'s answer: what a read may return (its
+/// byte budget, or one whole entry if that is larger), a little for the rest.
+fn answer_budget(request: &Request, max_entry_bytes: usize) -> usize {
+    const SMALL: usize = 256;
+    match request {
+        Request::Get { .. } => max_entry_bytes + SMALL,
+        Request::Read { max_bytes, .. } => {
+            let asked = if *max_bytes == 0 { crate::group::MAX_READ_BYTES } else { *max_bytes as usize };
+            asked.min(crate::group::MAX_READ_BYTES).max(max_entry_bytes) + SMALL
+        }
+        _ => SMALL,
+    }
+}
+
+/// Answers coalesced into one write stop growing past this.
+const MAX_COALESCED_BYTES: usize = 1 << 20;
+
 async fn client_writer(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut rx: mpsc::UnboundedReceiver<(Frame, usize)>,
     in_flight: Rc<InFlight>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let answered = |n: usize| {
+    let answered = |n: usize, bytes: usize| {
         in_flight.count.set(in_flight.count.get().saturating_sub(n));
+        in_flight.bytes.set(in_flight.bytes.get().saturating_sub(bytes));
         in_flight.room.notify_one();
     };
-    while let Some(f) = rx.recv().await {
+    while let Some((f, budget)) = rx.recv().await {
         buf.clear();
         encode_frame(&f, &mut buf);
-        let mut n = 1;
-        // Coalesce every answer that is ready into one write.
-        while let Ok(f) = rx.try_recv() {
+        drop(f);
+        let (mut n, mut bytes) = (1, budget);
+        // Coalesce the answers that are ready into one write, up to a bound.
+        while buf.len() < MAX_COALESCED_BYTES {
+            let Ok((f, budget)) = rx.try_recv() else { break };
             encode_frame(&f, &mut buf);
             n += 1;
+            bytes += budget;
         }
-        answered(n);
         if wr.write_all(&buf).await.is_err() {
             return;
         }
+        answered(n, bytes);
     }
 }
 
@@ -339,11 +372,13 @@ async fn serve_client(
     peer: &str,
     ctx: &ConnContext,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (answers, rx) = mpsc::unbounded_channel::<(Frame, usize)>();
     let in_flight = Rc::new(InFlight::default());
     tokio::task::spawn_local(client_writer(wr, rx, in_flight.clone()));
     loop {
-        while in_flight.count.get() >= MAX_IN_FLIGHT_PER_CONNECTION {
+        while in_flight.count.get() >= MAX_IN_FLIGHT_PER_CONNECTION
+            || in_flight.bytes.get() >= MAX_ANSWER_BYTES_PER_CONNECTION
+        {
             in_flight.room.notified().await;
         }
         let frame = match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
@@ -358,8 +393,11 @@ async fn serve_client(
             tracing::warn!(%peer, "closing client connection: unexpected {} frame", frame_name(&frame));
             return;
         };
-        // Every path below sends exactly one answer for this request.
+        // Every path below sends exactly one answer for this request, charged its worst case.
+        let budget = answer_budget(&request, ctx.max_entry_bytes);
         in_flight.count.set(in_flight.count.get() + 1);
+        in_flight.bytes.set(in_flight.bytes.get() + budget);
+        let tx = ReplyTo::new(answers.clone(), budget);
         if ctx.stopping.load(Ordering::Relaxed) {
             let _ = tx.send(Frame::Response { id, response: Response::Error(ServerError::ShuttingDown) });
             continue;
@@ -382,14 +420,14 @@ async fn serve_client(
 }
 
 /// Asks every group for its status and answers with all of them.
-async fn all_status(id: u64, groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>, reply: mpsc::UnboundedSender<Frame>) {
+async fn all_status(id: u64, groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>, reply: ReplyTo) {
     let mut all = Vec::new();
     for inbox in groups.iter() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        if inbox.send(GroupInput::Client { id, request: Request::Status, reply: tx }).is_err() {
+        if inbox.send(GroupInput::Client { id, request: Request::Status, reply: ReplyTo::new(tx, 0) }).is_err() {
             continue;
         }
-        if let Some(Frame::Response { response: Response::Status(s), .. }) = rx.recv().await {
+        if let Some((Frame::Response { response: Response::Status(s), .. }, _)) = rx.recv().await {
             all.extend(s);
         }
     }
@@ -423,6 +461,7 @@ mod tests {
                 groups: Arc::new(vec![inbox]),
                 max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
                 stopping: Arc::new(AtomicBool::new(false)),
+                max_entry_bytes: 4 << 20,
                 voters: vec![1, 2],
                 secret: None,
             });
@@ -434,8 +473,7 @@ mod tests {
             let mut out = BytesMut::new();
             encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
             for id in 0..total as u64 {
-                let request = Request::Get { index: id };
-                encode_frame(&Frame::Request { id, group: 0, request }, &mut out);
+                encode_frame(&Frame::Request { id, group: 0, request: Request::ReadBarrier }, &mut out);
             }
             let mut client = TcpStream::connect(address).await.unwrap();
             // About 300 KB: fits in the socket buffers, so the whole write completes.
@@ -468,6 +506,57 @@ mod tests {
                     answered += 1;
                 }
             }
+        });
+    }
+
+    /// Reads are admitted against their worst-case answer: a client that
+    /// pipelines `Read{1, MAX}` and never reads holds at most the
+    /// connection's answer budget, and an answer written lets one more in.
+    #[test]
+    fn a_connection_stops_being_read_at_its_answer_byte_budget() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (inbox, mut requests) = mpsc::unbounded_channel();
+            let ctx = Rc::new(ConnContext {
+                me: 1,
+                cluster: "c".into(),
+                groups: Arc::new(vec![inbox]),
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+                stopping: Arc::new(AtomicBool::new(false)),
+                max_entry_bytes: 4 << 20,
+                voters: vec![1, 2],
+                secret: None,
+            });
+            tokio::task::spawn_local(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                serve_connection(s, ctx).await;
+            });
+            let mut out = BytesMut::new();
+            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
+            for id in 0..1000u64 {
+                let request = Request::Read { lo: 1, hi: u64::MAX, max_bytes: u32::MAX };
+                encode_frame(&Frame::Request { id, group: 0, request }, &mut out);
+            }
+            let mut client = TcpStream::connect(address).await.unwrap();
+            client.write_all(&out).await.unwrap();
+            let per_read = crate::group::MAX_READ_BYTES + 256;
+            let admitted = MAX_ANSWER_BYTES_PER_CONNECTION.div_ceil(per_read);
+            let mut held = Vec::new();
+            while held.len() < admitted {
+                match requests.recv().await.unwrap() {
+                    GroupInput::Client { id, reply, .. } => held.push((id, reply)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
+            assert!(more.is_err(), "a read beyond the {admitted} the byte budget allows was read");
+            let (id, reply) = held.pop().unwrap();
+            reply.send(Frame::Response { id, response: Response::Entries(Vec::new()) }).unwrap();
+            assert!(matches!(requests.recv().await, Some(GroupInput::Client { .. })), "one answer, one more read");
+            let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
+            assert!(more.is_err());
         });
     }
 }
