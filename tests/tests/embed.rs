@@ -312,6 +312,85 @@ async fn a_log_only_embedding_appends_without_outputs_and_has_nothing_to_query()
     assert!(matches!(h.append(vec![Bytes::from_static(b"z")]).await, Err(GroupError::Stopped)));
 }
 
+/// A state machine that falls far behind (it is held for a while): the
+/// group stops feeding it at the lag bound (the append path goes on; the
+/// entries wait in the log, and leave memory), then feeds it the rest from
+/// memory and the log files; it applies every entry exactly once, in order.
+struct Gated {
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    applied: Arc<Mutex<Vec<u64>>>,
+}
+
+impl StateMachine for Gated {
+    fn apply(&mut self, entries: &[CommittedEntry], out: &mut Vec<Bytes>) -> Result<(), StateMachineError> {
+        let (open, cv) = &*self.gate;
+        let mut o = open.lock().unwrap();
+        while !*o {
+            o = cv.wait(o).unwrap();
+        }
+        let mut a = self.applied.lock().unwrap();
+        for e in entries {
+            a.push(e.index);
+            out.push(Bytes::new());
+        }
+        Ok(())
+    }
+    fn query(&mut self, _: &[u8]) -> Result<Bytes, StateMachineError> {
+        Ok(bytes(self.applied.lock().unwrap().len() as u64))
+    }
+    fn snapshot(&mut self, _: &mut dyn Write) -> Result<(), StateMachineError> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn Read) -> Result<(), StateMachineError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_far_behind_is_fed_every_entry_once_in_order_from_memory_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = configs(dir.path(), 1, 0).remove(0);
+    cfg.log_memory_mib = 1; // applied entries leave memory early: the catch-up reads the files
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let machine = Gated { gate: gate.clone(), applied: applied.clone() };
+    let server = Server::builder(cfg).bootstrap(true).state_machine(0, machine).start().unwrap();
+    let endpoint = server.local_addr().to_string();
+    server.group(0).unwrap().leader().await.unwrap();
+    // Appends through the network commit without waiting for the state machine.
+    let mut client = dledger_client::Client::new(vec![endpoint], "dledger", 0, Duration::from_secs(20));
+    let batches = 100u64;
+    let per = 1000u64;
+    let mut last = 0;
+    for b in 0..batches {
+        let payloads = (0..per).map(|i| bytes(b * per + i)).collect();
+        last = client.append_batch(payloads).await.unwrap().1;
+    }
+    let metrics = server.metrics().await;
+    let lag: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dledger_apply_lag_entries{group=\"0\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lag <= 64 * 1024 + per, "the group stopped feeding at the lag bound: {lag} entries in flight");
+    // Open the gate: everything arrives, once and in order.
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    let h = server.group(0).unwrap();
+    eventually("the state machine to catch up", Duration::from_secs(30), || {
+        let n = applied.lock().unwrap().len() as u64;
+        async move { (n == batches * per).then_some(()) }
+    })
+    .await;
+    let a = applied.lock().unwrap().clone();
+    assert!(a.windows(2).all(|w| w[0] < w[1]), "in order, each once");
+    assert_eq!(*a.last().unwrap(), last);
+    assert_eq!(num(&h.read(Bytes::new()).await.unwrap()), batches * per, "a read sees all of them");
+    server.stop();
+    server.wait().unwrap();
+}
+
 #[test]
 fn a_state_machine_for_a_group_the_server_lacks_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
