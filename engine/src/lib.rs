@@ -50,6 +50,6 @@ pub use error::{Error, Result};
 pub use faults::{FailPoint, Faults};
 pub use io::BackendKind;
 pub use log::{Entry, Log, LogStats, RecoveryReport};
-pub use meta::{Meta, MAX_BLOB_BYTES};
+pub use meta::{Meta, MAX_BLOB_BYTES, META_FILE};
 pub use probe::{probe, ProbeReport};
 pub use retention::RetentionPolicy;

@@ -35,11 +35,11 @@ impl std::fmt::Debug for PeerSecret {
 pub(crate) const MIN_SECRET_BYTES: usize = 16;
 
 impl PeerSecret {
-    /// Reads a secret file: its bytes, surrounding whitespace trimmed.
+    /// Reads a secret file: its bytes, surrounding ASCII whitespace trimmed
+    /// (a binary secret is used as it is).
     pub(crate) fn load(path: &std::path::Path) -> Result<PeerSecret, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read peer secret {}: {e}", path.display()))?;
-        let text = String::from_utf8_lossy(&bytes);
-        let secret = text.trim().as_bytes().to_vec();
+        let secret = bytes.trim_ascii().to_vec();
         if secret.len() < MIN_SECRET_BYTES {
             return Err(format!(
                 "peer secret {} has {} bytes; at least {MIN_SECRET_BYTES} are needed",

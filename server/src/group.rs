@@ -235,6 +235,16 @@ impl GroupHost {
                 log.first_index()
             ));
         }
+        // This host saves term and vote (synchronously) before it persists any
+        // entry of that term, so entries beside term 0 mean the record was lost
+        // (zeroed): the node's votes are unknown and it must not vote again.
+        if log.meta().current_term == 0 && log.last_index() > 0 {
+            return Err(format!(
+                "group {group}: its metadata record reads as never written (term 0, no vote) but its log holds \
+                 {} entries: the record was lost, so the node must not rejoin as the same voter",
+                log.last_index()
+            ));
+        }
         // The core learns every term from the engine's term runs and reads
         // payloads back from the engine when it needs them: nothing is loaded.
         let terms = log.term_runs().to_vec();
@@ -288,16 +298,21 @@ impl GroupHost {
     }
 
     /// Feeds a state machine that has applied up to `feed.fed` (restored).
-    pub(crate) fn attach_state_machine(&mut self, feed: ApplyFeed) -> Result<(), String> {
+    ///
+    /// `fed` may lie beyond the local log's end: a follower applies what is
+    /// committed (a quorum has it), which may not have reached its own disk
+    /// before a crash. Those entries are committed, so the leader sends them
+    /// again, and feeding resumes after `fed` (the feed only ever moves up).
+    pub(crate) fn attach_state_machine(&mut self, feed: ApplyFeed) {
         if feed.fed > self.log.last_index() {
-            return Err(format!(
-                "the state machine has applied up to {} but the log ends at {}: the log is not the one it was applied from",
-                feed.fed,
-                self.log.last_index()
-            ));
+            tracing::info!(
+                group = self.group,
+                applied = feed.fed,
+                log_end = self.log.last_index(),
+                "the state machine is ahead of the local log (committed entries not yet durable here); the leader resends them"
+            );
         }
         self.feed = Some(feed);
-        Ok(())
     }
 
     pub(crate) fn has_state_machine(&self) -> bool {
@@ -565,6 +580,9 @@ impl GroupHost {
     }
 
     fn answer_reads(&mut self) {
+        // The core's own applied index: after a restart it applies entries it does
+        // not hold in memory without an `Apply` command.
+        self.applied_index = self.core.log().applied_index();
         let applied = self.applied_index;
         let mut i = 0;
         while i < self.reads.len() {

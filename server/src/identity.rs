@@ -151,7 +151,9 @@ pub(crate) fn check(cfg: &ServerConfig, bootstrap: bool) -> Result<Identity, Sta
     }
     if let Some(created) = id.groups {
         for g in 0..created.min(cfg.groups) {
-            if !group_dir(dir, g).exists() {
+            // Its metadata file is made when the group is first opened: a group
+            // directory without it (gone, emptied, a fresh volume) lost its state.
+            if !group_dir(dir, g).join(dledger_engine::META_FILE).exists() {
                 return Err(StartError::GroupLost { group: g, dir: group_dir(dir, g) });
             }
         }
@@ -197,12 +199,15 @@ mod tests {
         let id = check(&c, true).unwrap();
         assert_ne!(id.incarnation, 0);
         std::fs::create_dir(group_dir(&c.data_dir, 0)).unwrap();
+        std::fs::write(group_dir(&c.data_dir, 0).join(dledger_engine::META_FILE), b"").unwrap();
         record_groups(&c, id.clone()).unwrap();
         let again = check(&c, false).unwrap();
         assert_eq!((again.incarnation, again.groups), (id.incarnation, Some(1)));
         // A bootstrap of an initialized directory changes nothing.
         assert_eq!(check(&c, true).unwrap(), again);
-        // A group directory that was created and is gone: refused.
+        // A group directory that was created and is emptied, or gone: refused.
+        std::fs::remove_file(group_dir(&c.data_dir, 0).join(dledger_engine::META_FILE)).unwrap();
+        assert!(matches!(check(&c, false), Err(StartError::GroupLost { group: 0, .. })));
         std::fs::remove_dir(group_dir(&c.data_dir, 0)).unwrap();
         assert!(matches!(check(&c, false), Err(StartError::GroupLost { group: 0, .. })));
         // A wiped directory: refused, even though the config is the old one.

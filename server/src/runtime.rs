@@ -85,8 +85,8 @@ pub enum StartError {
     },
     /// A group's directory that this node created is gone.
     #[error(
-        "group {group}'s directory {dir} was created by this node and is gone: its votes and acknowledged entries \
-         are lost, so the node must not rejoin as the same voter (restore it, or replace the node)"
+        "group {group}'s directory {dir} was created by this node and is gone or emptied: its votes and \
+         acknowledged entries are lost, so the node must not rejoin as the same voter (restore it, or replace the node)"
     )]
     GroupLost {
         /// The group.
@@ -172,7 +172,10 @@ fn pin_to_cpu(cpu: usize) {
 pub(crate) struct Shared {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) wake: Vec<mpsc::UnboundedSender<GroupInput>>,
-    pub(crate) fatal: std::sync::OnceLock<Fatal>,
+    /// The first fatal error (a mutex, not a `OnceLock`, so that `wait` can
+    /// take it out while other holders of `Shared` — a signal thread, a
+    /// [`Stopper`] — are still alive).
+    pub(crate) fatal: std::sync::Mutex<Option<Fatal>>,
     /// Set once, when the server is asked to stop (for [`Stopper::stopping`]).
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -190,7 +193,11 @@ impl Shared {
 
     /// Records `fatal` (the first one wins) and stops the server.
     pub(crate) fn fail(&self, fatal: Fatal) {
-        let _ = self.fatal.set(fatal);
+        let mut first = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(fatal);
+        }
+        drop(first);
         self.stop();
     }
 }
@@ -261,7 +268,7 @@ impl Server {
             let _ = t.join();
         }
         drop(self.handles);
-        match Arc::try_unwrap(self.shared).ok().and_then(|s| s.fatal.into_inner()) {
+        match self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -356,7 +363,7 @@ pub(crate) fn start_with(
             .map_err(|message| StartError::Group { group, message })?;
         if let Some(machine) = machines_by_group.remove(&group) {
             let (feed, worker, rx) = restore_state_machine(&cfg, group, machine)?;
-            host.attach_state_machine(feed).map_err(|message| StartError::Group { group, message })?;
+            host.attach_state_machine(feed);
             workers.push((worker, rx));
         }
         hosts.push(host);
@@ -374,7 +381,7 @@ pub(crate) fn start_with(
     let shared = Arc::new(Shared {
         stop: Arc::new(AtomicBool::new(false)),
         wake: inboxes.clone(),
-        fatal: std::sync::OnceLock::new(),
+        fatal: std::sync::Mutex::new(None),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let handles: Vec<GroupHandle> = hosts
@@ -386,9 +393,25 @@ pub(crate) fn start_with(
     for (mut worker, rx) in workers {
         let s = shared.clone();
         worker.on_fatal = Arc::new(move |f| s.fail(f));
+        let on_fatal = worker.on_fatal.clone();
+        let group = worker.group;
         let t = std::thread::Builder::new()
-            .name(format!("dledger-apply-{}", worker.group))
-            .spawn(move || worker.run(rx))
+            .name(format!("dledger-apply-{group}"))
+            .spawn(move || {
+                // The state machine's own panics are caught inside; this catches the
+                // thread's invariant checks, which must stop the server, not only the thread.
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(rx))) {
+                    let message = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    on_fatal(Fatal::Core {
+                        core: usize::MAX,
+                        message: format!("group {group}: apply thread: {message}"),
+                    });
+                }
+            })
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         threads.push(t);
     }
@@ -564,14 +587,20 @@ async fn run_core(
     });
     let mut tasks = Vec::new();
     for (host, inbox) in groups {
-        tasks.push(tokio::task::spawn_local(run_group(host, inbox, links.clone(), cfg.tick_ms, shared.clone())));
+        let group = tokio::task::spawn_local(run_group(host, inbox, links.clone(), cfg.tick_ms, shared.clone()));
+        // Each group is watched on its own: a panic stops the server at once, not
+        // when the groups before it on this core happen to end.
+        let shared = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            if let Err(e) = group.await {
+                // A group that panicked is a replica lost: stop the server loudly, as for a disk failure.
+                tracing::error!(core, error = %e, "a group task failed; the server stops");
+                shared.fail(Fatal::Core { core, message: format!("group task failed: {e}") });
+            }
+        }));
     }
     for t in tasks {
-        if let Err(e) = t.await {
-            // A group that panicked is a replica lost: stop the server loudly, as for a disk failure.
-            tracing::error!(core, error = %e, "a group task failed; the server stops");
-            shared.fail(Fatal::Core { core, message: format!("group task failed: {e}") });
-        }
+        let _ = t.await;
     }
     tracing::debug!(core, "core finished");
 }
@@ -761,6 +790,7 @@ async fn run_group(
             if !host.has_pending() || since.elapsed() > SHUTDOWN_GRACE {
                 if let Err(e) = host.sync() {
                     tracing::error!(group, error = %e, "final sync failed");
+                    shared.fail(Fatal::Log(e));
                 }
                 host.fail_all(ServerError::ShuttingDown);
                 // Whatever is still queued gets an answer too.

@@ -60,6 +60,9 @@ impl PeerLink {
     }
 }
 
+/// The largest first frame a connection may send (a hello names a node and a cluster).
+const MAX_HELLO_BYTES: usize = 4096;
+
 /// How long a peer waits for the other side's challenge, and a node for the answer.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -187,7 +190,8 @@ pub(crate) async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let hello = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut rd, &mut buf, ctx.max_frame_bytes)).await;
+    // Nothing is known of the other side yet: a hello is small, and so is the limit.
+    let hello = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut rd, &mut buf, MAX_HELLO_BYTES)).await;
     let hello = match hello {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(None)) => return,
@@ -309,6 +313,8 @@ struct InFlight {
     count: std::cell::Cell<usize>,
     /// Worst-case answer bytes of the requests in flight (see [`answer_budget`]).
     bytes: std::cell::Cell<usize>,
+    /// The writer has stopped (the client is gone): the reader stops too.
+    closed: std::cell::Cell<bool>,
     room: Notify,
 }
 
@@ -359,6 +365,9 @@ async fn client_writer(
             bytes += budget;
         }
         if wr.write_all(&buf).await.is_err() {
+            // Wake a reader waiting for room: it must end too, or it would wait forever.
+            in_flight.closed.set(true);
+            in_flight.room.notify_one();
             return;
         }
         answered(n, bytes);
@@ -379,6 +388,9 @@ async fn serve_client(
         while in_flight.count.get() >= MAX_IN_FLIGHT_PER_CONNECTION
             || in_flight.bytes.get() >= MAX_ANSWER_BYTES_PER_CONNECTION
         {
+            if in_flight.closed.get() {
+                return;
+            }
             in_flight.room.notified().await;
         }
         let frame = match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
@@ -557,6 +569,61 @@ mod tests {
             assert!(matches!(requests.recv().await, Some(GroupInput::Client { .. })), "one answer, one more read");
             let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
             assert!(more.is_err());
+        });
+    }
+
+    /// A client that fills its in-flight cap and then resets the connection:
+    /// the writer's failed write wakes the reader, and the connection's tasks
+    /// end (they used to wait for room forever, holding the socket).
+    #[test]
+    fn a_connection_whose_client_is_gone_ends_even_at_its_cap() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (inbox, mut requests) = mpsc::unbounded_channel();
+            let ctx = Rc::new(ConnContext {
+                me: 1,
+                cluster: "c".into(),
+                groups: Arc::new(vec![inbox]),
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+                stopping: Arc::new(AtomicBool::new(false)),
+                max_entry_bytes: 4 << 20,
+                voters: vec![1, 2],
+                secret: None,
+            });
+            let served = tokio::task::spawn_local(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                serve_connection(s, ctx).await;
+            });
+            let mut out = BytesMut::new();
+            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
+            for id in 0..MAX_IN_FLIGHT_PER_CONNECTION as u64 {
+                encode_frame(&Frame::Request { id, group: 0, request: Request::ReadBarrier }, &mut out);
+            }
+            let client = TcpStream::connect(address).await.unwrap();
+            let mut client = client;
+            client.write_all(&out).await.unwrap();
+            let mut held = Vec::new();
+            while held.len() < MAX_IN_FLIGHT_PER_CONNECTION {
+                match requests.recv().await.unwrap() {
+                    GroupInput::Client { id, reply, .. } => held.push((id, reply)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // Reset (not close): the node's next write fails at once.
+            // Linger 0 sends a reset on drop; it blocks nothing here (the socket is idle).
+            #[allow(deprecated)]
+            client.set_linger(Some(Duration::ZERO)).unwrap();
+            drop(client);
+            for (id, reply) in held {
+                let _ = reply.send(Frame::Response { id, response: Response::ReadIndex(id) });
+            }
+            // A deadline, not a measurement: the connection ends.
+            tokio::time::timeout(Duration::from_secs(10), served)
+                .await
+                .expect("the connection's reader ended")
+                .unwrap();
         });
     }
 }

@@ -264,6 +264,8 @@ async fn a_failing_state_machine_stops_only_its_server(panics: bool) {
     }
     // Node 1 stops with the state machine's error; the process lives on.
     let s1 = servers[0].take().unwrap();
+    // A stopper alive elsewhere (a signal handler, an HTTP front) must not hide the error.
+    let _stopper = s1.stopper();
     let waited = tokio::task::spawn_blocking(move || s1.wait()).await.unwrap();
     match waited {
         Err(Fatal::StateMachine { group: 0, error }) => {

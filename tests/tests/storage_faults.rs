@@ -125,7 +125,9 @@ async fn a_follower_that_lost_its_vote_record_or_its_data_refuses_to_rejoin() {
     let saved = std::fs::read(&meta).unwrap();
     std::fs::remove_file(&meta).unwrap();
     let err = start_expecting_refusal(&c, follower).await;
-    assert!(err.contains("metadata") && err.contains("is lost") && err.contains("must not rejoin"), "{err}");
+    // The identity check refuses it first (the group's record is gone); the
+    // engine would too ("missing beside the log's segments").
+    assert!(err.contains("gone or emptied") && err.contains("must not rejoin"), "{err}");
     assert!(!meta.exists(), "the refusal created nothing");
     // Both copies damaged: refused too.
     let mut damaged = saved.clone();
@@ -134,6 +136,10 @@ async fn a_follower_that_lost_its_vote_record_or_its_data_refuses_to_rejoin() {
     std::fs::write(&meta, &damaged).unwrap();
     let err = start_expecting_refusal(&c, follower).await;
     assert!(err.contains("both copies of the record are damaged"), "{err}");
+    // Zeroed (reads as never written) beside a log with entries: refused too.
+    std::fs::write(&meta, vec![0u8; saved.len()]).unwrap();
+    let err = start_expecting_refusal(&c, follower).await;
+    assert!(err.contains("reads as never written") && err.contains("must not rejoin"), "{err}");
 
     std::fs::remove_dir_all(c.data_dir(follower)).unwrap();
     let err = start_expecting_refusal(&c, follower).await;
