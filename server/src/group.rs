@@ -46,6 +46,10 @@ use dledger_raft::{
 /// The most payload bytes one read answer carries (well below any frame limit).
 pub const MAX_READ_BYTES: usize = 8 << 20;
 
+/// The most entries one read answer carries: empty entries (no-ops) count no
+/// payload, and a million of them would not fit in a frame.
+pub const MAX_READ_ENTRIES: u64 = 64 * 1024;
+
 /// Where a client's answer goes: the writer of its connection, with the
 /// answer budget the connection charged for the request (credited back once
 /// the answer is written).
@@ -789,7 +793,8 @@ impl GroupHost {
         if lo == 0 || lo > commit || hi <= lo {
             return Response::Error(ServerError::OutOfRange { index: lo, first: 1, commit });
         }
-        match self.committed_entries(lo, (hi - 1).min(commit), max_bytes) {
+        let last = (hi - 1).min(commit).min(lo.saturating_add(MAX_READ_ENTRIES - 1));
+        match self.committed_entries(lo, last, max_bytes) {
             Ok(out) => Response::Entries(out),
             Err(e) => Response::Error(ServerError::Internal(format!("reading the log: {e}"))),
         }

@@ -324,11 +324,13 @@ struct InFlight {
 /// node's memory (it used to be 4,096 x 8 MiB).
 pub const MAX_ANSWER_BYTES_PER_CONNECTION: usize = 256 << 20;
 
-/// The worst-case size of `request`'s answer: what a read may return (its
-/// byte budget, or one whole entry if that is larger), a little for the rest.
+/// What `request` may hold of the node's memory until it is answered: what a
+/// read may return (its byte budget, or one whole entry if that is larger),
+/// an append's payloads (held until committed), a little for the rest.
 fn answer_budget(request: &Request, max_entry_bytes: usize) -> usize {
     const SMALL: usize = 256;
     match request {
+        Request::Append { payloads } => payloads.iter().map(|p| p.len()).sum::<usize>() + SMALL,
         Request::Get { .. } => max_entry_bytes + SMALL,
         Request::Read { max_bytes, .. } => {
             let asked = if *max_bytes == 0 { crate::group::MAX_READ_BYTES } else { *max_bytes as usize };

@@ -393,6 +393,26 @@ async fn a_state_machine_far_behind_is_fed_every_entry_once_in_order_from_memory
     server.wait().unwrap();
 }
 
+/// Empty entries count no payload bytes: a read of many of them is capped
+/// by count, so that the answer fits in a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_many_empty_entries_is_capped_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = configs(dir.path(), 1, 0).remove(0);
+    let server = Server::builder(cfg).bootstrap(true).start().unwrap();
+    let endpoint = server.local_addr().to_string();
+    server.group(0).unwrap().leader().await.unwrap();
+    let mut client = dledger_client::Client::new(vec![endpoint], "dledger", 0, Duration::from_secs(20));
+    for _ in 0..2 {
+        client.append_batch(vec![Bytes::new(); 50_000]).await.unwrap();
+    }
+    let got = client.read(1, u64::MAX, 0).await.unwrap();
+    assert_eq!(got.len() as u64, dledger_server::MAX_READ_ENTRIES);
+    assert!(got.windows(2).all(|w| w[1].index == w[0].index + 1));
+    server.stop();
+    server.wait().unwrap();
+}
+
 #[test]
 fn a_state_machine_for_a_group_the_server_lacks_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
