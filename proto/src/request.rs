@@ -100,7 +100,11 @@ pub struct GroupStatus {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServerError {
     /// This node does not lead the group; try `leader` at `address` if known.
-    #[error("not the leader (leader: {leader:?} at {address:?})")]
+    #[error("not the leader{}", match (leader, address) {
+        (Some(l), Some(a)) => format!(" (the leader is node {l} at {a})"),
+        (Some(l), None) => format!(" (the leader is node {l})"),
+        _ => " (no leader known)".to_string(),
+    })]
     NotLeader {
         /// The leader this node knows of.
         leader: Option<u64>,
@@ -367,4 +371,19 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
         }),
         _ => return Err(WireError::Malformed(W)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_names_the_leader_plainly() {
+        let e = |leader, address: Option<&str>| {
+            ServerError::NotLeader { leader, address: address.map(Into::into) }.to_string()
+        };
+        assert_eq!(e(Some(2), Some("10.0.0.2:20911")), "not the leader (the leader is node 2 at 10.0.0.2:20911)");
+        assert_eq!(e(Some(2), None), "not the leader (the leader is node 2)");
+        assert_eq!(e(None, None), "not the leader (no leader known)");
+    }
 }
