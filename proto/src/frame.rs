@@ -96,6 +96,15 @@ pub enum Frame {
         /// The MAC.
         mac: [u8; 32],
     },
+    /// From a peer, before its Raft frames: the limits its log and transport
+    /// enforce. Nodes whose limits differ would accept entries the others
+    /// cannot store or carry, so the receiver refuses the connection.
+    Limits {
+        /// The largest entry its log takes.
+        max_entry_bytes: u64,
+        /// The largest frame it reads.
+        max_frame_bytes: u64,
+    },
 }
 
 pub(crate) const KIND_HELLO: u8 = 1;
@@ -104,6 +113,7 @@ pub(crate) const KIND_REQUEST: u8 = 3;
 pub(crate) const KIND_RESPONSE: u8 = 4;
 pub(crate) const KIND_CHALLENGE: u8 = 5;
 pub(crate) const KIND_AUTH: u8 = 6;
+pub(crate) const KIND_LIMITS: u8 = 7;
 
 /// Appends one frame of `kind` to `out`, its payload written by `body`.
 pub(crate) fn write_frame(out: &mut BytesMut, kind: u8, body: impl FnOnce(&mut BytesMut)) {
@@ -142,6 +152,10 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
         }),
         Frame::Challenge { nonce } => write_frame(out, KIND_CHALLENGE, |out| out.put_slice(nonce)),
         Frame::Auth { mac } => write_frame(out, KIND_AUTH, |out| out.put_slice(mac)),
+        Frame::Limits { max_entry_bytes, max_frame_bytes } => write_frame(out, KIND_LIMITS, |out| {
+            out.put_u64_le(*max_entry_bytes);
+            out.put_u64_le(*max_frame_bytes);
+        }),
     }
 }
 
@@ -225,6 +239,9 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
         }
         KIND_CHALLENGE => Frame::Challenge { nonce: get_32(&mut p, "challenge")? },
         KIND_AUTH => Frame::Auth { mac: get_32(&mut p, "auth")? },
+        KIND_LIMITS => {
+            Frame::Limits { max_entry_bytes: get_u64(&mut p, "limits")?, max_frame_bytes: get_u64(&mut p, "limits")? }
+        }
         k => return Err(WireError::UnknownKind(k)),
     };
     if p.has_remaining() {
@@ -245,6 +262,7 @@ mod tests {
             Frame::Raft { group: 8, body: Bytes::new() },
             Frame::Challenge { nonce: [7; 32] },
             Frame::Auth { mac: [9; 32] },
+            Frame::Limits { max_entry_bytes: 4 << 20, max_frame_bytes: 64 << 20 },
             Frame::Request { id: 1, group: 0, request: Request::Append { payloads: vec![Bytes::from_static(b"x")] } },
             Frame::Request { id: 2, group: 0, request: Request::Read { lo: 1, hi: 9, max_bytes: 100 } },
             Frame::Request { id: 3, group: ALL_GROUPS, request: Request::Status },

@@ -542,6 +542,10 @@ async fn run_core(
     secret: Option<crate::auth::PeerSecret>,
 ) {
     let stop = shared.stop.clone();
+    let limits = crate::transport::PeerLimits {
+        max_entry_bytes: cfg.batch_bytes() as u64,
+        max_frame_bytes: cfg.max_frame_mib << 20,
+    };
     // This core's links to every other node.
     let mut links: HashMap<u64, Rc<PeerLink>> = HashMap::new();
     for p in cfg.peers.iter().filter(|p| p.id != cfg.node_id) {
@@ -553,6 +557,7 @@ async fn run_core(
             cfg.cluster.clone(),
             p.address.clone(),
             secret.clone(),
+            limits,
             stop.clone(),
         ));
         links.insert(p.id, link);
@@ -567,6 +572,7 @@ async fn run_core(
         max_entry_bytes: cfg.batch_bytes(),
         voters: cfg.voters(),
         secret,
+        limits,
     });
     if let Some((listener, conn_txs, metrics)) = acceptor {
         tokio::task::spawn_local(accept_loop(listener, conn_txs, stop.clone()));

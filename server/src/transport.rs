@@ -87,7 +87,15 @@ async fn answer_challenge(
     wr.write_all(&buf).await.map_err(|e| e.to_string())
 }
 
+/// The limits a node's peers must share (see [`Frame::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerLimits {
+    pub(crate) max_entry_bytes: u64,
+    pub(crate) max_frame_bytes: u64,
+}
+
 /// Writes a peer's queued messages over a connection it keeps open.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn peer_writer(
     link: Rc<PeerLink>,
     me: NodeId,
@@ -95,6 +103,7 @@ pub(crate) async fn peer_writer(
     cluster: String,
     address: String,
     secret: Option<PeerSecret>,
+    limits: PeerLimits,
     stop: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(20);
@@ -124,6 +133,12 @@ pub(crate) async fn peer_writer(
                 backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
+        }
+        buf.clear();
+        let PeerLimits { max_entry_bytes, max_frame_bytes } = limits;
+        encode_frame(&Frame::Limits { max_entry_bytes, max_frame_bytes }, &mut buf);
+        if stream.write_all(&buf).await.is_err() {
+            continue;
         }
         backoff = Duration::from_millis(20);
         tracing::info!(%address, "connected to peer");
@@ -160,6 +175,8 @@ pub(crate) struct ConnContext {
     pub(crate) voters: Vec<NodeId>,
     /// With a secret, a peer must answer a challenge before anything else.
     pub(crate) secret: Option<PeerSecret>,
+    /// What a peer's limits must equal.
+    pub(crate) limits: PeerLimits,
 }
 
 /// Reads frames until one is complete; `Ok(None)` at a clean end of stream.
@@ -238,6 +255,24 @@ pub(crate) async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
                 }
             }
         }
+        let theirs = tokio::time::timeout(AUTH_TIMEOUT, read_frame(&mut rd, &mut buf, MAX_HELLO_BYTES)).await;
+        match theirs {
+            Ok(Ok(Some(Frame::Limits { max_entry_bytes, max_frame_bytes }))) => {
+                let theirs = PeerLimits { max_entry_bytes, max_frame_bytes };
+                if theirs != ctx.limits {
+                    tracing::error!(
+                        %peer, from, ?theirs, ours = ?ctx.limits,
+                        "closing peer connection: its limits differ from this node's (max_batch_kib, segment_mib and \
+                         max_frame_mib must agree across the cluster, or entries one node accepts are refused by another)"
+                    );
+                    return;
+                }
+            }
+            _ => {
+                tracing::warn!(%peer, from, "closing peer connection: no limits frame (an older or foreign node?)");
+                return;
+            }
+        }
         serve_peer(rd, buf, from, &peer, &ctx).await;
     } else {
         serve_client(rd, wr, buf, &peer, &ctx).await;
@@ -252,6 +287,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Response { .. } => "response",
         Frame::Challenge { .. } => "challenge",
         Frame::Auth { .. } => "auth",
+        Frame::Limits { .. } => "limits",
     }
 }
 
@@ -478,6 +514,7 @@ mod tests {
                 max_entry_bytes: 4 << 20,
                 voters: vec![1, 2],
                 secret: None,
+                limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
             });
             tokio::task::spawn_local(async move {
                 let (s, _) = listener.accept().await.unwrap();
@@ -542,6 +579,7 @@ mod tests {
                 max_entry_bytes: 4 << 20,
                 voters: vec![1, 2],
                 secret: None,
+                limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
             });
             tokio::task::spawn_local(async move {
                 let (s, _) = listener.accept().await.unwrap();
@@ -593,6 +631,7 @@ mod tests {
                 max_entry_bytes: 4 << 20,
                 voters: vec![1, 2],
                 secret: None,
+                limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
             });
             let served = tokio::task::spawn_local(async move {
                 let (s, _) = listener.accept().await.unwrap();

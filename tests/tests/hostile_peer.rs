@@ -102,6 +102,8 @@ async fn without_a_secret_the_core_still_drops_a_term_beyond_the_term_space() {
     for (i, ep) in c.endpoints().iter().enumerate() {
         let to = i as u64 + 1;
         let mut attack = hello(if to == 2 { 1 } else { 2 });
+        // The harness's limits (segment_mib = 8: 2 MiB entries; 64 MiB frames), as a peer sends them.
+        encode_frame(&Frame::Limits { max_entry_bytes: 2 << 20, max_frame_bytes: 64 << 20 }, &mut attack);
         attack.extend_from_slice(&forged_heartbeat(to));
         // Nothing answers a peer's frames; close from our side after a moment.
         let mut s = std::net::TcpStream::connect(ep).unwrap();
@@ -116,4 +118,33 @@ async fn without_a_secret_the_core_still_drops_a_term_beyond_the_term_space() {
     }
     c.leader(0).await;
     still_serving(&c, &before).await;
+}
+
+/// A node whose limits differ from the others' (here a smaller
+/// `max_batch_kib`: the leader would send it entries it cannot store) is
+/// refused as a peer with a reason; nothing crashes, and the others serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_other_limits_is_refused_with_a_reason() {
+    let mut c = Cluster::start(3, 1, 1);
+    let leader = c.leader(0).await;
+    let odd = if leader == 3 { 2 } else { 3 };
+    assert!(c.stop(odd).success());
+    let cfg = c.nodes[odd as usize - 1].config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("cpus = []\n", "cpus = []\nmax_batch_kib = 1024\n", 1)).unwrap();
+    c.start_node(odd);
+    harness::eventually("the others to refuse the odd node's limits", Duration::from_secs(20), || {
+        let refused =
+            (1..=3).filter(|&id| id != odd).any(|id| c.log_text(id).contains("its limits differ from this node's"));
+        async move { refused.then_some(()) }
+    })
+    .await;
+    // An entry of 1.5 MiB: over the odd node's limit, within the others'; they commit it.
+    // (Asked of the other two: the odd node itself refuses it as too large, whatever its role.)
+    let others: Vec<String> =
+        (1..=3u64).filter(|&id| id != odd).map(|id| c.endpoints()[id as usize - 1].clone()).collect();
+    let mut client = dledger_client::Client::new(others, "dledger", 0, Duration::from_secs(10));
+    client.append(Bytes::from(vec![7u8; 3 << 19])).await.unwrap();
+    let status = c.nodes[odd as usize - 1].child.as_mut().unwrap().try_wait().unwrap();
+    assert!(status.is_none(), "the odd node is still running: {status:?}");
 }
