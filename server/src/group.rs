@@ -539,7 +539,17 @@ impl GroupHost {
     fn catch_up_chunk(&self, lo: u64, hi: u64) -> Result<Vec<Entry>, GroupFatal> {
         let log = self.core.log();
         if lo >= log.first_in_memory() {
-            return Ok(log.entries(lo, hi.min(lo + 4095)).to_vec());
+            // Bounded by entries and by bytes (the lag bound counts bytes too).
+            let mut bytes = 0;
+            let mut out = Vec::new();
+            for e in log.entries(lo, hi.min(lo + 4095)) {
+                bytes += e.payload.len();
+                out.push(e.clone());
+                if bytes >= MAX_CATCH_UP_BYTES {
+                    break;
+                }
+            }
+            return Ok(out);
         }
         let storage = EngineStorage { log: &self.log, error: std::cell::RefCell::new(None) };
         let to = hi.min(log.first_in_memory() - 1);

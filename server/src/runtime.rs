@@ -395,25 +395,22 @@ pub(crate) fn start_with(
         worker.on_fatal = Arc::new(move |f| s.fail(f));
         let on_fatal = worker.on_fatal.clone();
         let group = worker.group;
-        let t = std::thread::Builder::new()
-            .name(format!("dledger-apply-{group}"))
-            .spawn(move || {
-                // The state machine's own panics are caught inside; this catches the
-                // thread's invariant checks, which must stop the server, not only the thread.
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(rx))) {
-                    let message = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    on_fatal(Fatal::Core {
-                        core: usize::MAX,
-                        message: format!("group {group}: apply thread: {message}"),
-                    });
-                }
-            })
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
-        threads.push(t);
+        let t = std::thread::Builder::new().name(format!("dledger-apply-{group}")).spawn(move || {
+            // The state machine's own panics are caught inside; this catches the
+            // thread's invariant checks, which must stop the server, not only the thread.
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(rx))) {
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                on_fatal(Fatal::Core { core: usize::MAX, message: format!("group {group}: apply thread: {message}") });
+            }
+        });
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => return Err(abandon_start(&shared, threads, e)),
+        }
     }
     let mut conn_txs = Vec::new();
     let mut conn_rxs = Vec::new();
@@ -431,33 +428,43 @@ pub(crate) fn start_with(
     let mut metrics = metrics;
     for (core, groups) in per_core.into_iter().enumerate() {
         let cfg = cfg.clone();
-        let shared = shared.clone();
+        let core_shared = shared.clone();
         let secret = secret.clone();
         let inboxes = inboxes.clone();
         let conn_rx = conn_rxs[core].take().expect("one per core");
         let acceptor =
             if core == 0 { Some((listener.take().expect("listener"), conn_txs.clone(), metrics.take())) } else { None };
-        let t = std::thread::Builder::new()
-            .name(format!("dledger-core-{core}"))
-            .spawn(move || {
-                if let Some(cpu) = cfg.cpu_of(core) {
-                    pin_to_cpu(cpu);
+        let t = std::thread::Builder::new().name(format!("dledger-core-{core}")).spawn(move || {
+            if let Some(cpu) = cfg.cpu_of(core) {
+                pin_to_cpu(cpu);
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    core_shared.fail(Fatal::Core { core, message: format!("cannot start runtime: {e}") });
+                    return;
                 }
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        shared.fail(Fatal::Core { core, message: format!("cannot start runtime: {e}") });
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run_core(core, cfg, groups, inboxes, conn_rx, acceptor, shared, secret));
-            })
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
-        threads.push(t);
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run_core(core, cfg, groups, inboxes, conn_rx, acceptor, core_shared, secret));
+        });
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => return Err(abandon_start(&shared, threads, e)),
+        }
     }
     tracing::info!(node = cfg.node_id, %local_addr, cores, groups = cfg.groups, "node started");
     Ok(Server { shared, threads, local_addr, handles })
+}
+
+/// A thread could not be spawned part-way through a start: stops and joins
+/// the threads already running (they must not serve a half-started server).
+fn abandon_start(shared: &Shared, threads: Vec<std::thread::JoinHandle<()>>, e: std::io::Error) -> StartError {
+    shared.stop();
+    for t in threads {
+        let _ = t.join();
+    }
+    StartError::Runtime(format!("cannot spawn a thread: {e}"))
 }
 
 /// Restores a group's state machine: the newest whole snapshot if it is
@@ -812,5 +819,31 @@ async fn run_group(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start that fails part-way stops and joins what it had started.
+    #[test]
+    fn an_abandoned_start_stops_and_joins_the_threads_it_started() {
+        let shared = Arc::new(Shared {
+            stop: Arc::new(AtomicBool::new(false)),
+            wake: Vec::new(),
+            fatal: std::sync::Mutex::new(None),
+            stopping: tokio::sync::watch::Sender::new(false),
+        });
+        let mut rx = shared.stopping.subscribe();
+        let running = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let _ = rx.wait_for(|stopping| *stopping).await;
+            });
+        });
+        let e = abandon_start(&shared, vec![running], std::io::Error::other("no more threads"));
+        assert!(e.to_string().contains("cannot spawn a thread: no more threads"), "{e}");
+        assert!(shared.stop.load(Ordering::SeqCst));
     }
 }
