@@ -61,15 +61,16 @@ pub(crate) struct ApplyProgress {
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, StateMachineError>) -> Result<T, StateMachineError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
-            Err(StateMachineError::Panicked(msg))
-        }
+        Err(p) => Err(StateMachineError::Panicked(panic_message(&*p))),
     }
+}
+
+/// The message a panic was raised with.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// What the thread needs besides its channel.

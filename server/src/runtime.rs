@@ -399,11 +399,7 @@ pub(crate) fn start_with(
             // The state machine's own panics are caught inside; this catches the
             // thread's invariant checks, which must stop the server, not only the thread.
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(rx))) {
-                let message = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let message = crate::apply::panic_message(&*p);
                 on_fatal(Fatal::Core { core: usize::MAX, message: format!("group {group}: apply thread: {message}") });
             }
         });

@@ -495,31 +495,54 @@ mod tests {
     use super::*;
     use dledger_proto::DEFAULT_MAX_FRAME_BYTES;
 
+    fn on_local_set(test: impl std::future::Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, test);
+    }
+
+    /// One connection served as a node serves it, to a group that takes
+    /// requests and answers only when the test says so (through `requests`).
+    async fn serve_one_connection(
+    ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<GroupInput>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (inbox, requests) = mpsc::unbounded_channel();
+        let ctx = Rc::new(ConnContext {
+            me: 1,
+            cluster: "c".into(),
+            groups: Arc::new(vec![inbox]),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            stopping: Arc::new(AtomicBool::new(false)),
+            max_entry_bytes: 4 << 20,
+            voters: vec![1, 2],
+            secret: None,
+            limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
+        });
+        let served = tokio::task::spawn_local(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            serve_connection(s, ctx).await;
+        });
+        (address, requests, served)
+    }
+
+    /// Takes `n` client requests off the group's inbox, with their reply handles.
+    async fn hold(requests: &mut mpsc::UnboundedReceiver<GroupInput>, n: usize) -> Vec<(u64, ReplyTo)> {
+        let mut held = Vec::new();
+        while held.len() < n {
+            match requests.recv().await.unwrap() {
+                GroupInput::Client { id, reply, .. } => held.push((id, reply)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        held
+    }
+
     /// A client that pipelines requests without limit is read only up to the
     /// cap; every answer lets exactly as many more in.
     #[test]
     fn a_connection_stops_being_read_at_its_in_flight_cap() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let address = listener.local_addr().unwrap();
-            // A group that takes requests and answers only when the test says so.
-            let (inbox, mut requests) = mpsc::unbounded_channel();
-            let ctx = Rc::new(ConnContext {
-                me: 1,
-                cluster: "c".into(),
-                groups: Arc::new(vec![inbox]),
-                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-                stopping: Arc::new(AtomicBool::new(false)),
-                max_entry_bytes: 4 << 20,
-                voters: vec![1, 2],
-                secret: None,
-                limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
-            });
-            tokio::task::spawn_local(async move {
-                let (s, _) = listener.accept().await.unwrap();
-                serve_connection(s, ctx).await;
-            });
+        on_local_set(async {
+            let (address, mut requests, _served) = serve_one_connection().await;
             let total = MAX_IN_FLIGHT_PER_CONNECTION + 1000;
             let mut out = BytesMut::new();
             encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
@@ -529,13 +552,7 @@ mod tests {
             let mut client = TcpStream::connect(address).await.unwrap();
             // About 300 KB: fits in the socket buffers, so the whole write completes.
             client.write_all(&out).await.unwrap();
-            let mut held = Vec::new();
-            while held.len() < MAX_IN_FLIGHT_PER_CONNECTION {
-                match requests.recv().await.unwrap() {
-                    GroupInput::Client { id, reply, .. } => held.push((id, reply)),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
+            let mut held = hold(&mut requests, MAX_IN_FLIGHT_PER_CONNECTION).await;
             // At the cap: nothing more is read (a deadline, not a measurement).
             let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
             assert!(more.is_err(), "a request beyond the cap of {MAX_IN_FLIGHT_PER_CONNECTION} was read");
@@ -565,26 +582,8 @@ mod tests {
     /// connection's answer budget, and an answer written lets one more in.
     #[test]
     fn a_connection_stops_being_read_at_its_answer_byte_budget() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let address = listener.local_addr().unwrap();
-            let (inbox, mut requests) = mpsc::unbounded_channel();
-            let ctx = Rc::new(ConnContext {
-                me: 1,
-                cluster: "c".into(),
-                groups: Arc::new(vec![inbox]),
-                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-                stopping: Arc::new(AtomicBool::new(false)),
-                max_entry_bytes: 4 << 20,
-                voters: vec![1, 2],
-                secret: None,
-                limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
-            });
-            tokio::task::spawn_local(async move {
-                let (s, _) = listener.accept().await.unwrap();
-                serve_connection(s, ctx).await;
-            });
+        on_local_set(async {
+            let (address, mut requests, _served) = serve_one_connection().await;
             let mut out = BytesMut::new();
             encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
             for id in 0..1000u64 {
@@ -595,13 +594,7 @@ mod tests {
             client.write_all(&out).await.unwrap();
             let per_read = crate::group::MAX_READ_BYTES + 256;
             let admitted = MAX_ANSWER_BYTES_PER_CONNECTION.div_ceil(per_read);
-            let mut held = Vec::new();
-            while held.len() < admitted {
-                match requests.recv().await.unwrap() {
-                    GroupInput::Client { id, reply, .. } => held.push((id, reply)),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
+            let mut held = hold(&mut requests, admitted).await;
             let more = tokio::time::timeout(Duration::from_millis(300), requests.recv()).await;
             assert!(more.is_err(), "a read beyond the {admitted} the byte budget allows was read");
             let (id, reply) = held.pop().unwrap();
@@ -617,41 +610,16 @@ mod tests {
     /// end (they used to wait for room forever, holding the socket).
     #[test]
     fn a_connection_whose_client_is_gone_ends_even_at_its_cap() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let address = listener.local_addr().unwrap();
-            let (inbox, mut requests) = mpsc::unbounded_channel();
-            let ctx = Rc::new(ConnContext {
-                me: 1,
-                cluster: "c".into(),
-                groups: Arc::new(vec![inbox]),
-                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-                stopping: Arc::new(AtomicBool::new(false)),
-                max_entry_bytes: 4 << 20,
-                voters: vec![1, 2],
-                secret: None,
-                limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
-            });
-            let served = tokio::task::spawn_local(async move {
-                let (s, _) = listener.accept().await.unwrap();
-                serve_connection(s, ctx).await;
-            });
+        on_local_set(async {
+            let (address, mut requests, served) = serve_one_connection().await;
             let mut out = BytesMut::new();
             encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
             for id in 0..MAX_IN_FLIGHT_PER_CONNECTION as u64 {
                 encode_frame(&Frame::Request { id, group: 0, request: Request::ReadBarrier }, &mut out);
             }
-            let client = TcpStream::connect(address).await.unwrap();
-            let mut client = client;
+            let mut client = TcpStream::connect(address).await.unwrap();
             client.write_all(&out).await.unwrap();
-            let mut held = Vec::new();
-            while held.len() < MAX_IN_FLIGHT_PER_CONNECTION {
-                match requests.recv().await.unwrap() {
-                    GroupInput::Client { id, reply, .. } => held.push((id, reply)),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
+            let held = hold(&mut requests, MAX_IN_FLIGHT_PER_CONNECTION).await;
             // Reset (not close): the node's next write fails at once.
             // Linger 0 sends a reset on drop; it blocks nothing here (the socket is idle).
             #[allow(deprecated)]

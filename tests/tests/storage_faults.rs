@@ -58,23 +58,16 @@ async fn corrupt_sealed_segment_on_a_follower_refuses_to_start_and_serves_nothin
     img[4096 + 32 + body_len / 2] ^= 0x10;
     std::fs::write(&segs[0], &img).unwrap();
     let before = std::fs::read(&segs[0]).unwrap();
-    let mut child = Command::new(harness::dledger_bin())
-        .args(["server", "--config", c.nodes[follower as usize - 1].config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = eventually("the node to refuse to start", Duration::from_secs(20), || {
-        let exited = child.try_wait().unwrap();
-        async move { exited }
-    })
-    .await;
-    assert!(!status.success(), "a node with a corrupt sealed segment must not start");
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    // Refused (the helper checks the exit status), with a reason naming the segment.
+    let err = start_expecting_refusal(&c, follower).await;
     assert!(err.contains("corrupt log") && err.contains(&*segs[0].to_string_lossy()), "{err}");
     assert_eq!(std::fs::read(&segs[0]).unwrap(), before, "nothing was truncated or rewritten");
     // The two others go on, with every acknowledged entry.
+    the_others_keep_every_acknowledged_entry(&c, acked).await;
+}
+
+/// A new append commits, and the leader's committed log holds every `acked` (index, term).
+async fn the_others_keep_every_acknowledged_entry(c: &Cluster, acked: Vec<(u64, u64)>) {
     let mut client = c.client(0);
     let (last, _) = client.append(Bytes::from_static(b"after")).await.unwrap();
     let max = acked.iter().map(|a| a.0).max().unwrap();
@@ -147,14 +140,7 @@ async fn a_follower_that_lost_its_vote_record_or_its_data_refuses_to_rejoin() {
     assert!(!c.data_dir(follower).exists(), "nothing was created");
 
     // The two others go on, with every acknowledged entry.
-    let mut client = c.client(0);
-    let (last, _) = client.append(Bytes::from_static(b"after")).await.unwrap();
-    let max = acked.iter().map(|a| a.0).max().unwrap();
-    assert!(last > max);
-    let log = c.committed_log(c.leader(0).await, 0, max).await;
-    for (i, t) in acked {
-        assert_eq!(log[i as usize - 1].1, t, "entry {i}");
-    }
+    the_others_keep_every_acknowledged_entry(&c, acked).await;
 }
 
 /// A small ext4 file system on a loop device, unmounted on drop.

@@ -18,9 +18,9 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use dledger_server::ServerConfig;
+use dledger_server::{ConfigError, ServerConfig};
 use serde::Deserialize;
 
 /// One node's HTTP address.
@@ -45,44 +45,18 @@ pub struct KvConfig {
     pub server: ServerConfig,
 }
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum KvConfigError {
-    /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid TOML for [`KvConfig`].
-    #[error("invalid config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// The embedded server's part is not valid.
-    #[error(transparent)]
-    Server(#[from] dledger_server::ConfigError),
-    /// The HTTP part is not valid (named).
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
-
 impl KvConfig {
-    /// Reads and validates a file.
-    pub fn from_file(path: &Path) -> Result<KvConfig, KvConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KvConfigError::Read { path: path.into(), source })?;
+    /// Reads and validates a file (errors are the server's config errors:
+    /// unreadable, not valid TOML, or values that do not work, named).
+    pub fn from_file(path: &Path) -> Result<KvConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let c: KvConfig = toml::from_str(&text)
-            .map_err(|e| KvConfigError::Parse { path: path.into(), message: e.message().to_string() })?;
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_string() })?;
         c.server.validate()?;
         let ids: Vec<u64> = c.http_peers.iter().map(|p| p.id).collect();
         for id in c.server.voters() {
             if !ids.contains(&id) {
-                return Err(KvConfigError::Invalid(format!("node {id} has no entry in http_peers")));
+                return Err(ConfigError::Invalid(format!("node {id} has no entry in http_peers")));
             }
         }
         Ok(c)
