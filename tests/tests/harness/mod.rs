@@ -90,7 +90,51 @@ impl Cluster {
         Self::start_inner(n, groups, cores, extra, true)
     }
 
+    /// Starts a cluster and waits until every node listens. A port taken by
+    /// someone else between `free_ports` and the node's bind (a node then exits
+    /// with "Address already in use" and the cluster runs a node short) is
+    /// retried with fresh ports; any other failure to start is a test failure.
     fn start_inner(n: usize, groups: u64, cores: usize, extra: &str, authenticated: bool) -> Cluster {
+        for attempt in 1.. {
+            let mut c = Self::try_start(n, groups, cores, extra, authenticated);
+            match c.wait_all_listening() {
+                Ok(()) => return c,
+                Err(log) if log.contains("Address already in use") && attempt < 3 => {
+                    eprintln!("a port was taken under the cluster; starting again with fresh ports: {log}");
+                }
+                Err(log) => panic!("a node did not start:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Polls until every node accepts connections; the log of one that exited instead.
+    fn wait_all_listening(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut up = 0;
+            for n in &mut self.nodes {
+                if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                    return Err(format!(
+                        "node {} exited ({status}): {}",
+                        n.id,
+                        std::fs::read_to_string(&n.log).unwrap_or_default()
+                    ));
+                }
+                // Connect and close at once: the node sees a clean end of stream and says nothing.
+                if std::net::TcpStream::connect(&n.endpoint).is_ok() {
+                    up += 1;
+                }
+            }
+            if up == self.nodes.len() {
+                return Ok(());
+            }
+            assert!(Instant::now() < deadline, "nodes did not listen within 20 s");
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
+    }
+
+    fn try_start(n: usize, groups: u64, cores: usize, extra: &str, authenticated: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
