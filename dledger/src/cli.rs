@@ -621,7 +621,9 @@ fn quick_stop(dir: &Path) -> Result<(), String> {
             // SAFETY: sending SIGTERM to a process we started (checked by its command line).
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
-            while pid_alive(pid) && is_our_node(pid, &dir) && Instant::now() < deadline {
+            // Wait for the process itself, not its command line: an exiting process
+            // loses its command line (its memory is gone) before it is a zombie.
+            while pid_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if pid_alive(pid) && is_our_node(pid, &dir) {
