@@ -13,7 +13,7 @@
 //!   with a state machine must restore it from its own storage up to there
 //!   (`RaftLog::applied_index` says how far the core got).
 
-use super::message::{Entry, HardState, LogIndex, Message, NodeId, RequestId, Term};
+use super::message::{Entry, HardState, LogIndex, LogStart, Message, NodeId, RequestId, Term};
 
 /// One output of the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,11 @@ pub enum Command {
     Apply(Vec<Entry>),
     /// Answer a client request.
     Reply(ClientReply),
+    /// Drop the whole log and start it after `start` (a leader's log start
+    /// this follower does not hold the entry of), durably, before the next
+    /// command: the core counts everything up to `start.prev_index` durable,
+    /// committed and applied, and a state machine, if any, does not have it.
+    InstallLogStart(LogStart),
 }
 
 /// An answer to a client request.

@@ -32,6 +32,12 @@ pub struct InjectedBugs {
     pub ack_before_durable: bool,
     /// The leader answers ReadIndex at once, without a quorum round.
     pub read_without_quorum_round: bool,
+    /// [`RaftCore::purge_limit`](super::RaftCore::purge_limit) allows purging
+    /// every durable entry, committed or not.
+    pub purge_above_commit: bool,
+    /// A follower told of the leader's log start takes any entry it holds at
+    /// that index as the leader's, whatever its term, and keeps its log.
+    pub log_start_skips_term_check: bool,
 }
 
 /// Configuration of a [`RaftCore`](super::RaftCore).
@@ -76,6 +82,8 @@ impl InjectedBugs {
         vote_without_log_check: false,
         ack_before_durable: false,
         read_without_quorum_round: false,
+        purge_above_commit: false,
+        log_start_skips_term_check: false,
     };
 }
 

@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use super::command::{ClientError, ClientReply, Command};
 use super::config::{Config, ConfigError};
 use super::event::Event;
-use super::message::{Entry, HardState, LogIndex, Message, MessageBody, NodeId, RequestId, Term};
+use super::message::{Entry, HardState, LogIndex, LogStart, Message, MessageBody, NodeId, RequestId, Term};
 use super::progress::Progress;
 use super::raft_log::RaftLog;
 use super::read_index::ReadIndexState;
@@ -45,7 +45,9 @@ pub enum Role {
 pub struct RestoredState {
     /// The metadata record.
     pub meta: HardState,
-    /// `(first index, term)` of each run of equal terms, over the whole log.
+    /// The last purged entry (`(0, 0)`: the log starts at index 1).
+    pub start: LogStart,
+    /// `(first index, term)` of each run of equal terms, from the first index on.
     pub terms: Vec<(LogIndex, Term)>,
     /// The last index of the log (0 when empty).
     pub last_index: LogIndex,
@@ -58,7 +60,7 @@ impl RestoredState {
     /// A restart with the whole log `entries` (from index 1) in memory.
     pub fn whole(meta: HardState, entries: Vec<Entry>) -> RestoredState {
         let terms = RaftLog::term_runs_of(&entries);
-        RestoredState { meta, terms, last_index: entries.len() as LogIndex, tail: entries }
+        RestoredState { meta, start: LogStart::default(), terms, last_index: entries.len() as LogIndex, tail: entries }
     }
 }
 
@@ -156,6 +158,8 @@ pub struct RaftCore {
     pub(super) needs_storage: Vec<NodeId>,
     /// Entries sent to followers after reading them back from storage.
     pub(super) entries_from_storage: u64,
+    /// Log starts sent to followers that needed purged entries.
+    pub(super) log_starts_sent: u64,
 }
 
 impl RaftCore {
@@ -179,10 +183,13 @@ impl RaftCore {
         if !unique || !voters.contains(&id) {
             return Err(ConfigError::Voters { id, voters });
         }
-        if let Err((index, reason)) = RaftLog::check_restored(&restored.terms, restored.last_index, &restored.tail) {
+        let start = restored.start;
+        if let Err((index, reason)) =
+            RaftLog::check_restored(start, &restored.terms, restored.last_index, &restored.tail)
+        {
             return Err(ConfigError::RestoredLog { index, reason });
         }
-        let log = RaftLog::restored(restored.terms, restored.last_index, restored.tail);
+        let log = RaftLog::restored(start, restored.terms, restored.last_index, restored.tail);
         if restored.meta.term > crate::MAX_TERM || log.last_term() > crate::MAX_TERM {
             return Err(ConfigError::RestoredTerm(restored.meta.term.max(log.last_term())));
         }
@@ -220,6 +227,7 @@ impl RaftCore {
             held_messages: Vec::new(),
             needs_storage: Vec::new(),
             entries_from_storage: 0,
+            log_starts_sent: 0,
         };
         core.reset_election_timer();
         Ok(core)
@@ -245,6 +253,15 @@ impl RaftCore {
             Event::TransferLeadership { request_id, target } => self.on_transfer_request(Some(request_id), target),
             Event::EntriesDurable { index, term } => self.on_entries_durable(index, term),
             Event::MetaSaved(hard_state) => self.on_meta_saved(hard_state),
+            Event::LogPurged { first_index } => {
+                let allow_uncommitted = self.config.bugs().purge_above_commit;
+                assert!(
+                    first_index <= self.purge_limit() + 1,
+                    "the host purged below {first_index}, past the purge limit {}",
+                    self.purge_limit()
+                );
+                self.log.purge_to(first_index, allow_uncommitted);
+            }
         }
         self.send_from_storage(storage);
         self.log.compact(self.config.max_log_memory_bytes);
@@ -269,6 +286,22 @@ impl RaftCore {
             durable_index: self.log.durable_index(),
             last_index: self.log.last_index(),
         }
+    }
+
+    /// The highest index the host may purge its storage up to: committed,
+    /// handed out in `Apply`, and durable here. (A host that holds entries
+    /// back for lagging followers or an unsnapshotted state machine purges
+    /// less.)
+    pub fn purge_limit(&self) -> LogIndex {
+        if self.config.bugs().purge_above_commit {
+            return self.log.durable_index();
+        }
+        self.log.committed_index().min(self.log.applied_index()).min(self.log.durable_index())
+    }
+
+    /// How many log starts were sent to followers behind the purged prefix.
+    pub fn log_starts_sent(&self) -> u64 {
+        self.log_starts_sent
     }
 
     /// How many entries were sent to followers from storage (not memory).
@@ -524,7 +557,10 @@ impl RaftCore {
                     // timeout: ignore the disruptive candidate (thesis §4.2.3).
                     return;
                 }
-                MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. } | MessageBody::TimeoutNow => {
+                MessageBody::AppendRequest { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::TimeoutNow
+                | MessageBody::LogStart { .. } => {
                     self.become_follower(message.term, Some(message.from));
                 }
                 _ => self.become_follower(message.term, None),
@@ -553,6 +589,9 @@ impl RaftCore {
                 self.on_heartbeat_response(message.from, round, match_index)
             }
             MessageBody::TimeoutNow => self.on_timeout_now(message.from),
+            MessageBody::LogStart { start, leader_commit_index } => {
+                self.on_log_start(message.from, start, leader_commit_index)
+            }
         }
     }
 
@@ -560,7 +599,7 @@ impl RaftCore {
     /// term so they step down; drop everything else.
     fn on_stale_message(&mut self, message: Message) {
         let body = match message.body {
-            MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. } | MessageBody::LogStart { .. } => {
                 MessageBody::HeartbeatResponse { round: 0, match_index: 0 }
             }
             MessageBody::PreVoteRequest { .. } => MessageBody::PreVoteResponse { granted: false },

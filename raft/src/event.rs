@@ -50,4 +50,10 @@ pub enum Event {
     },
     /// Storage completion: the metadata record now durably holds this value.
     MetaSaved(HardState),
+    /// The host durably purged its storage below `first_index`, which is at
+    /// most [`RaftCore::purge_limit`](super::RaftCore::purge_limit)` + 1`.
+    LogPurged {
+        /// The first index storage still holds.
+        first_index: LogIndex,
+    },
 }

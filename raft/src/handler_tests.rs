@@ -652,6 +652,7 @@ fn a_restart_with_no_entries_in_memory_still_knows_every_term() {
     // Terms by index: 1 1 2 2; nothing of it in memory.
     let restored = RestoredState {
         meta: HardState { term: 2, voted_for: None },
+        start: Default::default(),
         terms: vec![(1, 1), (3, 2)],
         last_index: 4,
         tail: vec![],
@@ -670,14 +671,66 @@ fn a_restart_with_no_entries_in_memory_still_knows_every_term() {
 fn a_restored_log_that_disagrees_with_itself_is_refused() {
     let cases = [
         (vec![(1, 1), (3, 2)], 2, vec![], "a term run starts past the last index"),
-        (vec![(2, 1)], 2, vec![], "term runs do not start at index 1"),
+        (vec![(2, 1)], 2, vec![], "term runs do not start at the log's first index"),
         (vec![(1, 2), (3, 1)], 4, vec![], "term runs out of order or terms decrease"),
         (vec![(1, 1)], 3, vec![entry(2, 1)], "entries not contiguous up to the last index"),
         (vec![(1, 1)], 2, vec![entry(2, 2)], "entry term differs from the term runs"),
     ];
     for (terms, last_index, tail, want) in cases {
-        let restored = RestoredState { meta: HardState::default(), terms, last_index, tail };
+        let restored = RestoredState { meta: HardState::default(), start: Default::default(), terms, last_index, tail };
         let err = RaftCore::new(1, VOTERS.to_vec(), config(), restored, rand::SeedableRng::seed_from_u64(1));
         assert!(err.as_ref().is_err_and(|e| e.to_string().contains(want)), "{want}: {:?}", err.err());
     }
+}
+
+#[test]
+fn a_follower_behind_the_leaders_log_start_is_sent_the_start_and_resets_to_it() {
+    // Leader of term 2 with log 1 1 2 (its no-op at 3), all committed; it purges below 3.
+    let mut leader = elected_leader(&VOTERS, 1, &[1, 1]);
+    leader.step(Event::EntriesDurable { index: 3, term: 2 });
+    leader.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(3) }));
+    assert_eq!((leader.status().committed_index, leader.purge_limit()), (3, 3));
+    leader.step(Event::LogPurged { first_index: 3 });
+    let start = LogStart { prev_index: 2, prev_term: 1 };
+    assert_eq!(leader.log().start(), start);
+    // Follower 3 holds only index 1: the probe's back-off reaches below the start.
+    let hint = ConflictHint { rejected_prev_log_index: 2, conflict_term: None, conflict_first_index: 2 };
+    let out = leader.step(recv(3, 1, 2, MessageBody::AppendResponse { result: Err(hint) }));
+    assert_eq!(out, vec![send(1, 3, 2, MessageBody::LogStart { start, leader_commit_index: 3 })]);
+    assert_eq!(leader.log_starts_sent(), 1);
+
+    // The follower drops its log, counts the start committed and acknowledges it.
+    let mut follower = node(3, &VOTERS, 2, &[1]);
+    let out = follower.step(recv(1, 3, 2, MessageBody::LogStart { start, leader_commit_index: 3 }));
+    assert_eq!(
+        out,
+        vec![Command::InstallLogStart(start), send(3, 1, 2, MessageBody::AppendResponse { result: Ok(2) })]
+    );
+    let log = follower.log();
+    assert_eq!((log.first_index(), log.last_index(), log.committed_index(), log.term_at(2)), (3, 2, 2, Some(1)));
+    // The leader goes on from the start: entry 3 after (2, 1).
+    let out = leader.step(recv(3, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    assert_eq!(out, vec![send(1, 3, 2, append((2, 1), vec![entry(3, 2)], 3))]);
+    let out = follower.step(recv(1, 3, 2, append((2, 1), vec![entry(3, 2)], 3)));
+    assert_eq!(out[0], Command::PersistEntries { truncate_from: None, entries: vec![entry(3, 2)] });
+
+    // A follower that holds the entry at the start, with its term, keeps its log.
+    let mut caught_up = node(2, &VOTERS, 2, &[1, 1, 2]);
+    let out = caught_up.step(recv(1, 2, 2, MessageBody::LogStart { start, leader_commit_index: 3 }));
+    let ack = send(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) });
+    assert_eq!(out, vec![Command::Apply(vec![entry(1, 1), entry(2, 1)]), ack], "it commits up to the start");
+    assert_eq!(caught_up.log().last_index(), 3);
+}
+
+#[test]
+fn an_append_reaching_below_the_followers_start_is_cut_to_what_follows() {
+    let mut follower = node(2, &VOTERS, 2, &[1, 1, 2]);
+    follower.step(recv(1, 2, 2, append((3, 2), vec![], 3)));
+    follower.step(Event::LogPurged { first_index: 3 });
+    assert_eq!(follower.log().first_index(), 3);
+    // An append from index 1 on: entries 1 and 2 are committed (expired here), 3 and 4 go on.
+    let entries = vec![entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)];
+    let out = follower.step(recv(1, 2, 2, append((0, 0), entries, 3)));
+    assert_eq!(out[0], Command::PersistEntries { truncate_from: None, entries: vec![entry(4, 2)] });
+    assert_eq!(out.last(), Some(&send(2, 1, 2, MessageBody::AppendResponse { result: Ok(3) })));
 }

@@ -19,6 +19,16 @@
 //! | `Send(msg)` | send to `msg.to`; loss, duplication and reordering are tolerated |
 //! | `Apply(entries)` | apply to the state machine, in order, once (see `Command`) |
 //! | `Reply(r)` | answer the client named by `r`'s `request_id` |
+//! | `InstallLogStart(start)` | durably drop the whole log and start it after `start` (before the next command) |
+//!
+//! **Log start.** A host purges a prefix of its storage up to at most
+//! [`RaftCore::purge_limit`] (committed, applied and durable) and then steps
+//! `Event::LogPurged { first_index }`; the core forgets the entries below and
+//! keeps `(prev_index, prev_term)` of the last one ([`LogStart`]). A leader
+//! sends a follower that needs purged entries its log start instead; the
+//! follower that lacks the entry there drops its log (`InstallLogStart`) and
+//! goes on from it. On restart the host passes the log start in
+//! [`RestoredState::start`].
 //!
 //! **Storage mapping.** The core keeps its own copy of the log in memory
 //! ([`RaftLog`]) and never reads storage: every change it makes is mirrored
@@ -48,9 +58,10 @@
 //! up to the commit index, so a host that applies synchronously can serve at
 //! once).
 //!
-//! **Not yet.** Snapshots and prefix compaction (the core holds its whole log
-//! in memory and the first index is always 1), membership changes, and
-//! repairing entries the engine reports corrupt in mid-log.
+//! **Not yet.** State-machine snapshot transfer (a follower that receives a
+//! log start has the log from there on, not the state before it),
+//! membership changes, and repairing entries the engine reports corrupt in
+//! mid-log.
 //!
 //! # Example: a one-node host
 //!
@@ -81,7 +92,7 @@
 //!                 }
 //!                 Command::Apply(entries) => applied.extend(entries),
 //!                 Command::Reply(r) => replies.push(r),
-//!                 Command::Send(_) => unreachable!("a one-node group sends nothing"),
+//!                 Command::Send(_) | Command::InstallLogStart(_) => unreachable!("a one-node group sends nothing"),
 //!             }
 //!         }
 //!     }
@@ -142,7 +153,8 @@ pub use self::config::{Config, ConfigError, InjectedBugs, LeaseConfig};
 pub use self::core::{LogStorage, NoStorage, RaftCore, RestoredState, Role, Status};
 pub use self::event::Event;
 pub use self::message::{
-    ConflictHint, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, RequestId, Term, MAX_TERM,
+    ConflictHint, Entry, EntryKind, HardState, LogIndex, LogStart, Message, MessageBody, NodeId, RequestId, Term,
+    MAX_TERM,
 };
 pub use self::progress::{Progress, ProgressState};
 pub use self::raft_log::RaftLog;

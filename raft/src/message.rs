@@ -132,6 +132,35 @@ pub enum MessageBody {
     },
     /// Leadership transfer: "campaign now, skipping pre-vote" (thesis §3.10).
     TimeoutNow,
+    /// The leader's log no longer holds the entries this follower needs: it
+    /// starts after `start`, and everything up to there is committed. The
+    /// follower that does not hold the entry at `start.prev_index` with
+    /// `start.prev_term` drops its log and starts there (answered like an
+    /// append: `AppendResponse`).
+    LogStart {
+        /// The last entry the leader no longer holds.
+        start: LogStart,
+        /// The leader's commit index (at least `start.prev_index`).
+        leader_commit_index: LogIndex,
+    },
+}
+
+/// Where a log begins once its prefix has been purged: the last entry it no
+/// longer holds. Every entry up to there is committed. `(0, 0)` for a log
+/// that starts at index 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LogStart {
+    /// Index of the last purged entry (the log's first index is one more).
+    pub prev_index: LogIndex,
+    /// That entry's term.
+    pub prev_term: Term,
+}
+
+impl LogStart {
+    /// The first index the log holds (or will hold).
+    pub fn first_index(&self) -> LogIndex {
+        self.prev_index + 1
+    }
 }
 
 /// A message between two peers.
@@ -177,6 +206,12 @@ impl Message {
                     min_term = entry.term;
                 }
                 true
+            }
+            MessageBody::LogStart { start, leader_commit_index } => {
+                start.prev_index >= 1
+                    && start.prev_term >= 1
+                    && start.prev_term <= self.term
+                    && *leader_commit_index >= start.prev_index
             }
             _ => true,
         }

@@ -3,11 +3,19 @@
 //! positions.
 //!
 //! ```text
-//!   0 ≤ applied_index ≤ committed_index ≤ last_index
-//!   0 ≤ durable_index ≤ last_index
-//!   1 ≤ first_in_memory ≤ last_index + 1
+//!   start.prev_index ≤ applied_index ≤ committed_index ≤ last_index
+//!   start.prev_index ≤ durable_index ≤ last_index
+//!   first_index = start.prev_index + 1 ≤ first_in_memory ≤ last_index + 1
 //!   entries[k].index == first_in_memory + k, terms never decrease along the log
 //! ```
+//!
+//! * The log holds `first_index()..=last_index()`. Everything up to
+//!   `start.prev_index` was purged; it is committed (a purge never passes
+//!   the commit index, and a follower only takes a leader's log start), and
+//!   only its last term is kept (`start.prev_term`), for the
+//!   `prev_log_term` of the first append and for elections on an empty log.
+//!   [`RaftLog::term_at`] answers `None` below the start: those entries are
+//!   expired, not absent.
 //!
 //! * The host mirrors every change into durable storage through
 //!   `Command::PersistEntries`, and on restart hands back the terms of the
@@ -28,13 +36,15 @@
 //! * `committed_index` may exceed `durable_index` on a leader whose own disk
 //!   is slower than a quorum of followers': commit is a quorum property.
 
-use super::message::{Entry, LogIndex, Term};
+use super::message::{Entry, LogIndex, LogStart, Term};
 
 /// Terms and tail entries and positions; see the module docs for the invariants.
 #[derive(Clone, Debug)]
 pub struct RaftLog {
     /// Entries `first_in_memory..=last_index()`.
     entries: Vec<Entry>,
+    /// The last purged entry; the log holds what follows it.
+    start: LogStart,
     first_in_memory: LogIndex,
     /// `(first index, term)` of each run of equal terms, over the whole log.
     terms: Vec<(LogIndex, Term)>,
@@ -47,39 +57,51 @@ pub struct RaftLog {
 
 impl Default for RaftLog {
     fn default() -> Self {
-        RaftLog::restored(Vec::new(), 0, Vec::new())
+        RaftLog::restored(LogStart::default(), Vec::new(), 0, Vec::new())
     }
 }
 
 impl RaftLog {
-    /// A log of `last_index` entries whose terms are the runs `terms`, with
-    /// `tail` (the last entries, possibly none) in memory; all durable, none
-    /// committed. The caller has checked that the three agree
-    /// ([`RaftLog::check_restored`]).
-    pub fn restored(terms: Vec<(LogIndex, Term)>, last_index: LogIndex, tail: Vec<Entry>) -> Self {
+    /// A log that starts after `start` and ends at `last_index`, whose terms
+    /// are the runs `terms`, with `tail` (the last entries, possibly none) in
+    /// memory; all durable, committed (and applied) up to the start. The
+    /// caller has checked that they agree ([`RaftLog::check_restored`]).
+    pub fn restored(start: LogStart, terms: Vec<(LogIndex, Term)>, last_index: LogIndex, tail: Vec<Entry>) -> Self {
         let first_in_memory = last_index + 1 - tail.len() as LogIndex;
         let memory_bytes = tail.iter().map(Entry::size_bytes).sum();
         let log = RaftLog {
             entries: tail,
+            start,
             first_in_memory,
             terms,
             memory_bytes,
             durable_index: last_index,
-            committed_index: 0,
-            applied_index: 0,
+            committed_index: start.prev_index,
+            applied_index: start.prev_index,
         };
         log.debug_check();
         log
     }
 
-    /// Why `terms`, `last_index` and `tail` do not describe one log, if they do not.
+    /// Why `start`, `terms`, `last_index` and `tail` do not describe one log, if they do not.
     pub fn check_restored(
+        start: LogStart,
         terms: &[(LogIndex, Term)],
         last_index: LogIndex,
         tail: &[Entry],
     ) -> Result<(), (LogIndex, &'static str)> {
-        if terms.is_empty() != (last_index == 0) || terms.first().is_some_and(|r| r.0 != 1) {
-            return Err((1, "term runs do not start at index 1"));
+        let first = start.first_index();
+        if (start.prev_index == 0) != (start.prev_term == 0) {
+            return Err((start.prev_index, "a log start needs both an index and a term"));
+        }
+        if last_index < start.prev_index {
+            return Err((last_index, "the log ends before its start"));
+        }
+        if terms.is_empty() != (last_index == start.prev_index) || terms.first().is_some_and(|r| r.0 != first) {
+            return Err((first, "term runs do not start at the log's first index"));
+        }
+        if terms.first().is_some_and(|r| r.1 < start.prev_term) {
+            return Err((first, "the first term is below the log start's term"));
         }
         if let Some(w) = terms.windows(2).find(|w| w[1].0 <= w[0].0 || w[1].1 <= w[0].1) {
             return Err((w[1].0, "term runs out of order or terms decrease"));
@@ -90,8 +112,11 @@ impl RaftLog {
         if tail.len() as LogIndex > last_index {
             return Err((last_index, "more entries than the log holds"));
         }
+        if (tail.len() as LogIndex) > last_index - start.prev_index {
+            return Err((last_index, "more entries than the log holds"));
+        }
         let first = last_index + 1 - tail.len() as LogIndex;
-        let probe = RaftLog { terms: terms.to_vec(), first_in_memory: last_index + 1, ..Default::default() };
+        let probe = RaftLog { terms: terms.to_vec(), start, first_in_memory: last_index + 1, ..Default::default() };
         for (k, e) in tail.iter().enumerate() {
             if e.index != first + k as LogIndex {
                 return Err((e.index, "entries not contiguous up to the last index"));
@@ -119,9 +144,19 @@ impl RaftLog {
         self.first_in_memory + self.entries.len() as LogIndex - 1
     }
 
-    /// Term of the last entry (0 when empty).
+    /// Term of the last entry (the log start's when empty, 0 for a log that never held one).
     pub fn last_term(&self) -> Term {
-        self.terms.last().map_or(0, |r| r.1)
+        self.terms.last().map_or(self.start.prev_term, |r| r.1)
+    }
+
+    /// The last purged entry (`(0, 0)` when nothing was purged).
+    pub fn start(&self) -> LogStart {
+        self.start
+    }
+
+    /// The first index the log holds (`last_index() + 1` when it holds none).
+    pub fn first_index(&self) -> LogIndex {
+        self.start.first_index()
     }
 
     /// The first index whose payload is in memory (`last_index() + 1` when none is).
@@ -154,12 +189,14 @@ impl RaftLog {
         (i > 0).then(|| self.terms[i - 1].1)
     }
 
-    /// Term of the entry at `index`; `Some(0)` for index 0, `None` past the end.
+    /// Term of the entry at `index`; the log start's term at its index
+    /// (`Some(0)` for index 0 of an unpurged log); `None` past the end and
+    /// below the start (purged).
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
+        if index == self.start.prev_index {
+            return Some(self.start.prev_term);
         }
-        if index > self.last_index() {
+        if index < self.start.prev_index || index > self.last_index() {
             return None;
         }
         match self.entry(index) {
@@ -194,10 +231,11 @@ impl RaftLog {
         (last_term, last_index) >= (self.last_term(), self.last_index())
     }
 
-    /// First index of the run of entries with the same term as `index`.
+    /// First index of the run of entries with the same term as `index` (the
+    /// log start's index for the log start itself).
     pub fn first_index_of_term_at(&self, index: LogIndex) -> LogIndex {
-        if index == 0 {
-            return 0;
+        if index <= self.start.prev_index {
+            return index;
         }
         assert!(index <= self.last_index(), "index {index} within the log");
         let i = self.terms.partition_point(|&(start, _)| start <= index);
@@ -243,6 +281,65 @@ impl RaftLog {
         let runs = self.terms.partition_point(|&(start, _)| start < from_index);
         self.terms.truncate(runs);
         self.durable_index = self.durable_index.min(from_index - 1);
+        self.debug_check();
+    }
+
+    /// The host purged its storage below `first_index`: forget those entries
+    /// (keeping the last one's index and term as the log start). Only
+    /// committed, applied and durable entries may go (asserted, unless
+    /// `allow_uncommitted`: a bug switch for the simulation, which then counts
+    /// them committed and applied).
+    pub fn purge_to(&mut self, first_index: LogIndex, allow_uncommitted: bool) {
+        let prev_index = first_index - 1;
+        if prev_index <= self.start.prev_index {
+            return;
+        }
+        assert!(prev_index <= self.durable_index, "purge to {first_index} past durable {}", self.durable_index);
+        if allow_uncommitted {
+            self.committed_index = self.committed_index.max(prev_index);
+            self.applied_index = self.applied_index.max(prev_index);
+        }
+        assert!(
+            prev_index <= self.applied_index,
+            "purge to {first_index} past applied {} (commit {})",
+            self.applied_index,
+            self.committed_index
+        );
+        let prev_term = self.term_at(prev_index).expect("a durable entry has a term");
+        if self.first_in_memory < first_index {
+            let n = ((first_index - self.first_in_memory) as usize).min(self.entries.len());
+            self.memory_bytes -= self.entries[..n].iter().map(Entry::size_bytes).sum::<u64>();
+            self.entries.drain(..n);
+            self.first_in_memory = first_index;
+        }
+        // Runs wholly below the new first index go; the one it falls in starts there.
+        let below = self.terms.partition_point(|&(start, _)| start <= first_index);
+        if below > 0 {
+            self.terms.drain(..below - 1);
+        }
+        if first_index > self.last_index() {
+            self.terms.clear();
+        } else if let Some(run) = self.terms.first_mut() {
+            run.0 = run.0.max(first_index);
+        }
+        self.start = LogStart { prev_index, prev_term };
+        self.debug_check();
+    }
+
+    /// A follower takes a leader's log start it does not hold the entry of:
+    /// the whole log goes, and the log goes on after `start`, which is
+    /// committed (and counts as applied: nothing before it is handed out).
+    /// The host makes this durable before anything else happens.
+    pub fn reset_to(&mut self, start: LogStart) {
+        assert!(start.prev_index >= self.committed_index, "a log start below the commit index is already held");
+        self.entries.clear();
+        self.memory_bytes = 0;
+        self.terms.clear();
+        self.start = start;
+        self.first_in_memory = start.first_index();
+        self.durable_index = start.prev_index;
+        self.committed_index = start.prev_index;
+        self.applied_index = start.prev_index;
         self.debug_check();
     }
 
@@ -316,7 +413,10 @@ impl RaftLog {
         debug_assert!(self.applied_index <= self.committed_index);
         debug_assert!(self.committed_index <= self.last_index());
         debug_assert!(self.durable_index <= self.last_index());
-        debug_assert!(self.first_in_memory >= 1);
+        debug_assert!(self.first_in_memory >= self.first_index());
+        debug_assert!(self.terms.first().is_none_or(|r| r.0 >= self.first_index() && r.1 >= self.start.prev_term));
+        debug_assert!(self.applied_index >= self.start.prev_index);
+        debug_assert!(self.durable_index >= self.start.prev_index);
     }
 }
 
@@ -332,7 +432,7 @@ mod tests {
             .map(|(k, &term)| Entry { index: k as u64 + 1, term, kind: EntryKind::Noop, payload: Default::default() })
             .collect();
         let runs = RaftLog::term_runs_of(&entries);
-        RaftLog::restored(runs, entries.len() as u64, entries)
+        RaftLog::restored(LogStart::default(), runs, entries.len() as u64, entries)
     }
 
     #[test]
@@ -420,11 +520,58 @@ mod tests {
 
     #[test]
     fn truncation_below_memory_empties_it() {
-        let mut log = RaftLog::restored(vec![(1, 1), (3, 2)], 4, vec![]);
+        let mut log = RaftLog::restored(LogStart::default(), vec![(1, 1), (3, 2)], 4, vec![]);
         assert_eq!((log.first_in_memory(), log.last_index(), log.last_term()), (5, 4, 2));
         log.truncate_from(3);
         assert_eq!((log.first_in_memory(), log.last_index(), log.last_term(), log.durable_index()), (3, 2, 1, 2));
         log.append(&[Entry { index: 3, term: 5, kind: EntryKind::Noop, payload: Default::default() }]);
         assert_eq!((log.term_at(2), log.term_at(3), log.last_index_of_term(2)), (Some(1), Some(5), None));
+    }
+
+    #[test]
+    fn purging_keeps_the_last_purged_term_and_the_runs_above() {
+        let mut log = log_with_terms(&[1, 1, 2, 2, 2, 4]);
+        log.commit_to(6);
+        log.take_unapplied();
+        log.purge_to(4, false);
+        assert_eq!(log.start(), LogStart { prev_index: 3, prev_term: 2 });
+        assert_eq!((log.first_index(), log.first_in_memory(), log.last_index()), (4, 4, 6));
+        // (index, term_at): below the start expired, the start itself known.
+        for (index, term) in [(0, None), (2, None), (3, Some(2)), (4, Some(2)), (6, Some(4)), (7, None)] {
+            assert_eq!(log.term_at(index), term, "term_at({index})");
+        }
+        assert_eq!(log.first_index_of_term_at(5), 4, "the run now starts at the first index");
+        assert_eq!(log.last_index_of_term(1), None);
+        log.purge_to(7, false);
+        assert_eq!((log.first_index(), log.last_index(), log.last_term(), log.memory_bytes()), (7, 6, 4, 0));
+        assert!(log.is_up_to_date(4, 6) && !log.is_up_to_date(3, 9));
+        log.append(&[Entry { index: 7, term: 5, kind: EntryKind::Noop, payload: Default::default() }]);
+        assert_eq!((log.term_at(6), log.term_at(7)), (Some(4), Some(5)));
+    }
+
+    #[test]
+    #[should_panic(expected = "past applied")]
+    fn purging_uncommitted_entries_panics() {
+        let mut log = log_with_terms(&[1, 1, 1]);
+        log.commit_to(1);
+        log.take_unapplied();
+        log.purge_to(3, false);
+    }
+
+    #[test]
+    fn a_reset_starts_the_log_after_a_leaders_start_and_a_restart_keeps_it() {
+        let mut log = log_with_terms(&[1, 1, 3]);
+        log.commit_to(1);
+        log.reset_to(LogStart { prev_index: 10, prev_term: 2 });
+        assert_eq!((log.first_index(), log.last_index(), log.last_term()), (11, 10, 2));
+        assert_eq!((log.committed_index(), log.applied_index(), log.durable_index()), (10, 10, 10));
+        assert_eq!(log.term_at(3), None);
+        let start = LogStart { prev_index: 10, prev_term: 2 };
+        assert!(RaftLog::check_restored(start, &[(11, 2)], 12, &[]).is_ok());
+        assert!(RaftLog::check_restored(start, &[(11, 1)], 12, &[]).is_err(), "terms below the start's");
+        assert!(RaftLog::check_restored(start, &[(1, 2)], 12, &[]).is_err(), "runs from index 1");
+        assert!(RaftLog::check_restored(start, &[], 9, &[]).is_err(), "ends before its start");
+        let restored = RaftLog::restored(start, vec![(11, 2)], 12, vec![]);
+        assert_eq!((restored.committed_index(), restored.applied_index(), restored.term_at(10)), (10, 10, Some(2)));
     }
 }

@@ -14,10 +14,17 @@
 //!   that entry is from its current term (§5.4.2, Figure 8); earlier entries
 //!   commit with it. A slow follower only ever lowers its own match, and
 //!   the quorum-th highest match ignores the slowest minority.
+//! * A follower whose next entry the leader has purged gets the leader's log
+//!   start (`LogStart`) instead, one at a time like a probe. A follower
+//!   that holds the entry there with that term already agrees up to it;
+//!   one that does not drops its whole log (none of it is committed past its
+//!   commit index, which is below the start) and starts there.
+//! * Entries at or below a follower's own log start are committed, so they
+//!   match every leader: an append reaching below it is cut to what follows.
 
 use super::command::Command;
 use super::core::{LogStorage, RaftCore, Role};
-use super::message::{ConflictHint, Entry, LogIndex, MessageBody, NodeId, Term};
+use super::message::{ConflictHint, Entry, LogIndex, LogStart, MessageBody, NodeId, Term};
 use super::progress::ProgressState;
 
 /// Storage reads one step may make for followers behind the memory window.
@@ -68,6 +75,10 @@ impl RaftCore {
                 return;
             }
             let next_index = pr.next_index;
+            if next_index < self.log.first_index() {
+                self.send_log_start(peer);
+                return;
+            }
             let has_new = next_index <= last_index;
             let probe_anyway = even_if_empty && pr.state == ProgressState::Probe;
             if !has_new && !probe_anyway {
@@ -92,6 +103,54 @@ impl RaftCore {
                 return;
             }
         }
+    }
+
+    /// `peer` needs entries this leader purged: send the log start, as a
+    /// probe (its answer moves `next_index` past the start).
+    fn send_log_start(&mut self, peer: NodeId) {
+        let (max_inflight_entries, max_inflight_bytes) =
+            (self.config.max_inflight_entries, self.config.max_inflight_bytes);
+        let start = self.log.start();
+        let pr = self.progress.get_mut(&peer).expect("progress for every peer");
+        if pr.state == ProgressState::Replicate {
+            let next_index = pr.next_index;
+            pr.become_probe(next_index);
+        }
+        if pr.next_index >= start.first_index() || !pr.can_send(max_inflight_entries, max_inflight_bytes) {
+            return;
+        }
+        let sent_upto = pr.next_index - 1;
+        pr.on_sent(sent_upto, 0);
+        let leader_commit_index = self.log.committed_index();
+        self.log_starts_sent += 1;
+        self.send(peer, MessageBody::LogStart { start, leader_commit_index });
+    }
+
+    /// Follower: the leader's log starts after `start`.
+    pub(super) fn on_log_start(&mut self, from: NodeId, start: LogStart, leader_commit_index: LogIndex) {
+        if self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.leader_id = Some(from);
+        self.election_elapsed_ticks = 0;
+        let here = self.log.term_at(start.prev_index);
+        let held = start.prev_index <= self.log.start().prev_index
+            || here == Some(start.prev_term)
+            || (here.is_some() && self.config.bugs().log_start_skips_term_check);
+        if !held {
+            if start.prev_index <= self.log.committed_index() {
+                // We committed another entry there: no correct leader says so. Drop it.
+                return;
+            }
+            self.log.reset_to(start);
+            self.out.push(Command::InstallLogStart(start));
+        }
+        self.verified_index = self.verified_index.max(start.prev_index);
+        if self.log.commit_to(leader_commit_index.min(self.verified_index)) {
+            self.apply_committed();
+        }
+        self.send_append_ack(from, true);
     }
 
     /// Records `entries` (starting at `next_index`) as sent to `peer` and
@@ -137,7 +196,8 @@ impl RaftCore {
             (self.config.max_entries_per_append, self.config.max_inflight_entries, self.config.max_inflight_bytes);
         let pr = self.progress.get_mut(&peer).expect("progress for every peer");
         let next_index = pr.next_index;
-        if !pr.can_send(max_inflight_entries, max_inflight_bytes) || next_index >= first_in_memory {
+        let purged = next_index < self.log.first_index();
+        if purged || !pr.can_send(max_inflight_entries, max_inflight_bytes) || next_index >= first_in_memory {
             return false;
         }
         let (room_entries, room_bytes) = pr.room(max_entries, max_inflight_entries, max_inflight_bytes);
@@ -210,6 +270,14 @@ impl RaftCore {
         self.leader_id = Some(from);
         self.election_elapsed_ticks = 0;
 
+        // What reaches at or below our log start is committed, hence ours already.
+        let start = self.log.start();
+        let (prev_log_index, prev_log_term, entries) = if prev_log_index < start.prev_index {
+            let skip = (start.prev_index - prev_log_index).min(entries.len() as LogIndex) as usize;
+            (start.prev_index, start.prev_term, entries[skip..].to_vec())
+        } else {
+            (prev_log_index, prev_log_term, entries)
+        };
         let prev_matches = match self.log.term_at(prev_log_index) {
             None => false,
             Some(term) => term == prev_log_term || self.config.bugs().skip_prev_log_term_check,

@@ -87,6 +87,7 @@ impl Cluster {
                     }
                     Command::Apply(entries) => self.applied.entry(id).or_default().extend(entries),
                     Command::Reply(reply) => self.replies.push(reply),
+                    Command::InstallLogStart(start) => panic!("no purges in these scenarios, yet {start:?}"),
                 }
             }
         }

@@ -21,12 +21,21 @@
 //!   proposal's payload, at the acknowledged index, forever.
 //! * Read Barrier Linearizable: a read index is at least every index
 //!   acknowledged to a client before the read was issued.
+//! * Log Start Committed: a log start (a purge, or a leader's start taken by
+//!   a follower) is at most the highest commit index any node has reached,
+//!   and agrees with the entry committed there. Entries below a node's start
+//!   are *expired*, not lost: the other checkers skip them on that node, and
+//!   an index still never comes back with another entry.
+//! * Committed Entry Agrees: the entry at a node's commit index is the one
+//!   committed there (so a commit that jumps over a wrong entry is seen even
+//!   when that entry is never applied from memory).
 
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use crate::{Entry, EntryKind, LogIndex, NodeId, RaftLog, Role, Status, Term};
+use super::storage::SimDisk;
+use crate::{Entry, EntryKind, LogIndex, LogStart, NodeId, RaftLog, Role, Status, Term};
 
 /// A safety or liveness property the simulation found broken.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +70,8 @@ pub mod names {
     pub const REQUESTS_ANSWERED: &str = "Client Requests Answered";
     /// A panic inside the core (an `assert!` fired).
     pub const CORE_ASSERTION: &str = "Core Assertion";
+    /// Purges and installed log starts.
+    pub const LOG_START_COMMITTED: &str = "Log Start Only At A Committed Entry";
 }
 
 #[derive(Clone, Debug)]
@@ -117,10 +128,10 @@ impl Checkers {
     }
 
     /// Log Matching: `entries` were just written to `node`'s log, which now
-    /// reads `log` (for the term of each entry's predecessor).
-    pub fn log_matching(&mut self, node: NodeId, entries: &[Entry], log: &[Entry]) -> Result<(), Violation> {
+    /// reads `disk` (for the term of each entry's predecessor).
+    pub fn log_matching(&mut self, node: NodeId, entries: &[Entry], disk: &SimDisk) -> Result<(), Violation> {
         for entry in entries {
-            let prev_term = if entry.index == 1 { 0 } else { log[entry.index as usize - 2].term };
+            let prev_term = disk.term_at(entry.index - 1).expect("an entry follows its predecessor or the start");
             let seen = (entry.kind, entry.payload.clone(), prev_term);
             match self.written.get(&(entry.index, entry.term)) {
                 None => {
@@ -188,7 +199,8 @@ impl Checkers {
             }
             let commit_term = self.committed[&entry.index].commit_term;
             for &(leader, leader_term, log) in leaders {
-                if leader_term > commit_term && log.term_at(entry.index) != Some(entry.term) {
+                let expired = entry.index < log.start().prev_index;
+                if leader_term > commit_term && !expired && log.term_at(entry.index) != Some(entry.term) {
                     return fail(
                         names::LEADER_COMPLETENESS,
                         format!(
@@ -205,7 +217,7 @@ impl Checkers {
 
     /// Leader Completeness: `node` just became leader of `term` with `log`.
     pub fn leader_completeness(&self, node: NodeId, term: Term, log: &RaftLog) -> Result<(), Violation> {
-        for (&index, record) in &self.committed {
+        for (&index, record) in self.committed.range(log.start().prev_index..) {
             if record.commit_term < term && log.term_at(index) != Some(record.term) {
                 return fail(
                     names::LEADER_COMPLETENESS,
@@ -237,6 +249,50 @@ impl Checkers {
         Ok(())
     }
 
+    /// Committed Entry Agrees: `node`'s log says the entry at its commit
+    /// index has the term `log` gives it.
+    pub fn committed_agrees(&self, node: NodeId, log: &RaftLog) -> Result<(), Violation> {
+        let index = log.committed_index();
+        let (Some(record), Some(term)) = (self.committed.get(&index), log.term_at(index)) else { return Ok(()) };
+        if record.term != term {
+            return fail(
+                names::STATE_MACHINE_SAFETY,
+                format!(
+                    "node {node} committed up to index {index} holding term {term}, but term {} committed there",
+                    record.term
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Log Start Committed: `node` is about to start its log after `start`
+    /// (a purge, or a leader's log start it installs).
+    pub fn log_start(&self, node: NodeId, start: LogStart, how: &str) -> Result<(), Violation> {
+        let max_commit = self.commit_index_by_node.values().copied().max().unwrap_or(0);
+        if start.prev_index > max_commit {
+            return fail(
+                names::LOG_START_COMMITTED,
+                format!(
+                    "node {node} {how} up to index {} but no node has committed past {max_commit}",
+                    start.prev_index
+                ),
+            );
+        }
+        if let Some(record) = self.committed.get(&start.prev_index) {
+            if record.term != start.prev_term {
+                return fail(
+                    names::LOG_START_COMMITTED,
+                    format!(
+                        "node {node} {how} up to (index {}, term {}) but term {} is committed there",
+                        start.prev_index, start.prev_term, record.term
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A proposal of `payloads` was acknowledged at `first_index..` in `term`
     /// by a node whose log is `log`.
     pub fn proposal_acked(
@@ -246,13 +302,15 @@ impl Checkers {
         term: Term,
         payloads: &[Bytes],
         log: &RaftLog,
-        disk: &[Entry],
+        disk: &SimDisk,
     ) -> Result<(), Violation> {
         for (k, payload) in payloads.iter().enumerate() {
             let index = first_index + k as u64;
             let in_log = entry_of(log, disk, index);
             let committed = self.committed.get(&index);
-            let ok = in_log.is_some_and(|e| e.term == term && e.payload == *payload)
+            // Part of a proposal may commit, be applied and expire before the rest commits.
+            let expired = index < log.first_index();
+            let ok = (expired || in_log.is_some_and(|e| e.term == term && e.payload == *payload))
                 && committed.is_some_and(|c| c.term == term && c.payload == *payload);
             if !ok {
                 return fail(
@@ -285,9 +343,10 @@ impl Checkers {
         Ok(())
     }
 
-    /// Every acknowledged entry is in `log` (used once logs converged).
-    pub fn acked_present(&self, node: NodeId, log: &RaftLog, disk: &[Entry]) -> Result<(), Violation> {
-        for (&index, payload) in &self.acked {
+    /// Every acknowledged entry at or above `node`'s log start is in `log`
+    /// (used once logs converged); those below it expired.
+    pub fn acked_present(&self, node: NodeId, log: &RaftLog, disk: &SimDisk) -> Result<(), Violation> {
+        for (&index, payload) in self.acked.range(log.first_index()..) {
             if entry_of(log, disk, index).map(|e| &e.payload) != Some(payload) {
                 return fail(names::ACKED_DURABLE, format!("acked index {index} missing from node {node} at the end"));
             }
@@ -308,9 +367,9 @@ impl Checkers {
 
 /// The entry at `index` as the node holds it: in the core's memory, or (once
 /// it left memory) on the node's disk, which then must agree on its term.
-fn entry_of<'a>(log: &'a RaftLog, disk: &'a [Entry], index: LogIndex) -> Option<&'a Entry> {
+fn entry_of<'a>(log: &'a RaftLog, disk: &'a SimDisk, index: LogIndex) -> Option<&'a Entry> {
     log.entry(index).or_else(|| {
-        let e = disk.get(usize::try_from(index).ok()?.checked_sub(1)?)?;
-        (e.index == index && log.term_at(index) == Some(e.term)).then_some(e)
+        let e = disk.entry(index)?;
+        (log.term_at(index) == Some(e.term)).then_some(e)
     })
 }

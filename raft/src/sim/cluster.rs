@@ -10,6 +10,10 @@
 //!    process pauses (the host catches up on missed ticks when it resumes),
 //!    and changing drop/duplicate rates. Per seed, links are fast or slow
 //!    (delays up to 12 ticks) and disks fast or slow (up to 8 ticks).
+//!    Most seeds also purge: on a tick a node may purge its log up to a
+//!    random point at most the core's purge limit, a leader holding back
+//!    for its followers on some seeds and not on others, so that followers
+//!    fall behind leaders' log starts and are sent them.
 //! 2. *Heal*: every node restarted, every link healed, no drops, no more
 //!    crashes or clients. Within `LEADER_BOUND_ELECTION_TIMEOUTS` maximum
 //!    election timeouts one leader must be followed by all nodes; from then on the logs must keep moving (never
@@ -31,8 +35,8 @@ use super::checkers::{names, Checkers, Violation};
 use super::network::SimNetwork;
 use super::storage::SimDisk;
 use crate::{
-    ClientReply, Command, Config, Event, InjectedBugs, LeaseConfig, LogIndex, Message, NodeId, RaftCore, RequestId,
-    RestoredState, Role,
+    ClientReply, Command, Config, Event, InjectedBugs, LeaseConfig, LogIndex, LogStart, Message, NodeId, RaftCore,
+    RequestId, RestoredState, Role,
 };
 
 /// Simulated milliseconds per tick.
@@ -86,6 +90,10 @@ pub struct SimReport {
     pub transfers_done: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Purges of a log prefix.
+    pub purges: u64,
+    /// Leaders' log starts installed by followers.
+    pub log_starts_installed: u64,
     /// Ticks from the heal until one leader was followed by all.
     pub ticks_to_leader: u64,
     /// Ticks from the heal until the cluster converged.
@@ -192,6 +200,10 @@ pub struct Simulation {
     fault_interval_max_ms: u64,
     /// Chance that a newly elected leader crashes within a few ticks.
     leader_crash_percent: u32,
+    /// Chance per tick that a node purges its log (0: never).
+    purge_per_mille: u32,
+    /// Leaders hold their purges back for their followers.
+    purge_holds_for_followers: bool,
     healing: bool,
     checkers: Checkers,
     next_request_id: RequestId,
@@ -254,6 +266,8 @@ impl Simulation {
             client_interval_max_ms: rng.gen_range(2..=4 * TICK_MS),
             fault_interval_max_ms: rng.gen_range(5..=100) * TICK_MS,
             leader_crash_percent: [0, 10, 30][rng.gen_range(0..3)],
+            purge_per_mille: [0, 5, 20, 100][rng.gen_range(0..4)],
+            purge_holds_for_followers: rng.gen_bool(0.5),
             healing: false,
             checkers: Checkers::default(),
             next_request_id: 1,
@@ -398,6 +412,9 @@ impl Simulation {
                 if node.incarnation == incarnation && node.tick_generation == generation && node.core.is_some() {
                     self.schedule(self.tick_period_ms[&id], Action::Tick(id, incarnation, generation));
                     self.step(id, Event::Tick)?;
+                    if self.purge_per_mille > 0 && self.rng.gen_range(0..1000) < self.purge_per_mille {
+                        self.purge(id)?;
+                    }
                 }
             }
             Action::Resume(id, incarnation, missed_ticks) => {
@@ -506,6 +523,28 @@ impl Simulation {
         self.schedule(down_ms, Action::Restart(id));
     }
 
+    /// The host purges `id`'s log up to a random point at most the core's
+    /// purge limit (held back for followers on some seeds), then tells it.
+    fn purge(&mut self, id: NodeId) -> Result<(), Violation> {
+        let core = self.nodes[&id].core.as_ref().expect("live node");
+        let mut limit = core.purge_limit();
+        if self.purge_holds_for_followers && core.status().role == Role::Leader {
+            for &peer in self.voters.iter().filter(|&&p| p != id) {
+                limit = limit.min(core.progress(peer).map_or(0, |p| p.match_index));
+            }
+        }
+        let first = core.log().first_index();
+        if limit < first {
+            return Ok(());
+        }
+        let target = self.rng.gen_range(first..=limit) + 1;
+        let prev_term = core.log().term_at(target - 1).expect("a durable entry has a term");
+        self.checkers.log_start(id, LogStart { prev_index: target - 1, prev_term }, "purged")?;
+        self.nodes.get_mut(&id).expect("node").disk.purge_to(target);
+        self.report.purges += 1;
+        self.step(id, Event::LogPurged { first_index: target })
+    }
+
     /// Steps one node and runs every checker on what the step changed.
     fn step(&mut self, id: NodeId, event: Event) -> Result<(), Violation> {
         let commands = {
@@ -521,6 +560,7 @@ impl Simulation {
         let status = core.status();
         self.checkers.election_safety(&status)?;
         self.checkers.commit_monotonic(id, node.incarnation, status.committed_index)?;
+        self.checkers.committed_agrees(id, core.log())?;
         if status.role == Role::Leader && node.was_leader_of_term != Some(status.term) {
             self.checkers.leader_completeness(id, status.term, core.log())?;
             self.report.leaders_elected += 1;
@@ -551,7 +591,7 @@ impl Simulation {
                 self.checkers.leader_append_only(&status, truncate_from)?;
                 let node = self.nodes.get_mut(&id).expect("node");
                 node.disk.persist(truncate_from, &entries);
-                self.checkers.log_matching(id, &entries, node.disk.entries())?;
+                self.checkers.log_matching(id, &entries, &node.disk)?;
                 if !node.disk_sync_scheduled {
                     node.disk_sync_scheduled = true;
                     let incarnation = node.incarnation;
@@ -576,6 +616,11 @@ impl Simulation {
                 self.checkers.state_machine_safety(id, term, &entries, &leaders)?;
             }
             Command::Reply(reply) => self.on_reply(id, reply)?,
+            Command::InstallLogStart(start) => {
+                self.checkers.log_start(id, start, "installed a leader's log start")?;
+                self.nodes.get_mut(&id).expect("node").disk.reset(start);
+                self.report.log_starts_installed += 1;
+            }
         }
         Ok(())
     }
@@ -597,7 +642,7 @@ impl Simulation {
             (ClientReply::Committed { first_index, last_index, term, .. }, ClientOp::Propose(payloads)) => {
                 assert_eq!(last_index + 1 - first_index, payloads.len() as u64);
                 let core = self.nodes[&id].core.as_ref().expect("live");
-                let disk = self.nodes[&id].disk.entries();
+                let disk = &self.nodes[&id].disk;
                 self.checkers.proposal_acked(id, first_index, term, &payloads, core.log(), disk)?;
             }
             (ClientReply::ReadReady { read_index, .. }, ClientOp::Read { acked_before }) => {
@@ -796,7 +841,7 @@ impl Simulation {
     fn check_after_convergence(&self) -> Result<(), Violation> {
         for (&id, node) in &self.nodes {
             let core = node.core.as_ref().expect("converged means all live");
-            self.checkers.acked_present(id, core.log(), self.nodes[&id].disk.entries())?;
+            self.checkers.acked_present(id, core.log(), &self.nodes[&id].disk)?;
         }
         Ok(())
     }

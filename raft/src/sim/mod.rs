@@ -68,12 +68,14 @@ pub fn run_seed(options: SimOptions) -> Result<SimReport, Violation> {
 pub type BugSwitch = fn(&mut InjectedBugs) -> &mut bool;
 
 /// Each bug-injection switch by name, for `SIM_BUGS` and replay commands.
-pub const BUG_SWITCHES: [(&str, BugSwitch); 5] = [
+pub const BUG_SWITCHES: [(&str, BugSwitch); 7] = [
     ("skip_prev_log_term_check", |b| &mut b.skip_prev_log_term_check),
     ("commit_old_term_by_count", |b| &mut b.commit_old_term_by_count),
     ("vote_without_log_check", |b| &mut b.vote_without_log_check),
     ("ack_before_durable", |b| &mut b.ack_before_durable),
     ("read_without_quorum_round", |b| &mut b.read_without_quorum_round),
+    ("purge_above_commit", |b| &mut b.purge_above_commit),
+    ("log_start_skips_term_check", |b| &mut b.log_start_skips_term_check),
 ];
 
 /// The command that replays `options` exactly.

@@ -12,21 +12,26 @@
 //!   and the torn entry at its end is cut by recovery;
 //! * of the metadata saves not reported durable, a random prefix of them
 //!   took effect (each save is atomic, so no record is ever half-written);
-//! * truncation is durable when it returns (as in the engine).
+//! * truncation is durable when it returns (as in the engine);
+//! * so are a purge of a prefix and a reset to a leader's log start (the
+//!   engine writes its start record, synced, before deleting anything).
 //!
-//! Invariant: `durable_len ≤ entries.len()`, and the durable prefix is never
-//! changed except by an explicit truncation.
+//! Invariant: `durable_len ≤ entries.len()`, `entries[k].index ==
+//! start.first_index() + k`, and the durable prefix is never changed except
+//! by an explicit truncation, purge or reset.
 
 use std::collections::VecDeque;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::{Entry, HardState, LogIndex, LogStorage, RestoredState};
+use crate::{Entry, HardState, LogIndex, LogStart, LogStorage, RaftLog, RestoredState};
 
 /// One node's simulated disk.
 #[derive(Clone, Debug, Default)]
 pub struct SimDisk {
+    /// The last purged entry; `entries` follow it.
+    start: LogStart,
     entries: Vec<Entry>,
     durable_len: usize,
     meta_durable: HardState,
@@ -36,15 +41,60 @@ pub struct SimDisk {
 impl SimDisk {
     /// Truncate (durably) from `truncate_from`, then buffer `entries`.
     pub fn persist(&mut self, truncate_from: Option<LogIndex>, entries: &[Entry]) {
+        let first = self.start.first_index();
         if let Some(from) = truncate_from {
-            assert!(from >= 1 && from <= self.entries.len() as u64 + 1, "truncate within the log");
-            self.entries.truncate(from as usize - 1);
+            assert!(from >= first && from <= self.next_index(), "truncate within the log");
+            self.entries.truncate((from - first) as usize);
             self.durable_len = self.durable_len.min(self.entries.len());
         }
         for entry in entries {
-            assert_eq!(entry.index, self.entries.len() as u64 + 1, "disk appends are contiguous");
+            assert_eq!(entry.index, self.next_index(), "disk appends are contiguous");
             self.entries.push(entry.clone());
         }
+    }
+
+    fn next_index(&self) -> LogIndex {
+        self.start.first_index() + self.entries.len() as LogIndex
+    }
+
+    /// Durably drops the entries below `first_index` (durable ones only).
+    pub fn purge_to(&mut self, first_index: LogIndex) {
+        let first = self.start.first_index();
+        if first_index <= first {
+            return;
+        }
+        let n = (first_index - first) as usize;
+        assert!(n <= self.durable_len, "purge below {first_index} of entries not durable");
+        let prev_term = self.entries[n - 1].term;
+        self.entries.drain(..n);
+        self.durable_len -= n;
+        self.start = LogStart { prev_index: first_index - 1, prev_term };
+    }
+
+    /// Durably drops the whole log and starts it after `start`.
+    pub fn reset(&mut self, start: LogStart) {
+        self.entries.clear();
+        self.durable_len = 0;
+        self.start = start;
+    }
+
+    /// The last purged entry.
+    pub fn start(&self) -> LogStart {
+        self.start
+    }
+
+    /// The entry at `index`, if the disk holds it (durable or not).
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        let k = index.checked_sub(self.start.first_index())?;
+        self.entries.get(usize::try_from(k).ok()?)
+    }
+
+    /// Term of the entry at `index` (the start's term at its index).
+    pub fn term_at(&self, index: LogIndex) -> Option<u64> {
+        if index == self.start.prev_index {
+            return Some(self.start.prev_term);
+        }
+        self.entry(index).map(|e| e.term)
     }
 
     /// Whether some written entries are not yet durable.
@@ -93,9 +143,13 @@ impl SimDisk {
         self.meta_pending.clear();
         // The host decides how much of the tail to hold in memory: anything.
         let in_memory = rng.gen_range(0..=self.entries.len());
-        let mut restored = RestoredState::whole(self.meta_durable, self.entries.clone());
-        restored.tail.drain(..self.entries.len() - in_memory);
-        restored
+        RestoredState {
+            meta: self.meta_durable,
+            start: self.start,
+            terms: RaftLog::term_runs_of(&self.entries),
+            last_index: self.next_index() - 1,
+            tail: self.entries[self.entries.len() - in_memory..].to_vec(),
+        }
     }
 
     /// Entries currently written (durable or not).
@@ -107,9 +161,16 @@ impl SimDisk {
 /// The disk is the core's storage for entries that left its memory.
 impl LogStorage for SimDisk {
     fn entries(&self, from: LogIndex, to: LogIndex, max_bytes: u64) -> Option<Vec<Entry>> {
-        // The core only lets durable entries leave memory: asking for more is its bug.
-        assert!(to as usize <= self.durable_len, "core asked storage for {from}..={to}, durable {}", self.durable_len);
-        let written = self.entries.get(from.checked_sub(1)? as usize..to as usize)?;
+        // The core only lets durable entries leave memory, and never asks for
+        // purged ones: either is its bug.
+        let first = self.start.first_index();
+        assert!(from >= first, "core asked storage for {from}..={to}, purged below {first}");
+        assert!(
+            to < first + self.durable_len as LogIndex,
+            "core asked storage for {from}..={to}, durable up to {}",
+            first + self.durable_len as LogIndex - 1
+        );
+        let written = self.entries.get((from - first) as usize..=(to - first) as usize)?;
         let mut bytes = 0;
         let mut out = Vec::new();
         for e in written {
@@ -160,5 +221,23 @@ mod tests {
         assert!(disk.has_unsynced_entries());
         let restored = disk.crash(&mut ChaCha8Rng::seed_from_u64(1));
         assert!((1..=2).contains(&restored.last_index));
+    }
+
+    #[test]
+    fn purge_and_reset_move_the_start_and_survive_a_crash() {
+        let mut disk = SimDisk::default();
+        disk.persist(None, &[entry(1, 1), entry(2, 1), entry(3, 2)]);
+        disk.sync_entries();
+        disk.purge_to(3);
+        assert_eq!(disk.start(), LogStart { prev_index: 2, prev_term: 1 });
+        assert_eq!((disk.term_at(2), disk.term_at(3), disk.entry(1)), (Some(1), Some(2), None));
+        disk.persist(None, &[entry(4, 2)]);
+        let restored = disk.crash(&mut ChaCha8Rng::seed_from_u64(3));
+        assert_eq!((restored.start.prev_index, restored.terms.first()), (2, Some(&(3, 2))));
+        disk.reset(LogStart { prev_index: 9, prev_term: 3 });
+        disk.persist(None, &[entry(10, 3)]);
+        let restored = disk.crash(&mut ChaCha8Rng::seed_from_u64(4));
+        assert_eq!(restored.start, LogStart { prev_index: 9, prev_term: 3 });
+        assert!((9..=10).contains(&restored.last_index));
     }
 }

@@ -33,11 +33,14 @@ fn sweep() {
             let leaders: u64 = reports.iter().map(|r| r.leaders_elected).sum();
             let reads: u64 = reports.iter().map(|r| r.reads_served).sum();
             let transfers: u64 = reports.iter().map(|r| r.transfers_done).sum();
+            let purges: u64 = reports.iter().map(|r| r.purges).sum();
+            let installs: u64 = reports.iter().map(|r| r.log_starts_installed).sum();
             let worst_converge = reports.iter().map(|r| r.ticks_to_converge).max().unwrap_or(0);
             let worst_leader = reports.iter().map(|r| r.ticks_to_leader).max().unwrap_or(0);
             println!(
                 "sim sweep: {} seeds, {events} fault-phase events each, {total_events} events total, {:.1?}; \
-                 {leaders} leaders, {crashes} crashes, {acked} acked entries, {reads} reads, {transfers} transfers; \
+                 {leaders} leaders, {crashes} crashes, {acked} acked entries, {reads} reads, {transfers} transfers, \
+                 {purges} purges, {installs} log starts installed; \
                  after heal: leader within {worst_leader} ticks, logs converged within {worst_converge} ticks",
                 seeds.len(),
                 started.elapsed()
@@ -151,4 +154,18 @@ fn checker_catches_a_host_that_forgets_ticks_missed_while_paused() {
         }
     }
     panic!("a stale lease read went unnoticed in 3000 seeds");
+}
+
+#[test]
+fn checker_catches_a_purge_above_the_commit_index() {
+    let bugs = InjectedBugs { purge_above_commit: true, ..InjectedBugs::default() };
+    let (seeds, violation) = first_violation(bugs, 200);
+    println!("purge_above_commit caught after {seeds} seeds by {}", violation.checker);
+}
+
+#[test]
+fn checker_catches_a_follower_that_takes_a_log_start_without_its_term() {
+    let bugs = InjectedBugs { log_start_skips_term_check: true, ..InjectedBugs::default() };
+    let (seeds, violation) = first_violation(bugs, 3000);
+    println!("log_start_skips_term_check caught after {seeds} seeds by {}", violation.checker);
 }
