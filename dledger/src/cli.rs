@@ -151,10 +151,14 @@ enum Cmd {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-    /// What the storage engine can use in a directory.
+    /// What the storage engine can use in a directory; with `--config`, also
+    /// checks the server's configuration (warns when retention is off).
     Doctor {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// A server config file: probe its data directory and check its settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -364,9 +368,21 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Doctor { dir } => {
-            let r = dledger_engine::probe(&dir).map_err(|e| format!("probe {}: {e}", dir.display()))?;
+        Cmd::Doctor { dir, config } => {
+            let cfg = match &config {
+                Some(path) => Some(dledger_server::ServerConfig::from_file(path).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let dir = cfg.as_ref().map_or(dir, |c| c.data_dir.clone());
+            let probe_dir =
+                if dir.is_dir() { dir.clone() } else { dir.parent().map_or(dir.clone(), Path::to_path_buf) };
+            let r = dledger_engine::probe(&probe_dir).map_err(|e| format!("probe {}: {e}", probe_dir.display()))?;
             println!("{r}");
+            if let Some(cfg) = cfg {
+                for warning in config_warnings(&cfg) {
+                    println!("warning: {warning}");
+                }
+            }
             Ok(())
         }
         Cmd::Quickstart { action } => match action {
@@ -375,6 +391,22 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             Quick::Stop { dir } => quick_stop(&dir),
         },
     }
+}
+
+/// What `dledger doctor --config` warns about.
+fn config_warnings(cfg: &dledger_server::ServerConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if !cfg.retention.is_on() {
+        out.push(
+            "retention is off: every group's log grows until the disk is full; set [retention] max_log_mib or \
+             max_age_secs"
+                .to_string(),
+        );
+    }
+    if cfg.peer_secret_file.is_none() {
+        out.push("peer_secret_file is not set: peers are not authenticated".to_string());
+    }
+    out
 }
 
 /// One row of `dledger cluster`.
@@ -388,6 +420,8 @@ struct Row {
     last_index: Option<u64>,
     commit_index: Option<u64>,
     lag: Option<u64>,
+    first_index: Option<u64>,
+    disk_bytes: Option<u64>,
 }
 
 async fn cluster_rows(endpoints: &[String], cluster: &str) -> Vec<Row> {
@@ -408,6 +442,8 @@ async fn cluster_rows(endpoints: &[String], cluster: &str) -> Vec<Row> {
                 last_index: None,
                 commit_index: None,
                 lag: None,
+                first_index: None,
+                disk_bytes: None,
             });
             continue;
         };
@@ -429,6 +465,8 @@ async fn cluster_rows(endpoints: &[String], cluster: &str) -> Vec<Row> {
                 last_index: Some(g.last_index),
                 commit_index: Some(g.commit_index),
                 lag: leader_last.map(|l| l.saturating_sub(g.last_index)),
+                first_index: Some(g.first_index),
+                disk_bytes: Some(g.disk_bytes),
             });
         }
     }
@@ -442,21 +480,24 @@ fn print_rows(rows: &[Row], json: bool) {
         return;
     }
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let mib = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / (1 << 20) as f64));
     println!(
-        "{:<6} {:<5} {:<22} {:<12} {:>6} {:>11} {:>13} {:>6}",
-        "GROUP", "NODE", "ADDRESS", "ROLE", "TERM", "LAST_INDEX", "COMMIT_INDEX", "LAG"
+        "{:<6} {:<5} {:<22} {:<12} {:>6} {:>11} {:>11} {:>13} {:>6} {:>9}",
+        "GROUP", "NODE", "ADDRESS", "ROLE", "TERM", "FIRST_INDEX", "LAST_INDEX", "COMMIT_INDEX", "LAG", "DISK_MIB"
     );
     for r in rows {
         println!(
-            "{:<6} {:<5} {:<22} {:<12} {:>6} {:>11} {:>13} {:>6}",
+            "{:<6} {:<5} {:<22} {:<12} {:>6} {:>11} {:>11} {:>13} {:>6} {:>9}",
             opt(r.group),
             opt(r.node),
             r.address,
             r.role,
             opt(r.term),
+            opt(r.first_index),
             opt(r.last_index),
             opt(r.commit_index),
-            opt(r.lag)
+            opt(r.lag),
+            mib(r.disk_bytes)
         );
     }
 }

@@ -43,6 +43,16 @@
 //! log durably held before (uncommitted ones, as Raft only truncates those),
 //! never invented ones; the leader truncates them again.
 //!
+//! **The log start.** The metadata record holds the last purged entry
+//! (`start_prev_index`, `start_prev_term`). A purge saves it (synced) *before*
+//! deleting any segment, so a crash in between leaves whole segments at or
+//! below the start, which recovery deletes, and a segment that straddles the
+//! start, whose entries at or below it recovery ignores. A follower that
+//! takes a leader's log start ([`Log::reset_to`]) saves it, then deletes every
+//! segment; recovery of a log with no segment left starts after the record.
+//! Only whole segments are purged: sealed, durable, and with no batch (a seal
+//! batch included) queued or in flight.
+//!
 //! **Failures.** A failed write or data sync makes the log fatal: entries not
 //! yet durable are forgotten, appends fail, reads of durable entries work,
 //! and reopening recovers. `NoSpace` while preparing a segment fails the
@@ -295,8 +305,18 @@ impl Log {
             }
         }
         names.sort_unstable();
+        let start_prev = self.meta.get().start_prev_index;
         let mut image: Option<AlignedBuf> = None;
-        let mut expected_next = names.first().copied().unwrap_or(1);
+        let mut expected_next = names.first().copied().unwrap_or(start_prev + 1);
+        if expected_next > start_prev + 1 {
+            let path = dir.join(segment::segment_file_name(expected_next));
+            return Err(Error::Corrupt {
+                segment: path,
+                offset: 0,
+                entry_index: start_prev + 1,
+                reason: "the log's first segment begins after its start record: entries are missing",
+            });
+        }
         let log_first = expected_next;
         self.first_index = log_first;
         let count = names.len();
@@ -397,6 +417,21 @@ impl Log {
                 std::fs::remove_file(&s.path).map_err(|e| Error::io("remove empty segment", &s.path, e))?;
             }
         }
+        // Segments wholly at or below the log start were being purged at a crash.
+        while self.segments.front().is_some_and(|s| s.end_index() <= start_prev + 1) {
+            let s = self.segments.pop_front().expect("checked");
+            if !self.cfg.read_only {
+                tracing::info!(segment = %s.path.display(), start_prev, "removing a segment below the log start");
+                std::fs::remove_file(&s.path).map_err(|e| Error::io("remove purged segment", &s.path, e))?;
+            }
+        }
+        if start_prev > 0 {
+            expected_next = expected_next.max(start_prev + 1);
+            self.terms.purge(start_prev + 1);
+            if self.segments.is_empty() {
+                self.terms = TermRuns::default();
+            }
+        }
         // Segments before the last are sealed whether or not they end with a seal batch.
         let n = self.segments.len();
         for s in self.segments.iter_mut().take(n.saturating_sub(1)) {
@@ -413,6 +448,7 @@ impl Log {
         if self.segments.is_empty() {
             self.first_index = expected_next;
         }
+        self.first_index = self.first_index.max(start_prev + 1);
         self.next_index = expected_next;
         self.durable_index = expected_next - 1;
         self.recovery.segments = count;
@@ -458,11 +494,33 @@ impl Log {
         self.durable_index
     }
 
+    /// Term of the entry at `index`; the log start's term at the start's
+    /// index (the last purged entry); `None` elsewhere outside the log.
     pub fn term_at(&self, index: u64) -> Option<u64> {
+        let m = self.meta.get();
+        if index > 0 && index == m.start_prev_index && index < self.first_index {
+            return Some(m.start_prev_term);
+        }
         if index < self.first_index || index >= self.next_index {
             return None;
         }
         self.terms.term_at(index)
+    }
+
+    /// The last purged entry, `(index, term)`; `(0, 0)` when nothing was purged.
+    pub fn start(&self) -> (u64, u64) {
+        let m = self.meta.get();
+        (m.start_prev_index, m.start_prev_term)
+    }
+
+    /// Bytes the log's segment files take (their preallocated size).
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.header.size_bytes).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
     }
 
     /// Terms of the log as runs `(first index of the run, term)`, oldest
@@ -491,9 +549,13 @@ impl Log {
     }
 
     /// Durably replaces the metadata record (atomic: old or new survives a crash).
+    /// Durably replaces the term, vote and blob; the log start is the log's
+    /// own (moved only by purges and resets) and is kept whatever `m` says.
     pub fn save_meta(&mut self, m: &Meta) -> Result<()> {
         self.check_writable()?;
-        match self.meta.save(m) {
+        let (start_prev_index, start_prev_term) = self.start();
+        let m = Meta { start_prev_index, start_prev_term, ..m.clone() };
+        match self.meta.save(&m) {
             Err(Error::Fatal { op, path, source }) => Err(self.make_fatal(op, path, source)),
             r => r,
         }
@@ -946,34 +1008,76 @@ impl Log {
 
     fn purge_while(&mut self, mut pred: impl FnMut(&SegmentIndex, u64) -> bool) -> Result<u64> {
         self.check_writable()?;
-        let mut deleted = false;
+        // Which segments go: a prefix of whole ones, sealed, durable, never the
+        // last, and with no batch (the seal batch included) queued or in flight,
+        // whose buffers and completions name the segment.
+        let pending: Vec<u64> = self.in_flight.iter().chain(self.queued.iter()).map(|b| b.segment_id).collect();
         let mut total: u64 = self.segments.iter().map(|s| s.header.size_bytes).sum();
-        while let Some(s) = self.segments.front() {
-            let durable_and_sealed = s.sealed && s.end_index() <= self.durable_index + 1 && self.segments.len() > 1;
-            if !durable_and_sealed || !pred(s, total) {
+        let mut count = 0;
+        for s in self.segments.iter().take(self.segments.len().saturating_sub(1)) {
+            let purgeable = s.sealed && s.end_index() <= self.durable_index + 1 && !pending.contains(&s.id);
+            if !purgeable || !pred(s, total) {
                 break;
             }
+            total -= s.header.size_bytes;
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(self.first_index);
+        }
+        // The start record first: a crash from here on recovers to the new start.
+        let new_first = self.segments[count].first_index;
+        let prev_index = new_first - 1;
+        let prev_term = self.term_at(prev_index).expect("a durable entry has a term");
+        let meta = Meta { start_prev_index: prev_index, start_prev_term: prev_term, ..self.meta.get().clone() };
+        self.meta.save(&meta)?;
+        for _ in 0..count {
+            let s = self.segments.front().expect("counted");
             let (fd, path, size) = (s.file.as_raw_fd(), s.path.clone(), s.header.size_bytes);
             self.backend.forget_file(fd).map_err(|e| Error::io("unregister segment", &path, e))?;
+            let s = self.segments.pop_front().expect("counted");
             if size == self.cfg.segment_size_bytes {
-                let s = self.segments.pop_front().expect("checked");
                 let spares = self.spares.as_mut().expect("a writable log has a spare maker");
                 if let Some((_, path)) = spares.recycle(s.file, s.path) {
                     std::fs::remove_file(&path).map_err(|e| Error::io("delete segment", &path, e))?;
                 }
             } else {
-                self.delete_segment(fd, &path)?;
-                self.segments.pop_front();
+                std::fs::remove_file(&path).map_err(|e| Error::io("delete segment", &path, e))?;
             }
-            total -= size;
-            deleted = true;
-            self.first_index = self.segments.front().map_or(self.next_index, |n| n.first_index);
-            self.terms.purge(self.first_index);
         }
-        if deleted {
-            segment::sync_dir(&self.cfg.dir)?;
-        }
+        self.first_index = new_first;
+        self.terms.purge(new_first);
+        segment::sync_dir(&self.cfg.dir)?;
         Ok(self.first_index)
+    }
+
+    /// Drops the whole log and starts it after `(prev_index, prev_term)`: a
+    /// leader's log start that this follower does not hold the entry of.
+    /// Waits for writes in flight, saves the start (synced), deletes every
+    /// segment; the next append opens a segment named `prev_index + 1`.
+    pub fn reset_to(&mut self, prev_index: u64, prev_term: u64) -> Result<()> {
+        self.check_writable()?;
+        if prev_index < self.start().0 || prev_index == 0 || prev_term == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "reset_to({prev_index}, {prev_term}) below the log start {:?}",
+                self.start()
+            )));
+        }
+        self.sync_all()?;
+        let meta = Meta { start_prev_index: prev_index, start_prev_term: prev_term, ..self.meta.get().clone() };
+        self.meta.save(&meta)?;
+        while let Some(s) = self.segments.back() {
+            let (fd, path) = (s.file.as_raw_fd(), s.path.clone());
+            self.delete_segment(fd, &path)?;
+            self.segments.pop_back();
+        }
+        segment::sync_dir(&self.cfg.dir)?;
+        self.terms = TermRuns::default();
+        self.first_index = prev_index + 1;
+        self.next_index = prev_index + 1;
+        self.durable_index = prev_index;
+        self.truncation_pending = false;
+        Ok(())
     }
 
     /// Deletes the oldest sealed segments that are older than `policy.max_age` or

@@ -1,5 +1,10 @@
-//! The small durable metadata record Raft needs (current term, vote, an opaque blob),
-//! replaced atomically.
+//! The small durable metadata record Raft needs (current term, vote, the log
+//! start, an opaque blob), replaced atomically.
+//!
+//! The log start (`start_prev_index`, `start_prev_term`: the last purged entry)
+//! is what lets the log begin above index 1: it is saved before any segment
+//! below it is deleted, and recovery ignores what lies at or below it (see
+//! `Log::purge_prefix`).
 //!
 //! The file `meta` holds two 4 KiB slots, each a whole copy of the record. A
 //! save writes the new record (sequence number one higher) to slot 0 and
@@ -28,8 +33,11 @@ use crate::{Error, Result};
 
 pub const META_FILE: &str = "meta";
 const SLOT_SIZE: usize = 4096;
-const MAGIC: u32 = u32::from_le_bytes(*b"DLM1");
-const FIXED: usize = 40;
+/// Records written before the log start existed: no start fields, blob at 40.
+const MAGIC_V1: u32 = u32::from_le_bytes(*b"DLM1");
+const FIXED_V1: usize = 40;
+const MAGIC: u32 = u32::from_le_bytes(*b"DLM2");
+const FIXED: usize = 56;
 /// The largest blob a record can carry.
 pub const MAX_BLOB_BYTES: usize = SLOT_SIZE - FIXED;
 
@@ -38,6 +46,10 @@ pub const MAX_BLOB_BYTES: usize = SLOT_SIZE - FIXED;
 pub struct Meta {
     pub current_term: u64,
     pub voted_for: Option<u64>,
+    /// Index of the last purged entry (0: the log starts at index 1).
+    pub start_prev_index: u64,
+    /// That entry's term (0 when nothing was purged).
+    pub start_prev_term: u64,
     pub blob: Vec<u8>,
 }
 
@@ -58,6 +70,8 @@ fn encode(seq: u64, m: &Meta) -> [u8; SLOT_SIZE] {
     b[24..32].copy_from_slice(&m.voted_for.unwrap_or(0).to_le_bytes());
     b[32] = m.voted_for.is_some() as u8;
     b[36..40].copy_from_slice(&(m.blob.len() as u32).to_le_bytes());
+    b[40..48].copy_from_slice(&m.start_prev_index.to_le_bytes());
+    b[48..56].copy_from_slice(&m.start_prev_term.to_le_bytes());
     b[FIXED..FIXED + m.blob.len()].copy_from_slice(&m.blob);
     let crc = crc32c::crc32c(&b[8..FIXED + m.blob.len()]);
     b[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -65,15 +79,25 @@ fn encode(seq: u64, m: &Meta) -> [u8; SLOT_SIZE] {
 }
 
 fn decode(b: &[u8]) -> Option<(u64, Meta)> {
-    if read_u32(b, 0) != MAGIC {
-        return None;
-    }
+    let fixed = match read_u32(b, 0) {
+        MAGIC => FIXED,
+        MAGIC_V1 => FIXED_V1,
+        _ => return None,
+    };
     let blob_len = read_u32(b, 36) as usize;
-    if blob_len > MAX_BLOB_BYTES || crc32c::crc32c(&b[8..FIXED + blob_len]) != read_u32(b, 4) {
+    if blob_len > SLOT_SIZE - fixed || crc32c::crc32c(&b[8..fixed + blob_len]) != read_u32(b, 4) {
         return None;
     }
     let voted_for = (b[32] == 1).then(|| read_u64(b, 24));
-    Some((read_u64(b, 8), Meta { current_term: read_u64(b, 16), voted_for, blob: b[FIXED..FIXED + blob_len].to_vec() }))
+    let (start_prev_index, start_prev_term) = if fixed == FIXED { (read_u64(b, 40), read_u64(b, 48)) } else { (0, 0) };
+    let meta = Meta {
+        current_term: read_u64(b, 16),
+        voted_for,
+        start_prev_index,
+        start_prev_term,
+        blob: b[fixed..fixed + blob_len].to_vec(),
+    };
+    Some((read_u64(b, 8), meta))
 }
 
 /// Whether `dir` holds log segments (it has been used by a log).
@@ -204,18 +228,29 @@ mod tests {
         let mut s = MetaStore::open(dir.path()).unwrap();
         assert_eq!(s.get(), &Meta::default());
         for t in 1..=5 {
-            s.save(&Meta { current_term: t, voted_for: Some(t * 10), blob: vec![t as u8; t as usize] }).unwrap();
+            s.save(&Meta {
+                current_term: t,
+                voted_for: Some(t * 10),
+                start_prev_index: t * 100,
+                start_prev_term: t,
+                blob: vec![t as u8; t as usize],
+            })
+            .unwrap();
         }
         let s = MetaStore::open(dir.path()).unwrap();
-        assert_eq!(s.get(), &Meta { current_term: 5, voted_for: Some(50), blob: vec![5; 5] });
+        assert_eq!(
+            s.get(),
+            &Meta { current_term: 5, voted_for: Some(50), start_prev_index: 500, start_prev_term: 5, blob: vec![5; 5] }
+        );
     }
 
     /// Crash test: a save torn at any byte of either copy leaves the old or the
     /// new record, never garbage, and the new one once its first copy was whole.
     #[test]
     fn torn_save_keeps_the_previous_record() {
-        let old = Meta { current_term: 3, voted_for: Some(2), blob: b"old".to_vec() };
-        let new = Meta { current_term: 4, voted_for: None, blob: b"newer".to_vec() };
+        let old = Meta { current_term: 3, voted_for: Some(2), blob: b"old".to_vec(), ..Meta::default() };
+        let new =
+            Meta { current_term: 4, voted_for: None, start_prev_index: 9, start_prev_term: 2, blob: b"newer".to_vec() };
         for copy in [0u64, 1] {
             for cut in (0..=SLOT_SIZE).step_by(7).chain([SLOT_SIZE]) {
                 let dir = tempfile::tempdir().unwrap();
@@ -249,11 +284,11 @@ mod tests {
     /// no vote" (which would let the node vote twice in a term).
     #[test]
     fn a_damaged_copy_is_survived_and_a_lost_record_refused() {
-        let rec = Meta { current_term: 7, voted_for: Some(3), blob: Vec::new() };
+        let rec = Meta { current_term: 7, voted_for: Some(3), ..Meta::default() };
         for slot in [0u64, 1] {
             let dir = tempfile::tempdir().unwrap();
             let mut s = MetaStore::open(dir.path()).unwrap();
-            s.save(&Meta { current_term: 6, voted_for: Some(1), blob: Vec::new() }).unwrap();
+            s.save(&Meta { current_term: 6, voted_for: Some(1), ..Meta::default() }).unwrap();
             s.save(&rec).unwrap();
             s.file.write_all_at(&[0xAB; 64], slot * SLOT_SIZE as u64 + 10).unwrap();
             drop(s);
@@ -276,7 +311,25 @@ mod tests {
     fn oversized_blob_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = MetaStore::open(dir.path()).unwrap();
-        let e = s.save(&Meta { current_term: 1, voted_for: None, blob: vec![0; MAX_BLOB_BYTES + 1] }).unwrap_err();
+        let e = s.save(&Meta { current_term: 1, blob: vec![0; MAX_BLOB_BYTES + 1], ..Meta::default() }).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn a_record_of_the_first_format_reads_as_a_log_from_index_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = [0u8; SLOT_SIZE];
+        b[0..4].copy_from_slice(&MAGIC_V1.to_le_bytes());
+        b[8..16].copy_from_slice(&3u64.to_le_bytes());
+        b[16..24].copy_from_slice(&4u64.to_le_bytes());
+        b[36..40].copy_from_slice(&2u32.to_le_bytes());
+        b[40..42].copy_from_slice(b"ab");
+        let crc = crc32c::crc32c(&b[8..42]);
+        b[4..8].copy_from_slice(&crc.to_le_bytes());
+        let mut file = b.to_vec();
+        file.extend_from_slice(&b);
+        std::fs::write(dir.path().join(META_FILE), file).unwrap();
+        let s = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(), &Meta { current_term: 4, blob: b"ab".to_vec(), ..Meta::default() });
     }
 }

@@ -119,7 +119,97 @@ per_backend!(
     purged_segments_are_recycled_and_their_old_bytes_ignored,
     read_only_open_changes_nothing,
     append_parts_stores_the_concatenation,
+    purge_with_a_seal_batch_queued_or_in_flight_is_safe,
+    a_crash_between_the_start_record_and_the_deletion_loses_nothing,
+    reset_to_a_leaders_start_drops_the_log_and_survives_reopen,
 );
+
+fn purge_with_a_seal_batch_queued_or_in_flight_is_safe(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    // Two rolls: the first segment's seal becomes durable, the second's is queued.
+    let mut rolls = 0;
+    let mut i = 1;
+    while rolls < 2 {
+        let segments = log.segment_paths().len();
+        if i > 1 {
+            log.wait_durable(i - 1).unwrap();
+        }
+        log.append(1, &payload(i)).unwrap();
+        if i > 1 && log.segment_paths().len() > segments {
+            rolls += 1;
+        }
+        i += 1;
+    }
+    let last = i - 1;
+    // Entry `last` opened segment 3; segment 2's entries are durable, its seal is queued.
+    assert_eq!(log.durable_index(), last - 1);
+    let first = log.purge_prefix(last - 1).unwrap();
+    let segments_left = log.segment_paths().len();
+    assert_eq!(segments_left, 2, "only the first segment may go while the second's seal is queued");
+    // Submit: the seal is now in flight (the uring backend writes from the ring buffer).
+    log.flush().unwrap();
+    assert_eq!(log.purge_prefix(last - 1).unwrap(), first, "nothing more goes with the seal in flight");
+    log.wait_durable(last).unwrap();
+    let first = log.purge_prefix(last - 1).unwrap();
+    assert_eq!((first, log.segment_paths().len()), (last, 1), "once durable, the sealed segment goes");
+    check_entries(&log, last..last + 1, 1);
+    append_durable(&mut log, 1, last + 1..last + 20);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!((log.first_index(), log.last_index(), log.start()), (last, last + 19, (last - 1, 1)));
+    check_entries(&log, last..last + 20, 1);
+}
+
+fn a_crash_between_the_start_record_and_the_deletion_loses_nothing(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..400);
+    let before: Vec<(PathBuf, Vec<u8>)> = log.segment_paths().iter().map(|p| (p.clone(), segment_bytes(p))).collect();
+    let first = log.purge_prefix(250).unwrap();
+    assert!(first > 1);
+    assert_eq!(log.start(), (first - 1, 1));
+    drop(log);
+    // The deletions "did not happen": the purged files are back, as after a crash.
+    for (path, bytes) in &before {
+        if !path.exists() {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!((log.first_index(), log.last_index(), log.start()), (first, 399, (first - 1, 1)));
+    assert!(matches!(log.read(first - 1), Err(Error::OutOfRange { first_index, .. }) if first_index == first));
+    check_entries(&log, first..400, 1);
+    assert!(before.iter().filter(|(p, _)| !log.segment_paths().contains(p)).all(|(p, _)| !p.exists()));
+    drop(log);
+    // A start record above the first segment (a segment missing) is refused, not skipped over.
+    let first_segment = reopen(dir.path(), b).unwrap().segment_paths()[0].clone();
+    std::fs::remove_file(&first_segment).unwrap();
+    let e = reopen(dir.path(), b).unwrap_err();
+    assert!(e.to_string().contains("begins after its start record"), "{e}");
+}
+
+fn reset_to_a_leaders_start_drops_the_log_and_survives_reopen(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..300);
+    log.append(1, b"not yet durable").unwrap();
+    log.save_meta(&Meta { current_term: 3, voted_for: Some(2), ..Meta::default() }).unwrap();
+    log.reset_to(1000, 2).unwrap();
+    assert_eq!((log.first_index(), log.last_index(), log.durable_index()), (1001, 1000, 1000));
+    assert_eq!((log.term_at(1000), log.term_at(5), log.start()), (Some(2), None, (1000, 2)));
+    assert!(log.segment_paths().is_empty());
+    assert!(log.reset_to(999, 2).is_err(), "a start never moves back");
+    drop(log);
+    let mut log = reopen(dir.path(), b).unwrap();
+    assert_eq!((log.first_index(), log.last_index(), log.term_at(1000)), (1001, 1000, Some(2)));
+    assert_eq!((log.meta().current_term, log.meta().voted_for), (3, Some(2)), "the vote is kept");
+    append_durable(&mut log, 3, 1001..1200);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!((log.first_index(), log.last_index(), log.term_runs()), (1001, 1199, &[(1001, 3)][..]));
+    check_entries(&log, 1001..1200, 3);
+}
 
 fn append_parts_stores_the_concatenation(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
@@ -678,7 +768,7 @@ fn metadata_survives_reopen(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut log) = open(dir.path(), b) else { return };
     assert_eq!(log.meta(), &Meta::default());
-    let m = Meta { current_term: 9, voted_for: Some(3), blob: b"conf".to_vec() };
+    let m = Meta { current_term: 9, voted_for: Some(3), blob: b"conf".to_vec(), ..Meta::default() };
     log.save_meta(&m).unwrap();
     drop(log);
     assert_eq!(reopen(dir.path(), b).unwrap().meta(), &m);

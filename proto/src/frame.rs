@@ -277,6 +277,8 @@ mod tests {
                     last_index: 9,
                     commit_index: 8,
                     durable_index: 9,
+                    first_index: 4,
+                    disk_bytes: 1 << 26,
                     followers: vec![(2, 9), (3, 7)],
                 }]),
             },

@@ -3,7 +3,7 @@
 //! a client does without it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use dledger_raft::{ConflictHint, Entry, EntryKind, Message, MessageBody};
+use dledger_raft::{ConflictHint, Entry, EntryKind, LogStart, Message, MessageBody};
 
 use crate::codec::{get_bool, get_bytes, get_count, get_opt_u64, get_u64, get_u8, put_bytes, put_opt_u64};
 #[cfg(doc)]
@@ -110,6 +110,12 @@ pub fn encode_message(m: &Message, out: &mut BytesMut) {
             out.put_u64_le(*match_index);
         }
         MessageBody::TimeoutNow => out.put_u8(9),
+        MessageBody::LogStart { start, leader_commit_index } => {
+            out.put_u8(10);
+            out.put_u64_le(start.prev_index);
+            out.put_u64_le(start.prev_term);
+            out.put_u64_le(*leader_commit_index);
+        }
     }
 }
 
@@ -154,6 +160,10 @@ pub fn decode_message(p: &mut Bytes) -> Result<Message, WireError> {
         7 => MessageBody::Heartbeat { leader_commit_index: get_u64(p, W)?, round: get_u64(p, W)? },
         8 => MessageBody::HeartbeatResponse { round: get_u64(p, W)?, match_index: get_u64(p, W)? },
         9 => MessageBody::TimeoutNow,
+        10 => MessageBody::LogStart {
+            start: LogStart { prev_index: get_u64(p, W)?, prev_term: get_u64(p, W)? },
+            leader_commit_index: get_u64(p, W)?,
+        },
         _ => return Err(WireError::Malformed(W)),
     };
     Ok(Message { from, to, term, body })
@@ -192,6 +202,7 @@ mod tests {
             msg(MessageBody::Heartbeat { leader_commit_index: 5, round: 11 }),
             msg(MessageBody::HeartbeatResponse { round: 11, match_index: 5 }),
             msg(MessageBody::TimeoutNow),
+            msg(MessageBody::LogStart { start: LogStart { prev_index: 7, prev_term: 2 }, leader_commit_index: 9 }),
         ]
     }
 

@@ -92,6 +92,10 @@ pub struct GroupStatus {
     pub commit_index: u64,
     /// The highest index on the node's disk.
     pub durable_index: u64,
+    /// The first index the node's log holds (entries below it were purged).
+    pub first_index: u64,
+    /// Bytes the group's log files take on the node's disk.
+    pub disk_bytes: u64,
     /// On a leader: each follower's match index.
     pub followers: Vec<(u64, u64)>,
 }
@@ -121,7 +125,11 @@ pub enum ServerError {
     #[error("unknown group {0}")]
     UnknownGroup(u64),
     /// The index asked is not committed, or already purged.
-    #[error("index {index} is not committed or not in the log [{first}, {commit}]")]
+    #[error("{}", if index < first {
+        format!("index {index} was purged: the log starts at {first} (committed up to {commit})")
+    } else {
+        format!("index {index} is not committed yet (the log holds [{first}, {commit}] committed)")
+    })]
     OutOfRange {
         /// The index asked.
         index: u64,
@@ -256,6 +264,8 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
                 out.put_u64_le(g.last_index);
                 out.put_u64_le(g.commit_index);
                 out.put_u64_le(g.durable_index);
+                out.put_u64_le(g.first_index);
+                out.put_u64_le(g.disk_bytes);
                 out.put_u32_le(g.followers.len() as u32);
                 for (node, m) in &g.followers {
                     out.put_u64_le(*node);
@@ -322,7 +332,7 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
         }
         3 => Response::ReadIndex(get_u64(p, W)?),
         4 => {
-            let n = get_count(p, 50, W)?;
+            let n = get_count(p, 66, W)?;
             let mut groups = Vec::with_capacity(n);
             for _ in 0..n {
                 let group = get_u64(p, W)?;
@@ -333,6 +343,8 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
                 let last_index = get_u64(p, W)?;
                 let commit_index = get_u64(p, W)?;
                 let durable_index = get_u64(p, W)?;
+                let first_index = get_u64(p, W)?;
+                let disk_bytes = get_u64(p, W)?;
                 let k = get_count(p, 16, W)?;
                 let mut followers = Vec::with_capacity(k);
                 for _ in 0..k {
@@ -347,6 +359,8 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
                     last_index,
                     commit_index,
                     durable_index,
+                    first_index,
+                    disk_bytes,
                     followers,
                 });
             }

@@ -23,6 +23,12 @@
 //! snapshots_kept = 2                # and keep the newest this many
 //! # peer_secret_file = "secret"     # the cluster's shared secret: peers must prove they hold it
 //!
+//! [retention]                       # per group; off by default: the log grows until the disk fills
+//! max_log_mib = 0                   # purge the oldest whole segments beyond this much log (0 = no limit)
+//! max_age_secs = 0                  # purge segments last written longer ago than this (0 = no limit)
+//! hold_for_followers_mib = 1024     # a leader keeps up to this much more for a follower that is behind;
+//!                                   # past it, the follower is sent the log start and catches up from there
+//!
 //! [[peers]]                         # every voter, this node included
 //! id = 1
 //! address = "127.0.0.1:20911"
@@ -74,6 +80,49 @@ fn default_snapshot_every() -> u64 {
 }
 fn default_snapshots_kept() -> usize {
     2
+}
+
+fn default_hold_for_followers_mib() -> u64 {
+    1024
+}
+
+/// How much log each group keeps; see the module docs. Only whole sealed
+/// segments are purged, never above the commit index (nor above what the
+/// group's state machine has snapshotted), and a leader holds back for its
+/// followers up to `hold_for_followers_mib`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Purge the oldest whole segments while the log is larger than this (0: no limit).
+    #[serde(default)]
+    pub max_log_mib: u64,
+    /// Purge segments last written longer ago than this (0: no limit).
+    #[serde(default)]
+    pub max_age_secs: u64,
+    /// How much more log a leader keeps for a follower that is behind.
+    #[serde(default = "default_hold_for_followers_mib")]
+    pub hold_for_followers_mib: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_log_mib: 0, max_age_secs: 0, hold_for_followers_mib: default_hold_for_followers_mib() }
+    }
+}
+
+impl Retention {
+    /// Whether any limit is set.
+    pub fn is_on(&self) -> bool {
+        self.max_log_mib > 0 || self.max_age_secs > 0
+    }
+
+    /// The engine's policy for these limits.
+    pub fn policy(&self) -> dledger_engine::RetentionPolicy {
+        dledger_engine::RetentionPolicy {
+            max_age: (self.max_age_secs > 0).then(|| std::time::Duration::from_secs(self.max_age_secs)),
+            max_total_bytes: (self.max_log_mib > 0).then(|| self.max_log_mib << 20),
+        }
+    }
 }
 
 /// One voter of the cluster.
@@ -163,6 +212,9 @@ pub struct ServerConfig {
     /// peers are not authenticated: for loopback only (a warning otherwise).
     #[serde(default)]
     pub peer_secret_file: Option<PathBuf>,
+    /// How much log each group keeps (off by default).
+    #[serde(default)]
+    pub retention: Retention,
     /// Every voter, this node included.
     pub peers: Vec<Peer>,
 }
@@ -219,6 +271,7 @@ impl ServerConfig {
             snapshot_every_entries: default_snapshot_every(),
             snapshots_kept: default_snapshots_kept(),
             peer_secret_file: None,
+            retention: Retention::default(),
             peers,
         }
     }

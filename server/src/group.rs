@@ -13,6 +13,19 @@
 //! with `append_parts` so the client bytes are copied once. Term and vote are
 //! the engine's metadata record.
 //!
+//! **Retention** (`[retention]`, checked every `RETENTION_CHECK_TICKS`):
+//! whole sealed segments go, oldest first, never above the core's purge limit
+//! (committed, applied, durable), the start record first (see the engine's
+//! log docs), and then the core is told (`LogPurged`). A leader holds back
+//! for followers that are behind, until the log exceeds its limit by
+//! `hold_for_followers_mib`; past that, the follower is sent the log start.
+//! A group with a state machine purges only as leader, only below its newest
+//! snapshot and below every follower's match, without a cap: installing a
+//! state-machine snapshot from a peer is not built yet, so no follower of
+//! such a group may ever need one (a log start reaching one is fatal, with
+//! that reason). Reads for catch-up and for clients run on this thread, as
+//! does the purge, so a purge never runs under a read.
+//!
 //! With a state machine (see `apply.rs`), every entry the core applies is fed
 //! to the group's apply thread, in order and exactly once from the index the
 //! state machine restored to (`ApplyFeed::fed`). The core hands over only the
@@ -33,15 +46,19 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{AppendReply, ApplyMsg, ApplyProgress, ReadReply};
+use crate::config::Retention;
 use crate::error::GroupError;
 use crate::state_machine::CommittedEntry;
 use crate::{Applied, GroupEvent};
 
 use dledger_proto::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
 use dledger_raft::{
-    ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, LogStorage, Message,
-    NodeId, RaftCore, RestoredState, Role,
+    ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, LogStart, LogStorage,
+    Message, NodeId, RaftCore, RestoredState, Role,
 };
+
+/// How often a group checks its retention (100 ms at the default tick).
+const RETENTION_CHECK_TICKS: u64 = 10;
 
 /// The most payload bytes one read answer carries (well below any frame limit).
 pub const MAX_READ_BYTES: usize = 8 << 20;
@@ -152,6 +169,12 @@ struct GroupMetrics {
     entries_appended: u64,
     bytes_written: u64,
     elections_won: u64,
+    purges: u64,
+    log_starts_installed: u64,
+    /// Followers a leader's last retention check held back for: (follower, its match).
+    holds: Vec<(NodeId, u64)>,
+    /// The last check released a hold (the log passed its limit plus the hold).
+    hold_released: bool,
 }
 
 impl GroupMetrics {
@@ -165,6 +188,10 @@ impl GroupMetrics {
             entries_appended: 0,
             bytes_written: 0,
             elections_won: 0,
+            purges: 0,
+            log_starts_installed: 0,
+            holds: Vec::new(),
+            hold_released: false,
         }
     }
 }
@@ -214,6 +241,8 @@ pub(crate) struct GroupHost {
     published: (Role, u64, Option<NodeId>),
     events: watch::Sender<GroupEvent>,
     voters: Vec<NodeId>,
+    retention: Retention,
+    ticks: u64,
 }
 
 fn encode_kind(kind: EntryKind) -> &'static [u8] {
@@ -233,15 +262,10 @@ impl GroupHost {
         raft: RaftConfig,
         log: Log,
     ) -> Result<GroupHost, String> {
-        if log.first_index() != 1 && log.last_index() >= log.first_index() {
-            return Err(format!(
-                "group {group}: log starts at {} (prefix purge is not supported yet)",
-                log.first_index()
-            ));
-        }
         // This host saves term and vote (synchronously) before it persists any
-        // entry of that term, so entries beside term 0 mean the record was lost
-        // (zeroed): the node's votes are unknown and it must not vote again.
+        // entry of that term, so entries (or a log start) beside term 0 mean the
+        // record was lost (zeroed): the node's votes are unknown and it must not
+        // vote again.
         if log.meta().current_term == 0 && log.last_index() > 0 {
             return Err(format!(
                 "group {group}: its metadata record reads as never written (term 0, no vote) but its log holds \
@@ -255,13 +279,15 @@ impl GroupHost {
         let last_index = log.last_index();
         let m = log.meta();
         let meta = HardState { term: m.current_term, voted_for: m.voted_for };
+        let (prev_index, prev_term) = log.start();
+        let start = LogStart { prev_index, prev_term };
         let seed = node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ dledger_engine::segment::fresh_salt();
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let core = RaftCore::new(
             node_id,
             voters.clone(),
             raft,
-            RestoredState { meta, terms, last_index, tail: Vec::new() },
+            RestoredState { meta, start, terms, last_index, tail: Vec::new() },
             rng,
         )
         .map_err(|e| format!("group {group}: {e}"))?;
@@ -298,7 +324,14 @@ impl GroupHost {
             published,
             events,
             voters,
+            retention: Retention::default(),
+            ticks: 0,
         })
+    }
+
+    /// How much log this group keeps.
+    pub(crate) fn set_retention(&mut self, retention: Retention) {
+        self.retention = retention;
     }
 
     /// Feeds a state machine that has applied up to `feed.fed` (restored).
@@ -341,8 +374,57 @@ impl GroupHost {
             self.drain_backlog()?;
         }
         self.step(Event::Tick)?;
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(RETENTION_CHECK_TICKS) {
+            self.apply_retention()?;
+        }
         // Resume feeding an apply thread that had fallen behind.
         self.feed_state_machine(None)
+    }
+
+    /// Purges what the retention policy lets go (see the module docs).
+    fn apply_retention(&mut self) -> Result<(), GroupFatal> {
+        if !self.retention.is_on() {
+            return Ok(());
+        }
+        let leader = self.role() == Role::Leader;
+        let mut limit = self.core.purge_limit();
+        self.metrics.holds.clear();
+        self.metrics.hold_released = false;
+        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
+        let matches: Vec<(NodeId, u64)> =
+            peers.iter().map(|&p| (p, self.core.progress(p).map_or(0, |pr| pr.match_index))).collect();
+        if let Some(feed) = &self.feed {
+            if !leader {
+                return Ok(());
+            }
+            limit = limit.min(feed.progress.snapshot_index.load(Ordering::Acquire));
+            for &(peer, m) in &matches {
+                if m < limit {
+                    limit = m;
+                    self.metrics.holds.push((peer, m));
+                }
+            }
+        } else if leader {
+            let allowance = (self.retention.max_log_mib + self.retention.hold_for_followers_mib) << 20;
+            let behind: Vec<(NodeId, u64)> = matches.iter().copied().filter(|&(_, m)| m < limit).collect();
+            if !behind.is_empty() {
+                if self.log.disk_bytes() <= allowance {
+                    limit = behind.iter().map(|&(_, m)| m).min().unwrap_or(limit);
+                    self.metrics.holds = behind;
+                } else {
+                    self.metrics.hold_released = true;
+                }
+            }
+        }
+        let before = self.log.first_index();
+        let first = self.log.apply_retention(&self.retention.policy(), limit + 1).map_err(|e| self.fatal(e))?;
+        if first > before {
+            self.metrics.purges += 1;
+            tracing::debug!(group = self.group, first, purged = first - before, "purged the log's oldest segments");
+            self.step(Event::LogPurged { first_index: first })?;
+        }
+        Ok(())
     }
 
     pub fn on_message(&mut self, m: Message) -> Result<(), GroupFatal> {
@@ -417,8 +499,7 @@ impl GroupHost {
         for c in commands {
             match c {
                 Command::SaveMeta(hs) => {
-                    let blob = self.log.meta().blob.clone();
-                    let meta = Meta { current_term: hs.term, voted_for: hs.voted_for, blob };
+                    let meta = Meta { current_term: hs.term, voted_for: hs.voted_for, ..self.log.meta().clone() };
                     self.log.save_meta(&meta).map_err(|e| self.fatal(e))?;
                     self.step(Event::MetaSaved(hs))?;
                 }
@@ -443,6 +524,7 @@ impl GroupHost {
                     self.feed_state_machine(Some(entries))?;
                 }
                 Command::Reply(r) => self.reply(r),
+                Command::InstallLogStart(start) => self.install_log_start(start)?,
             }
         }
         let s = self.core.status();
@@ -464,6 +546,34 @@ impl GroupHost {
                 voters,
             });
         }
+        Ok(())
+    }
+
+    /// The leader's log starts after `start`, which this follower does not
+    /// hold: drop the log and start there.
+    fn install_log_start(&mut self, start: LogStart) -> Result<(), GroupFatal> {
+        if let Some(feed) = &self.feed {
+            let applied = feed.fed;
+            if start.prev_index > applied {
+                return Err(self.fatal(dledger_engine::Error::InvalidArgument(format!(
+                    "the leader's log starts after index {}, past this node's state machine (applied {applied}); \
+                     installing a state-machine snapshot from a peer is not supported yet, so this node cannot \
+                     catch up (a leader of a group with a state machine holds its log for every follower)",
+                    start.prev_index
+                ))));
+            }
+        }
+        tracing::info!(
+            group = self.group,
+            start = start.prev_index + 1,
+            local_last = self.log.last_index(),
+            "installing the leader's log start: this node's log is behind it"
+        );
+        self.backlog.clear();
+        self.log.reset_to(start.prev_index, start.prev_term).map_err(|e| self.fatal(e))?;
+        self.reported_durable = start.prev_index;
+        self.metrics.log_starts_installed += 1;
+        self.answer_reads();
         Ok(())
     }
 
@@ -800,8 +910,9 @@ impl GroupHost {
     fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Response {
         let max_bytes = if max_bytes == 0 { MAX_READ_BYTES } else { max_bytes.min(MAX_READ_BYTES) };
         let commit = self.core.log().committed_index();
-        if lo == 0 || lo > commit || hi <= lo {
-            return Response::Error(ServerError::OutOfRange { index: lo, first: 1, commit });
+        let first = self.core.log().first_index();
+        if lo < first || lo > commit || hi <= lo {
+            return Response::Error(ServerError::OutOfRange { index: lo, first, commit });
         }
         let last = (hi - 1).min(commit).min(lo.saturating_add(MAX_READ_ENTRIES - 1));
         match self.committed_entries(lo, last, max_bytes) {
@@ -866,6 +977,8 @@ impl GroupHost {
             last_index: s.last_index,
             commit_index: s.committed_index,
             durable_index: s.durable_index,
+            first_index: self.core.log().first_index(),
+            disk_bytes: self.log.disk_bytes(),
             followers,
         }
     }
@@ -910,6 +1023,17 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_commit_index{{group=\"{g}\"}} {}", s.committed_index);
         let _ = writeln!(out, "dledger_durable_index{{group=\"{g}\"}} {}", s.durable_index);
         let _ = writeln!(out, "dledger_disk_full{{group=\"{g}\"}} {}", self.disk_full as u8);
+        let _ = writeln!(out, "dledger_log_first_index{{group=\"{g}\"}} {}", self.core.log().first_index());
+        let _ = writeln!(out, "dledger_log_disk_bytes{{group=\"{g}\"}} {}", self.log.disk_bytes());
+        let _ = writeln!(out, "dledger_log_segments{{group=\"{g}\"}} {}", self.log.segment_count());
+        let _ = writeln!(out, "dledger_log_purges_total{{group=\"{g}\"}} {}", m.purges);
+        let _ = writeln!(out, "dledger_log_starts_sent_total{{group=\"{g}\"}} {}", self.core.log_starts_sent());
+        let _ = writeln!(out, "dledger_log_starts_installed_total{{group=\"{g}\"}} {}", m.log_starts_installed);
+        let _ = writeln!(out, "dledger_retention_on{{group=\"{g}\"}} {}", self.retention.is_on() as u8);
+        let _ = writeln!(out, "dledger_retention_hold_released{{group=\"{g}\"}} {}", m.hold_released as u8);
+        for (follower, at) in &m.holds {
+            let _ = writeln!(out, "dledger_retention_hold_index{{group=\"{g}\",follower=\"{follower}\"}} {at}");
+        }
         let _ = writeln!(out, "dledger_proposals_total{{group=\"{g}\"}} {}", m.proposals);
         let _ = writeln!(out, "dledger_entries_appended_total{{group=\"{g}\"}} {}", m.entries_appended);
         let _ = writeln!(out, "dledger_bytes_written_total{{group=\"{g}\"}} {}", self.log.stats().bytes_written);

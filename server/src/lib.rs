@@ -90,7 +90,7 @@ mod snapshot;
 mod state_machine;
 mod transport;
 
-pub use config::{ConfigError, Peer, ServerConfig};
+pub use config::{ConfigError, Peer, Retention, ServerConfig};
 pub use dledger_proto::{GroupStatus, ServerError};
 pub use dledger_raft::Role;
 pub use embed::{Applied, GroupEvent, GroupHandle, ServerBuilder};

@@ -361,6 +361,7 @@ pub(crate) fn start_with(
         let log = Log::open(lc).map_err(|source| StartError::Log { group, source })?;
         let mut host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
             .map_err(|message| StartError::Group { group, message })?;
+        host.set_retention(cfg.retention.clone());
         if let Some(machine) = machines_by_group.remove(&group) {
             let (feed, worker, rx) = restore_state_machine(&cfg, group, machine)?;
             host.attach_state_machine(feed);
