@@ -120,7 +120,7 @@ impl Retention {
     pub fn policy(&self) -> dledger_engine::RetentionPolicy {
         dledger_engine::RetentionPolicy {
             max_age: (self.max_age_secs > 0).then(|| std::time::Duration::from_secs(self.max_age_secs)),
-            max_total_bytes: (self.max_log_mib > 0).then(|| self.max_log_mib << 20),
+            max_total_bytes: (self.max_log_mib > 0).then_some(self.max_log_mib << 20),
         }
     }
 }

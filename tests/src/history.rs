@@ -34,9 +34,13 @@
 //!   outcome reuses the id, a fresh append takes a fresh `seq`.
 //! * Every time is a [`Duration`] since the start of the test on one monotonic
 //!   clock, and `start ≤ end` for every op (asserted).
-//! * [`NodeLog::entries`] is the node's committed log, contiguous from index 1
-//!   (asserted), read after every node caught up: a log shorter than an acked
-//!   index has lost that entry.
+//! * [`NodeLog::entries`] is the node's committed log, contiguous from its
+//!   [`NodeLog::first_index`] (asserted), read after every node caught up: a
+//!   log shorter than an acked index has lost that entry. Indexes below a
+//!   node's first index expired (a purge): properties 1 and 2 skip them on
+//!   that node, so an acked entry must still be where it was acked on every
+//!   node that holds its index, and two nodes must agree wherever both hold
+//!   one.
 //! * [`OpKind::Read`] holds every committed entry from `from` up to at least
 //!   the read index of a barrier issued after the read's `start` (a read with
 //!   no upper bound, or up to such a barrier's read index; no byte limit). A
@@ -127,7 +131,22 @@ pub struct Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeLog {
     pub node: u64,
+    /// The first index the node's log holds: entries below it were purged
+    /// (retention) and are *expired* there, not lost.
+    pub first_index: u64,
+    /// Contiguous from `first_index`.
     pub entries: Vec<LogEntry>,
+}
+
+impl NodeLog {
+    /// The entry at `index`, if this log holds it.
+    pub fn at(&self, index: u64) -> Option<&LogEntry> {
+        self.entries.get(usize::try_from(index.checked_sub(self.first_index)?).ok()?)
+    }
+
+    fn end(&self) -> u64 {
+        self.first_index + self.entries.len() as u64
+    }
 }
 
 /// A node's commit index as the harness saw it at one moment.
@@ -474,7 +493,13 @@ impl fmt::Display for Report {
 pub fn check(h: &History) -> Report {
     for log in &h.final_logs {
         for (position, entry) in log.entries.iter().enumerate() {
-            assert_eq!(entry.0, position as u64 + 1, "node {}'s final log is not contiguous from index 1", log.node);
+            assert_eq!(
+                entry.0,
+                log.first_index + position as u64,
+                "node {}'s final log is not contiguous from its first index {}",
+                log.node,
+                log.first_index
+            );
         }
     }
     for (i, op) in h.ops.iter().enumerate() {
@@ -550,8 +575,8 @@ fn check_acked_durable(h: &History) -> (Vec<Violation>, usize) {
     for (op, _, id, index, term) in acked_appends(h) {
         let payload = payload_for(id);
         let before = out.len();
-        for log in &h.final_logs {
-            let found = index.checked_sub(1).and_then(|p| log.entries.get(p as usize));
+        for log in h.final_logs.iter().filter(|l| index >= l.first_index) {
+            let found = log.at(index);
             if matches!(found, Some((_, t, p)) if *t == term && *p == payload) {
                 continue;
             }
@@ -576,13 +601,14 @@ fn check_acked_durable(h: &History) -> (Vec<Violation>, usize) {
 /// one per divergent index.
 fn check_prefix_agreement(h: &History) -> (Vec<Violation>, usize) {
     let mut out = Vec::new();
-    let len_max = h.final_logs.iter().map(|l| l.entries.len()).max().unwrap_or(0);
-    for position in 0..len_max {
+    let lo = h.final_logs.iter().map(|l| l.first_index).min().unwrap_or(1);
+    let hi = h.final_logs.iter().map(NodeLog::end).max().unwrap_or(1);
+    for index in lo..hi {
         let held: Vec<(u64, &LogEntry)> =
-            h.final_logs.iter().filter_map(|l| l.entries.get(position).map(|e| (l.node, e))).collect();
+            h.final_logs.iter().filter_map(|l| l.at(index).map(|e| (l.node, e))).collect();
         if held.windows(2).any(|w| w[0].1 != w[1].1) {
             let entries = held.iter().map(|(node, (_, term, payload))| (*node, *term, payload.clone())).collect();
-            out.push(Violation::Divergent { index: position as u64 + 1, entries });
+            out.push(Violation::Divergent { index, entries });
         }
     }
     let count = out.len();
@@ -827,7 +853,7 @@ mod tests {
                 append(1, 2, 20, 30, Outcome::Unknown),
                 Op { client: 3, start: ms(19), end: ms(25), kind: OpKind::Barrier { read_index: None } },
             ],
-            final_logs: [1, 2, 3].map(|node| NodeLog { node, entries: log.clone() }).to_vec(),
+            final_logs: [1, 2, 3].map(|node| NodeLog { node, first_index: 1, entries: log.clone() }).to_vec(),
             commit_samples: vec![
                 sample(1, 0, 0, 0),
                 sample(1, 0, 20, 3),
@@ -977,6 +1003,47 @@ mod tests {
         }
     }
 
+    /// Node 2 purged below index 4 (retention): its first entries expired.
+    fn purge_node_2(h: &mut History) {
+        let log = &mut h.final_logs[1];
+        log.entries.drain(..3);
+        log.first_index = 4;
+    }
+
+    #[test]
+    fn a_purged_prefix_is_expired_not_lost() {
+        let mut h = clean();
+        purge_node_2(&mut h);
+        let report = check(&h);
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.acked, 3);
+    }
+
+    #[test]
+    fn above_a_purge_a_moved_or_missing_entry_is_still_caught() {
+        let mut h = clean();
+        purge_node_2(&mut h);
+        let acked_index = h.final_logs[0].entries.iter().rposition(|e| !e.2.is_empty()).unwrap() as u64 + 1;
+        assert!(acked_index >= 4, "the clean history acks an entry above the purge");
+        h.final_logs[1].entries.truncate((acked_index - 4) as usize);
+        let report = check(&h);
+        assert!(report.violation_count(Property::AckedDurable) >= 1, "{report}");
+
+        let mut h = clean();
+        purge_node_2(&mut h);
+        h.final_logs[1].entries[0].1 += 1;
+        let report = check(&h);
+        assert_eq!(report.violation_count(Property::PrefixAgreement), 1, "{report}");
+    }
+
+    #[test]
+    #[should_panic(expected = "not contiguous from its first index 4")]
+    fn a_log_that_does_not_start_at_its_first_index_is_a_harness_bug() {
+        let mut h = clean();
+        h.final_logs[1].first_index = 4;
+        check(&h);
+    }
+
     #[test]
     fn every_property_has_a_case() {
         let covered: BTreeSet<Property> = CASES.iter().map(|c| c.property).collect();
@@ -1088,7 +1155,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "node 2's final log is not contiguous from index 1")]
+    #[should_panic(expected = "node 2's final log is not contiguous from its first index 1")]
     fn a_log_with_a_gap_is_a_harness_error() {
         let mut h = clean();
         h.final_logs[1].entries.remove(2);

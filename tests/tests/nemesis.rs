@@ -282,8 +282,14 @@ async fn run_schedule(seed: u64, seconds: f64) -> history::Report {
     .await;
     let mut final_logs = Vec::new();
     for id in 1..=3 {
-        let entries = c.committed_log(id, 0, commit).await.into_iter().map(|(i, t, p)| (i, t, p.to_vec())).collect();
-        final_logs.push(NodeLog { node: id, entries });
+        let first_index = c.status(id).await.and_then(|s| s.first().map(|g| g.first_index)).unwrap_or(1);
+        let entries = c
+            .committed_log_from(id, 0, first_index, commit)
+            .await
+            .into_iter()
+            .map(|(i, t, p)| (i, t, p.to_vec()))
+            .collect();
+        final_logs.push(NodeLog { node: id, first_index, entries });
     }
     let ops = std::mem::take(&mut *ops.lock().unwrap());
     // Failover: from a fault that took the leader away to the next acknowledged append.

@@ -369,10 +369,15 @@ impl Cluster {
 
     /// Every committed entry `[1, upto]` of `group` as node `id` holds it.
     pub async fn committed_log(&self, id: u64, group: u64, upto: u64) -> Vec<(u64, u64, Bytes)> {
+        self.committed_log_from(id, group, 1, upto).await
+    }
+
+    /// Every committed entry `[from, upto]` of `group` as node `id` holds it.
+    pub async fn committed_log_from(&self, id: u64, group: u64, from: u64, upto: u64) -> Vec<(u64, u64, Bytes)> {
         let ep = self.nodes.iter().find(|n| n.id == id).unwrap().endpoint.clone();
         let mut c = Client::new(vec![ep.clone()], "dledger", group, Duration::from_secs(10));
         let mut out = Vec::new();
-        let mut next = 1;
+        let mut next = from;
         while next <= upto {
             let chunk = c.read_at(&ep, next, upto + 1, 1 << 20).await.unwrap();
             assert!(!chunk.is_empty(), "node {id} returned nothing at {next}");

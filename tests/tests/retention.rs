@@ -1,0 +1,93 @@
+//! The log's lifecycle under real processes: retention purges the log while
+//! appends go on, and a follower that was down while the leader purged past
+//! its last entry catches up from the leader's log start.
+
+mod harness;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use dledger_proto::GroupStatus;
+use harness::{eventually, Cluster};
+
+/// Small segments, so that a few MiB of appends seal and purge several.
+const SMALL_LOG: &str = "segment_mib = 1\nmax_batch_kib = 64\nlog_memory_mib = 1\n\
+                         [retention]\nmax_log_mib = 2\nhold_for_followers_mib = 1\n";
+
+async fn group_status(c: &Cluster, id: u64) -> Option<GroupStatus> {
+    c.status(id).await.and_then(|s| s.into_iter().find(|g| g.group == 0))
+}
+
+/// Appends `batches` batches of 32 entries of about 1 KiB; returns each acknowledged (first, last) range.
+async fn append_batches(c: &Cluster, tag: &str, batches: usize) -> Vec<(u64, u64, Vec<Bytes>)> {
+    let mut client = c.client(0);
+    let mut acked = Vec::new();
+    for b in 0..batches {
+        let payloads: Vec<Bytes> =
+            (0..32).map(|k| Bytes::from(format!("{tag}-{b}-{k}-{}", "x".repeat(1000)))).collect();
+        let (first, last, _) = client.append_batch(payloads.clone()).await.unwrap();
+        assert_eq!(last + 1 - first, 32);
+        acked.push((first, last, payloads));
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_start_catches_up_from_it() {
+    let mut c = Cluster::start_with_config(3, 1, SMALL_LOG);
+    let leader = c.leader(0).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    append_batches(&c, "before", 20).await;
+    let stopped_at = eventually("the follower to hold the first appends", Duration::from_secs(20), || {
+        let c = &c;
+        async move { group_status(c, follower).await.filter(|g| g.commit_index >= 640).map(|g| g.last_index) }
+    })
+    .await;
+    assert!(c.stop(follower).success());
+
+    // Keep appending until the leader's log starts past everything the follower holds.
+    let mut acked = Vec::new();
+    let leader_first = loop {
+        acked.extend(append_batches(&c, "while-down", 20).await);
+        let g = group_status(&c, leader).await.expect("leader answers");
+        assert!(g.disk_bytes <= 8 << 20, "the leader's log stays bounded: {} bytes", g.disk_bytes);
+        if g.first_index > stopped_at + 1 {
+            break g.first_index;
+        }
+        assert!(acked.len() < 2000, "the leader never purged past the stopped follower: {g:?}");
+    };
+    println!(
+        "follower {follower} stopped at {stopped_at}; the leader's log starts at {leader_first} after {} batches",
+        acked.len()
+    );
+    // Below the start, a read is refused with the first index named.
+    let err = c.client(0).get(1).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("the log starts at {leader_first}")) || err.contains("purged"), "{err}");
+
+    c.start_node(follower);
+    acked.extend(append_batches(&c, "after", 5).await);
+    let (_, last, _) = *acked.last().unwrap();
+    c.wait_commit(follower, 0, last).await;
+    let g = group_status(&c, follower).await.unwrap();
+    assert!(g.first_index > stopped_at, "the follower starts at the leader's log start: {g:?}");
+    assert!(c.log_text(follower).contains("installing the leader's log start"));
+
+    // Every node's log is identical above the largest start, and holds every acknowledged entry there.
+    let mut starts = Vec::new();
+    for id in 1..=3 {
+        starts.push(group_status(&c, id).await.unwrap().first_index);
+    }
+    let from = *starts.iter().max().unwrap();
+    let logs = [
+        c.committed_log_from(1, 0, from, last).await,
+        c.committed_log_from(2, 0, from, last).await,
+        c.committed_log_from(3, 0, from, last).await,
+    ];
+    assert!(logs[0] == logs[1] && logs[1] == logs[2], "logs differ above index {from}");
+    for (first, _, payloads) in acked.iter().filter(|(first, _, _)| *first >= from) {
+        for (k, p) in payloads.iter().enumerate() {
+            let (index, _, payload) = &logs[0][(first + k as u64 - from) as usize];
+            assert_eq!((*index, payload), (first + k as u64, p), "acknowledged entry at {}", first + k as u64);
+        }
+    }
+}
