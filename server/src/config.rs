@@ -28,6 +28,10 @@
 //! max_age_secs = 0                  # purge segments last written longer ago than this (0 = no limit)
 //! hold_for_followers_mib = 1024     # a leader keeps up to this much more for a follower that is behind;
 //!                                   # past it, the follower is sent the log start and catches up from there
+//! purge_below_free_percent = 10     # disk watermark (with retention on): with less free, purge all
+//!                                   # that is committed and applied, holds released (0 = off)
+//! refuse_below_free_percent = 3     # with less free than this, a leader refuses appends (DiskFull)
+//!                                   # instead of filling the disk (0 = off)
 //!
 //! [[peers]]                         # every voter, this node included
 //! id = 1
@@ -85,6 +89,12 @@ fn default_snapshots_kept() -> usize {
 fn default_hold_for_followers_mib() -> u64 {
     1024
 }
+fn default_purge_below_free_percent() -> u8 {
+    10
+}
+fn default_refuse_below_free_percent() -> u8 {
+    3
+}
 
 /// How much log each group keeps; see the module docs. Only whole sealed
 /// segments are purged, never above the commit index (nor above what the
@@ -102,11 +112,26 @@ pub struct Retention {
     /// How much more log a leader keeps for a follower that is behind.
     #[serde(default = "default_hold_for_followers_mib")]
     pub hold_for_followers_mib: u64,
+    /// Disk watermark, for a group with retention on: with less free space
+    /// than this (percent of the data directory's file system), purge
+    /// everything committed and applied, releasing holds (0: off).
+    #[serde(default = "default_purge_below_free_percent")]
+    pub purge_below_free_percent: u8,
+    /// With less free space than this, a leader refuses appends with
+    /// `DiskFull` rather than fill the disk (0: off).
+    #[serde(default = "default_refuse_below_free_percent")]
+    pub refuse_below_free_percent: u8,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { max_log_mib: 0, max_age_secs: 0, hold_for_followers_mib: default_hold_for_followers_mib() }
+        Retention {
+            max_log_mib: 0,
+            max_age_secs: 0,
+            hold_for_followers_mib: default_hold_for_followers_mib(),
+            purge_below_free_percent: default_purge_below_free_percent(),
+            refuse_below_free_percent: default_refuse_below_free_percent(),
+        }
     }
 }
 
@@ -353,6 +378,14 @@ impl ServerConfig {
             return bad(format!(
                 "max_frame_mib {} cannot carry the largest entry: make it at least twice max_batch_kib ({} KiB)",
                 self.max_frame_mib, self.max_batch_kib
+            ));
+        }
+        let r = &self.retention;
+        let inverted = r.purge_below_free_percent > 0 && r.refuse_below_free_percent > r.purge_below_free_percent;
+        if r.purge_below_free_percent > 90 || inverted {
+            return bad(format!(
+                "retention: need refuse_below_free_percent ({}) <= purge_below_free_percent ({}) <= 90",
+                r.refuse_below_free_percent, r.purge_below_free_percent
             ));
         }
         if self.snapshots_kept == 0 {

@@ -19,6 +19,10 @@
 //! log docs), and then the core is told (`LogPurged`). A leader holds back
 //! for followers that are behind, until the log exceeds its limit by
 //! `hold_for_followers_mib`; past that, the follower is sent the log start.
+//! With retention on, below `purge_below_free_percent` of free disk,
+//! everything allowed goes and holds are released; whether or not it is on, below `refuse_below_free_percent`, a leader refuses
+//! appends with `DiskFull` (followers still take the leader's entries: what
+//! a quorum acknowledged must reach them).
 //! A group with a state machine purges only as leader, only below its newest
 //! snapshot and below every follower's match, without a cap: installing a
 //! state-machine snapshot from a peer is not built yet, so no follower of
@@ -243,6 +247,17 @@ pub(crate) struct GroupHost {
     voters: Vec<NodeId>,
     retention: Retention,
     ticks: u64,
+    /// Free disk is below the refusing watermark: a leader takes no appends.
+    disk_low: bool,
+    /// Free disk, in percent, at the last retention check.
+    free_percent: f64,
+}
+
+/// Free space of the file system holding `dir`, in percent of its size
+/// (statvfs through rustix: the server crate has no `unsafe`).
+fn free_percent(dir: &std::path::Path) -> Option<f64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    (st.f_blocks > 0).then(|| st.f_bavail as f64 * 100.0 / st.f_blocks as f64)
 }
 
 fn encode_kind(kind: EntryKind) -> &'static [u8] {
@@ -326,6 +341,8 @@ impl GroupHost {
             voters,
             retention: Retention::default(),
             ticks: 0,
+            disk_low: false,
+            free_percent: 100.0,
         })
     }
 
@@ -384,7 +401,30 @@ impl GroupHost {
 
     /// Purges what the retention policy lets go (see the module docs).
     fn apply_retention(&mut self) -> Result<(), GroupFatal> {
-        if !self.retention.is_on() {
+        let (purge_mark, refuse_mark) =
+            (self.retention.purge_below_free_percent as f64, self.retention.refuse_below_free_percent as f64);
+        let low = if purge_mark > 0.0 || refuse_mark > 0.0 {
+            self.free_percent = free_percent(&self.log.config().dir).unwrap_or(100.0);
+            let refuse = refuse_mark > 0.0 && self.free_percent < refuse_mark;
+            if refuse != self.disk_low {
+                if refuse {
+                    tracing::error!(
+                        group = self.group,
+                        free_percent = self.free_percent,
+                        "disk almost full: appends refused"
+                    );
+                } else {
+                    tracing::info!(group = self.group, free_percent = self.free_percent, "disk has room again");
+                }
+                self.disk_low = refuse;
+            }
+            // Only a group with retention on gives up history for space: with it off,
+            // the log is kept whole and the refusing mark protects the disk.
+            self.retention.is_on() && purge_mark > 0.0 && self.free_percent < purge_mark
+        } else {
+            false
+        };
+        if !self.retention.is_on() && !low {
             return Ok(());
         }
         let leader = self.role() == Role::Leader;
@@ -409,7 +449,7 @@ impl GroupHost {
             let allowance = (self.retention.max_log_mib + self.retention.hold_for_followers_mib) << 20;
             let behind: Vec<(NodeId, u64)> = matches.iter().copied().filter(|&(_, m)| m < limit).collect();
             if !behind.is_empty() {
-                if self.log.disk_bytes() <= allowance {
+                if !low && self.log.disk_bytes() <= allowance {
                     limit = behind.iter().map(|&(_, m)| m).min().unwrap_or(limit);
                     self.metrics.holds = behind;
                 } else {
@@ -418,7 +458,11 @@ impl GroupHost {
             }
         }
         let before = self.log.first_index();
-        let first = self.log.apply_retention(&self.retention.policy(), limit + 1).map_err(|e| self.fatal(e))?;
+        let mut policy = self.retention.policy();
+        if low {
+            policy.max_total_bytes = Some(0);
+        }
+        let first = self.log.apply_retention(&policy, limit + 1).map_err(|e| self.fatal(e))?;
         if first > before {
             self.metrics.purges += 1;
             tracing::debug!(group = self.group, first, purged = first - before, "purged the log's oldest segments");
@@ -895,6 +939,13 @@ impl GroupHost {
         if let Some(big) = payloads.iter().find(|p| p.len() > max) {
             return Err(ServerError::BadRequest(format!("entry of {} bytes exceeds the maximum of {max}", big.len())));
         }
+        if self.disk_low && self.role() == Role::Leader {
+            return Err(ServerError::DiskFull(format!(
+                "group {}: {:.1}% of the disk is free, below refuse_below_free_percent ({}%); appends resume when \
+                 space returns",
+                self.group, self.free_percent, self.retention.refuse_below_free_percent
+            )));
+        }
         if self.disk_full && self.role() == Role::Leader {
             // Accepting more would only grow the entries waiting in memory.
             return Err(ServerError::DiskFull(format!(
@@ -1030,6 +1081,8 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_log_starts_sent_total{{group=\"{g}\"}} {}", self.core.log_starts_sent());
         let _ = writeln!(out, "dledger_log_starts_installed_total{{group=\"{g}\"}} {}", m.log_starts_installed);
         let _ = writeln!(out, "dledger_retention_on{{group=\"{g}\"}} {}", self.retention.is_on() as u8);
+        let _ = writeln!(out, "dledger_disk_free_percent{{group=\"{g}\"}} {:.2}", self.free_percent);
+        let _ = writeln!(out, "dledger_disk_low{{group=\"{g}\"}} {}", self.disk_low as u8);
         let _ = writeln!(out, "dledger_retention_hold_released{{group=\"{g}\"}} {}", m.hold_released as u8);
         for (follower, at) in &m.holds {
             let _ = writeln!(out, "dledger_retention_hold_index{{group=\"{g}\",follower=\"{follower}\"}} {at}");

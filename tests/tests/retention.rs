@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dledger_proto::GroupStatus;
-use harness::{eventually, Cluster};
+use harness::{eventually, move_data_to, Cluster, SmallFs};
 
 /// Small segments, so that a few MiB of appends seal and purge several.
 const SMALL_LOG: &str = "segment_mib = 1\nmax_batch_kib = 64\nlog_memory_mib = 1\n\
@@ -89,5 +89,73 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_it() {
             let (index, _, payload) = &logs[0][(first + k as u64 - from) as usize];
             assert_eq!((*index, payload), (first + k as u64, p), "acknowledged entry at {}", first + k as u64);
         }
+    }
+}
+
+/// Each node on its own 64 MiB ext4: ten times that is written, and size
+/// retention keeps every disk far from full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_go_on_forever_on_a_bounded_disk() {
+    const FS_MIB: u64 = 64;
+    let mut disks = Vec::new();
+    for _ in 0..3 {
+        match SmallFs::new(FS_MIB) {
+            Ok(fs) => disks.push(fs),
+            Err(why) => return println!("SKIP: no loop-mounted ext4 here: {why}"),
+        }
+    }
+    let config = "segment_mib = 2\nmax_batch_kib = 256\nlog_memory_mib = 4\n\
+                  [retention]\nmax_log_mib = 12\nhold_for_followers_mib = 8\n\
+                  purge_below_free_percent = 40\nrefuse_below_free_percent = 5\n";
+    let mut c = Cluster::start_with_config(3, 1, config);
+    c.leader(0).await;
+    for (id, fs) in (1..=3).zip(&disks) {
+        move_data_to(&mut c, id, fs);
+        c.leader(0).await;
+    }
+    let target_bytes = 10 * (FS_MIB << 20);
+    let clients = 4;
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let mut client = c.client(0);
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0u64;
+            let mut last = 0;
+            let mut b = 0;
+            while written < target_bytes / clients {
+                let payloads: Vec<Bytes> =
+                    (0..32).map(|e| Bytes::from(format!("{k}-{b}-{e}-{}", "y".repeat(4000)))).collect();
+                written += payloads.iter().map(|p| p.len() as u64).sum::<u64>();
+                let (_, l, _) = client.append_batch(payloads).await.unwrap_or_else(|e| panic!("append: {e}"));
+                last = last.max(l);
+                b += 1;
+            }
+            last
+        }));
+    }
+    let mut last = 0;
+    for t in tasks {
+        last = last.max(t.await.unwrap());
+    }
+    c.wait_commit(1, 0, last).await;
+    c.wait_commit(2, 0, last).await;
+    c.wait_commit(3, 0, last).await;
+    let mut from = 0;
+    for id in 1..=3 {
+        let g = group_status(&c, id).await.unwrap();
+        println!("node {id}: first index {}, last {}, {} MiB of log", g.first_index, g.last_index, g.disk_bytes >> 20);
+        assert!(g.disk_bytes <= 24 << 20, "node {id} keeps a bounded log: {g:?}");
+        assert!(g.first_index > 1, "node {id} purged");
+        assert!(!c.log_text(id).contains("disk full") && !c.log_text(id).contains("appends refused"));
+        from = from.max(g.first_index);
+    }
+    let logs = [
+        c.committed_log_from(1, 0, from, last).await,
+        c.committed_log_from(2, 0, from, last).await,
+        c.committed_log_from(3, 0, from, last).await,
+    ];
+    assert!(logs[0] == logs[1] && logs[1] == logs[2], "logs differ above index {from}");
+    for id in 1..=3 {
+        c.kill(id);
     }
 }

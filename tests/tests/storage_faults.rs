@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dledger_proto::ServerError;
-use harness::{eventually, Cluster};
+use harness::{eventually, move_data_to, Cluster, SmallFs};
 
 async fn fill(c: &Cluster, entries: usize, size: usize) -> Vec<(u64, u64)> {
     let mut tasks = Vec::new();
@@ -143,40 +143,6 @@ async fn a_follower_that_lost_its_vote_record_or_its_data_refuses_to_rejoin() {
     the_others_keep_every_acknowledged_entry(&c, acked).await;
 }
 
-/// A small ext4 file system on a loop device, unmounted on drop.
-struct SmallFs {
-    mnt: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn new(mib: u64) -> Result<SmallFs, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root".into());
-        }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let img = dir.path().join("fs.img");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
-        std::fs::File::create(&img).and_then(|f| f.set_len(mib << 20)).map_err(|e| e.to_string())?;
-        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-        if !ok(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&img)) {
-            return Err("mkfs.ext4 failed or missing".into());
-        }
-        if !ok(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt)) {
-            return Err("mount -o loop failed".into());
-        }
-        Ok(SmallFs { mnt, _dir: dir })
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_with_a_full_disk_loses_nothing_and_resumes_when_space_returns() {
     let fs = match SmallFs::new(64) {
@@ -210,20 +176,6 @@ async fn a_follower_with_a_full_disk_loses_nothing_and_resumes_when_space_return
     }
     assert!(c.log_text(follower).contains("appends resume"));
     c.kill(follower);
-}
-
-/// Moves node `id`'s data onto `fs` (stopped, copied, config rewritten, started).
-fn move_data_to(c: &mut Cluster, id: u64, fs: &SmallFs) {
-    assert!(c.stop(id).success());
-    let small_data = fs.mnt.join("data");
-    let status = Command::new("cp").arg("-a").arg(c.data_dir(id)).arg(&small_data).status().unwrap();
-    assert!(status.success());
-    let cfg = &c.nodes[id as usize - 1].config;
-    let text = std::fs::read_to_string(cfg)
-        .unwrap()
-        .replace(&*c.data_dir(id).to_string_lossy(), &small_data.to_string_lossy());
-    std::fs::write(cfg, text).unwrap();
-    c.start_node(id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -418,3 +418,51 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A small ext4 file system on a loop device, unmounted on drop.
+pub struct SmallFs {
+    pub mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    pub fn new(mib: u64) -> Result<SmallFs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let img = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        std::fs::File::create(&img).and_then(|f| f.set_len(mib << 20)).map_err(|e| e.to_string())?;
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&img)) {
+            return Err("mkfs.ext4 failed or missing".into());
+        }
+        if !ok(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt)) {
+            return Err("mount -o loop failed".into());
+        }
+        Ok(SmallFs { mnt, _dir: dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+    }
+}
+
+/// Moves node `id`'s data onto `fs` (stopped, copied, config rewritten, started).
+pub fn move_data_to(c: &mut Cluster, id: u64, fs: &SmallFs) {
+    assert!(c.stop(id).success());
+    let small_data = fs.mnt.join("data");
+    let status = Command::new("cp").arg("-a").arg(c.data_dir(id)).arg(&small_data).status().unwrap();
+    assert!(status.success());
+    let cfg = &c.nodes[id as usize - 1].config;
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .replace(&*c.data_dir(id).to_string_lossy(), &small_data.to_string_lossy());
+    std::fs::write(cfg, text).unwrap();
+    c.start_node(id);
+}
