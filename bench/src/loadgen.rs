@@ -43,6 +43,7 @@ pub struct Second {
     pub second: u64,
     pub entries: u64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +180,7 @@ pub async fn run(spec: BenchSpec, mut on_tick: impl FnMut(Duration, u64)) -> Ben
             second,
             entries: h.len() * spec.batch.max(1) as u64,
             p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
         })
         .collect();
     BenchReport { seconds: spec.seconds, spec, entries, requests, latency_us, errors, timeline }

@@ -174,6 +174,10 @@ enum Quick {
         /// Run the nodes with this built-in state machine (see `server --state-machine`).
         #[arg(long, value_enum)]
         state_machine: Option<BuiltinMachine>,
+        /// More TOML for every node's config (keys such as `segment_mib = 8`, then
+        /// tables such as `[retention]`), placed before the peers.
+        #[arg(long, default_value = "")]
+        config_extra: String,
     },
     /// Show the processes and the cluster table.
     Status {
@@ -386,7 +390,9 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
         Cmd::Quickstart { action } => match action {
-            Quick::Start { dir, base_port, state_machine } => quick_start(&dir, base_port, state_machine).await,
+            Quick::Start { dir, base_port, state_machine, config_extra } => {
+                quick_start(&dir, base_port, state_machine, &config_extra).await
+            }
             Quick::Status { dir } => quick_status(&dir).await,
             Quick::Stop { dir } => quick_stop(&dir),
         },
@@ -521,7 +527,12 @@ fn pid_alive(pid: i32) -> bool {
     }
 }
 
-async fn quick_start(dir: &Path, base_port: u16, machine: Option<BuiltinMachine>) -> Result<(), String> {
+async fn quick_start(
+    dir: &Path,
+    base_port: u16,
+    machine: Option<BuiltinMachine>,
+    config_extra: &str,
+) -> Result<(), String> {
     for n in 1..=3 {
         if let Ok(pid) = std::fs::read_to_string(dir.join(format!("n{n}.pid"))) {
             if pid.trim().parse().is_ok_and(pid_alive) {
@@ -552,7 +563,7 @@ async fn quick_start(dir: &Path, base_port: u16, machine: Option<BuiltinMachine>
         let cfg_path = dir.join(format!("n{n}.toml"));
         let cfg = format!(
             // Three nodes share this host: let the kernel place their loops.
-            "node_id = {n}\nlisten = \"{}\"\nmetrics_listen = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\npeer_secret_file = \"{}\"\n\n{peers}",
+            "node_id = {n}\nlisten = \"{}\"\nmetrics_listen = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\npeer_secret_file = \"{}\"\n{config_extra}\n\n{peers}",
             endpoints[n - 1],
             metrics[n - 1],
             dir.join(format!("n{n}")).display(),
