@@ -6,7 +6,7 @@
 //!   preallocated, pre-filled segments, or through the portable backend.
 //! - Recovery cuts a torn tail and refuses on any other corruption
 //!   ([`recovery`] holds the decision table).
-//! - [`Meta`] is the small atomic record Raft keeps (term, vote, blob).
+//! - [`Meta`] is the small atomic record Raft keeps (term, vote, the log start, blob).
 //! - [`probe()`] reports what a directory supports.
 //!
 //! The module docs of [`log`], [`frame`] and [`segment`] state the on-disk
