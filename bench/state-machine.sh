@@ -7,36 +7,13 @@
 #
 #   bench/state-machine.sh [--dir DIR] [--seconds S] [--rounds N]
 set -euo pipefail
-dir=./sm-bench-data
 seconds=5
 rounds=2
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dir) dir=$2; shift 2 ;;
-    --seconds) seconds=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--dir DIR] [--seconds S] [--rounds N]" >&2; exit 2 ;;
-  esac
-done
-here=$(cd "$(dirname "$0")/.." && pwd)
-command -v fio >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio) >/dev/null
-cargo build --release -q --manifest-path "$here/Cargo.toml" -p dledger --bin dledger
-dledger="$here/target/release/dledger"
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
-work="$dir/run-$$"
-mkdir -p "$work"
-cleanup() {
-  "$dledger" quickstart stop --dir "$work/q" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
+bench_setup ./sm-bench-data "$@"
 j() { python3 -c "import json,sys; d=json.load(sys.stdin); print(' '.join(str(d[k]) for k in sys.argv[1:]))" "$@"; }
 
-fio_1m=$(fio --name=limit --directory="$work" --size=512M --bs=1m --rw=write --ioengine=io_uring --direct=1 \
-    --fdatasync=1 --runtime="$seconds" --time_based --output-format=json 2>/dev/null |
-  python3 -c 'import json,sys; w=json.load(sys.stdin)["jobs"][0]["write"]; print("%.1f" % (w["bw_bytes"]/1e6))')
-rm -f "$work"/limit.*
+fio_1m=$(fio_limit "$seconds")
 
 run() { # $1: "" or checksum; prints e/s p50 p99 for 64x1 and 64x256
   local args=()
