@@ -28,6 +28,7 @@
 //! max_age_secs = 0                  # purge segments last written longer ago than this (0 = no limit)
 //! hold_for_followers_mib = 1024     # a leader keeps up to this much more for a follower that is behind;
 //!                                   # past it, the follower is sent the log start and catches up from there
+//! hold_for_followers_secs = 3600    # nor for longer than this for a follower whose log has not moved (0 = no limit)
 //! purge_below_free_percent = 10     # disk watermark (with retention on): with less free, purge all
 //!                                   # that is committed and applied, holds released (0 = off)
 //! refuse_below_free_percent = 3     # with less free than this, a leader refuses appends (DiskFull)
@@ -89,6 +90,9 @@ fn default_snapshots_kept() -> usize {
 fn default_hold_for_followers_mib() -> u64 {
     1024
 }
+fn default_hold_for_followers_secs() -> u64 {
+    3600
+}
 fn default_purge_below_free_percent() -> u8 {
     10
 }
@@ -112,6 +116,9 @@ pub struct Retention {
     /// How much more log a leader keeps for a follower that is behind.
     #[serde(default = "default_hold_for_followers_mib")]
     pub hold_for_followers_mib: u64,
+    /// Nor for longer than this for a follower whose match has not moved (0: no limit).
+    #[serde(default = "default_hold_for_followers_secs")]
+    pub hold_for_followers_secs: u64,
     /// Disk watermark, for a group with retention on: with less free space
     /// than this (percent of the data directory's file system), purge
     /// everything committed and applied, releasing holds (0: off).
@@ -129,6 +136,7 @@ impl Default for Retention {
             max_log_mib: 0,
             max_age_secs: 0,
             hold_for_followers_mib: default_hold_for_followers_mib(),
+            hold_for_followers_secs: default_hold_for_followers_secs(),
             purge_below_free_percent: default_purge_below_free_percent(),
             refuse_below_free_percent: default_refuse_below_free_percent(),
         }

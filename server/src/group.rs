@@ -18,7 +18,9 @@
 //! (committed, applied, durable), the start record first (see the engine's
 //! log docs), and then the core is told (`LogPurged`). A leader holds back
 //! for followers that are behind, until the log exceeds its limit by
-//! `hold_for_followers_mib`; past that, the follower is sent the log start.
+//! `hold_for_followers_mib`, and for a follower whose match has not moved for
+//! `hold_for_followers_secs` no longer; past either, the follower is sent the
+//! log start.
 //! With retention on, below `purge_below_free_percent` of free disk,
 //! everything allowed goes and holds are released; whether or not it is on, below `refuse_below_free_percent`, a leader refuses
 //! appends with `DiskFull` (followers still take the leader's entries: what
@@ -251,6 +253,8 @@ pub(crate) struct GroupHost {
     disk_low: bool,
     /// Free disk, in percent, at the last retention check.
     free_percent: f64,
+    /// Per follower: its match at the last retention check, and since when it has not moved.
+    stuck_since: HashMap<NodeId, (u64, Instant)>,
 }
 
 /// Free space of the file system holding `dir`, in percent of its size
@@ -343,6 +347,7 @@ impl GroupHost {
             ticks: 0,
             disk_low: false,
             free_percent: 100.0,
+            stuck_since: HashMap::new(),
         })
     }
 
@@ -431,6 +436,9 @@ impl GroupHost {
         let mut limit = self.core.purge_limit();
         self.metrics.holds.clear();
         self.metrics.hold_released = false;
+        if !leader {
+            self.stuck_since.clear();
+        }
         let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
         let matches: Vec<(NodeId, u64)> =
             peers.iter().map(|&p| (p, self.core.progress(p).map_or(0, |pr| pr.match_index))).collect();
@@ -447,7 +455,22 @@ impl GroupHost {
             }
         } else if leader {
             let allowance = (self.retention.max_log_mib + self.retention.hold_for_followers_mib) << 20;
+            let now = Instant::now();
+            for &(peer, m) in &matches {
+                let since = self.stuck_since.entry(peer).or_insert((m, now));
+                if since.0 != m {
+                    *since = (m, now);
+                }
+            }
+            let max_secs = self.retention.hold_for_followers_secs;
+            let stuck = |peer: NodeId| {
+                max_secs > 0
+                    && self.stuck_since.get(&peer).is_some_and(|s| now.duration_since(s.1).as_secs() >= max_secs)
+            };
             let behind: Vec<(NodeId, u64)> = matches.iter().copied().filter(|&(_, m)| m < limit).collect();
+            let held: Vec<(NodeId, u64)> = behind.iter().copied().filter(|&(p, _)| !stuck(p)).collect();
+            self.metrics.hold_released = held.len() < behind.len();
+            let behind = held;
             if !behind.is_empty() {
                 if !low && self.log.disk_bytes() <= allowance {
                     limit = behind.iter().map(|&(_, m)| m).min().unwrap_or(limit);

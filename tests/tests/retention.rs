@@ -34,7 +34,23 @@ async fn append_batches(c: &Cluster, tag: &str, batches: usize) -> Vec<(u64, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_leaders_log_start_catches_up_from_it() {
-    let mut c = Cluster::start_with_config(3, 1, SMALL_LOG);
+    follower_left_behind(SMALL_LOG, 8 << 20).await;
+}
+
+/// The hold's byte cap is beyond what the test writes (256 MiB), its time cap one second: a
+/// follower whose log stops moving is held for no longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_for_a_stopped_follower_ends_after_its_time_cap() {
+    let config = "segment_mib = 1\nmax_batch_kib = 64\nlog_memory_mib = 1\n\
+                  [retention]\nmax_log_mib = 2\nhold_for_followers_mib = 256\nhold_for_followers_secs = 1\n";
+    follower_left_behind(config, 260 << 20).await;
+}
+
+/// Stops a follower, appends until the leader's log starts past it (its log
+/// never above `max_disk_bytes`), restarts it, and checks that it caught up
+/// from the leader's start with every acknowledged entry there.
+async fn follower_left_behind(config: &str, max_disk_bytes: u64) {
+    let mut c = Cluster::start_with_config(3, 1, config);
     let leader = c.leader(0).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     append_batches(&c, "before", 20).await;
@@ -50,7 +66,7 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_it() {
     let leader_first = loop {
         acked.extend(append_batches(&c, "while-down", 20).await);
         let g = group_status(&c, leader).await.expect("leader answers");
-        assert!(g.disk_bytes <= 8 << 20, "the leader's log stays bounded: {} bytes", g.disk_bytes);
+        assert!(g.disk_bytes <= max_disk_bytes, "the leader's log stays bounded: {} bytes", g.disk_bytes);
         if g.first_index > stopped_at + 1 {
             break g.first_index;
         }
