@@ -32,6 +32,23 @@ async fn append_batches(c: &Cluster, tag: &str, batches: usize) -> Vec<(u64, u64
     acked
 }
 
+/// Every node's committed log above the largest log start, once all three
+/// can be read there (a purge may pass the start between the status and the
+/// read: then the start is taken again).
+async fn logs_above_largest_start(c: &Cluster, last: u64) -> (u64, [Vec<(u64, u64, Bytes)>; 3]) {
+    eventually("every log readable above the largest start", Duration::from_secs(20), || async move {
+        let mut from = 0;
+        for id in 1..=3 {
+            from = from.max(group_status(c, id).await?.first_index);
+        }
+        let a = c.try_committed_log_from(1, 0, from, last).await.ok()?;
+        let b = c.try_committed_log_from(2, 0, from, last).await.ok()?;
+        let d = c.try_committed_log_from(3, 0, from, last).await.ok()?;
+        Some((from, [a, b, d]))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_leaders_log_start_catches_up_from_it() {
     follower_left_behind(SMALL_LOG, 8 << 20).await;
@@ -89,16 +106,7 @@ async fn follower_left_behind(config: &str, max_disk_bytes: u64) {
     assert!(c.log_text(follower).contains("installing the leader's log start"));
 
     // Every node's log is identical above the largest start, and holds every acknowledged entry there.
-    let mut starts = Vec::new();
-    for id in 1..=3 {
-        starts.push(group_status(&c, id).await.unwrap().first_index);
-    }
-    let from = *starts.iter().max().unwrap();
-    let logs = [
-        c.committed_log_from(1, 0, from, last).await,
-        c.committed_log_from(2, 0, from, last).await,
-        c.committed_log_from(3, 0, from, last).await,
-    ];
+    let (from, logs) = logs_above_largest_start(&c, last).await;
     assert!(logs[0] == logs[1] && logs[1] == logs[2], "logs differ above index {from}");
     for (first, _, payloads) in acked.iter().filter(|(first, _, _)| *first >= from) {
         for (k, p) in payloads.iter().enumerate() {
@@ -156,20 +164,14 @@ async fn appends_go_on_forever_on_a_bounded_disk() {
     c.wait_commit(1, 0, last).await;
     c.wait_commit(2, 0, last).await;
     c.wait_commit(3, 0, last).await;
-    let mut from = 0;
     for id in 1..=3 {
         let g = group_status(&c, id).await.unwrap();
         println!("node {id}: first index {}, last {}, {} MiB of log", g.first_index, g.last_index, g.disk_bytes >> 20);
         assert!(g.disk_bytes <= 24 << 20, "node {id} keeps a bounded log: {g:?}");
         assert!(g.first_index > 1, "node {id} purged");
         assert!(!c.log_text(id).contains("disk full") && !c.log_text(id).contains("appends refused"));
-        from = from.max(g.first_index);
     }
-    let logs = [
-        c.committed_log_from(1, 0, from, last).await,
-        c.committed_log_from(2, 0, from, last).await,
-        c.committed_log_from(3, 0, from, last).await,
-    ];
+    let (from, logs) = logs_above_largest_start(&c, last).await;
     assert!(logs[0] == logs[1] && logs[1] == logs[2], "logs differ above index {from}");
     for id in 1..=3 {
         c.kill(id);

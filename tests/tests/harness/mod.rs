@@ -374,12 +374,27 @@ impl Cluster {
 
     /// Every committed entry `[from, upto]` of `group` as node `id` holds it.
     pub async fn committed_log_from(&self, id: u64, group: u64, from: u64, upto: u64) -> Vec<(u64, u64, Bytes)> {
+        match self.try_committed_log_from(id, group, from, upto).await {
+            Ok(log) => log,
+            Err(e) => panic!("reading node {id}'s log from {from}: {e}"),
+        }
+    }
+
+    /// `committed_log_from`, with the read's error (a retention purge may have
+    /// passed `from` meanwhile: `OutOfRange`).
+    pub async fn try_committed_log_from(
+        &self,
+        id: u64,
+        group: u64,
+        from: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, u64, Bytes)>, dledger_client::ClientError> {
         let ep = self.nodes.iter().find(|n| n.id == id).unwrap().endpoint.clone();
         let mut c = Client::new(vec![ep.clone()], "dledger", group, Duration::from_secs(10));
         let mut out = Vec::new();
         let mut next = from;
         while next <= upto {
-            let chunk = c.read_at(&ep, next, upto + 1, 1 << 20).await.unwrap();
+            let chunk = c.read_at(&ep, next, upto + 1, 1 << 20).await?;
             assert!(!chunk.is_empty(), "node {id} returned nothing at {next}");
             for e in chunk {
                 assert_eq!(e.index, next);
@@ -387,7 +402,7 @@ impl Cluster {
                 out.push((e.index, e.term, e.payload));
             }
         }
-        out
+        Ok(out)
     }
 
     pub fn log_text(&self, id: u64) -> String {
