@@ -20,12 +20,11 @@
 //! for followers that are behind, until the log exceeds its limit by
 //! `hold_for_followers_mib`, and for a follower whose match has not moved for
 //! `hold_for_followers_secs` no longer; past either, the follower is sent the
-//! log start.
-//! With retention on, below `purge_below_free_percent` of free disk,
-//! everything allowed goes and holds are released; whether or not it is on, below `refuse_below_free_percent`, a leader refuses
-//! appends with `DiskFull` (followers still take the leader's entries: what
-//! a quorum acknowledged must reach them).
-//! A group with a state machine purges only as leader, only below its newest
+//! log start. With retention on, below `purge_below_free_percent` of free
+//! disk, everything allowed goes and holds are released; whether or not it
+//! is on, below `refuse_below_free_percent`, a leader refuses appends with
+//! `DiskFull` (followers still take the leader's entries: what a quorum
+//! acknowledged must reach them). A group with a state machine purges only as leader, only below its newest
 //! snapshot and below every follower's match, without a cap: installing a
 //! state-machine snapshot from a peer is not built yet, so no follower of
 //! such a group may ever need one (a log start reaching one is fatal, with
@@ -251,8 +250,8 @@ pub(crate) struct GroupHost {
     ticks: u64,
     /// Free disk is below the refusing watermark: a leader takes no appends.
     disk_low: bool,
-    /// Free disk, in percent, at the last retention check.
-    free_percent: f64,
+    /// Free disk, in percent, at the last check (none without watermarks).
+    free_percent: Option<f64>,
     /// Per follower: its match at the last retention check, and since when it has not moved.
     stuck_since: HashMap<NodeId, (u64, Instant)>,
 }
@@ -346,7 +345,7 @@ impl GroupHost {
             retention: Retention::default(),
             ticks: 0,
             disk_low: false,
-            free_percent: 100.0,
+            free_percent: None,
             stuck_since: HashMap::new(),
         })
     }
@@ -406,92 +405,95 @@ impl GroupHost {
 
     /// Purges what the retention policy lets go (see the module docs).
     fn apply_retention(&mut self) -> Result<(), GroupFatal> {
-        let (purge_mark, refuse_mark) =
-            (self.retention.purge_below_free_percent as f64, self.retention.refuse_below_free_percent as f64);
-        let low = if purge_mark > 0.0 || refuse_mark > 0.0 {
-            self.free_percent = free_percent(&self.log.config().dir).unwrap_or(100.0);
-            let refuse = refuse_mark > 0.0 && self.free_percent < refuse_mark;
-            if refuse != self.disk_low {
-                if refuse {
-                    tracing::error!(
-                        group = self.group,
-                        free_percent = self.free_percent,
-                        "disk almost full: appends refused"
-                    );
-                } else {
-                    tracing::info!(group = self.group, free_percent = self.free_percent, "disk has room again");
-                }
-                self.disk_low = refuse;
-            }
-            // Only a group with retention on gives up history for space: with it off,
-            // the log is kept whole and the refusing mark protects the disk.
-            self.retention.is_on() && purge_mark > 0.0 && self.free_percent < purge_mark
-        } else {
-            false
-        };
+        let low = self.watch_free_disk();
         if !self.retention.is_on() && !low {
             return Ok(());
         }
-        let leader = self.role() == Role::Leader;
-        let mut limit = self.core.purge_limit();
-        self.metrics.holds.clear();
-        self.metrics.hold_released = false;
-        if !leader {
-            self.stuck_since.clear();
-        }
-        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
-        let matches: Vec<(NodeId, u64)> =
-            peers.iter().map(|&p| (p, self.core.progress(p).map_or(0, |pr| pr.match_index))).collect();
-        if let Some(feed) = &self.feed {
-            if !leader {
-                return Ok(());
-            }
-            limit = limit.min(feed.progress.snapshot_index.load(Ordering::Acquire));
-            for &(peer, m) in &matches {
-                if m < limit {
-                    limit = m;
-                    self.metrics.holds.push((peer, m));
-                }
-            }
-        } else if leader {
-            let allowance = (self.retention.max_log_mib + self.retention.hold_for_followers_mib) << 20;
-            let now = Instant::now();
-            for &(peer, m) in &matches {
-                let since = self.stuck_since.entry(peer).or_insert((m, now));
-                if since.0 != m {
-                    *since = (m, now);
-                }
-            }
-            let max_secs = self.retention.hold_for_followers_secs;
-            let stuck = |peer: NodeId| {
-                max_secs > 0
-                    && self.stuck_since.get(&peer).is_some_and(|s| now.duration_since(s.1).as_secs() >= max_secs)
-            };
-            let behind: Vec<(NodeId, u64)> = matches.iter().copied().filter(|&(_, m)| m < limit).collect();
-            let held: Vec<(NodeId, u64)> = behind.iter().copied().filter(|&(p, _)| !stuck(p)).collect();
-            self.metrics.hold_released = held.len() < behind.len();
-            let behind = held;
-            if !behind.is_empty() {
-                if !low && self.log.disk_bytes() <= allowance {
-                    limit = behind.iter().map(|&(_, m)| m).min().unwrap_or(limit);
-                    self.metrics.holds = behind;
-                } else {
-                    self.metrics.hold_released = true;
-                }
-            }
-        }
-        let before = self.log.first_index();
+        let Some(floor) = self.purge_floor(low) else { return Ok(()) };
         let mut policy = self.retention.policy();
         if low {
             policy.max_total_bytes = Some(0);
         }
-        let first = self.log.apply_retention(&policy, limit + 1).map_err(|e| self.fatal(e))?;
+        let before = self.log.first_index();
+        let first = self.log.apply_retention(&policy, floor + 1).map_err(|e| self.fatal(e))?;
         if first > before {
             self.metrics.purges += 1;
             tracing::debug!(group = self.group, first, purged = first - before, "purged the log's oldest segments");
             self.step(Event::LogPurged { first_index: first })?;
         }
         Ok(())
+    }
+
+    /// Measures free disk against the watermarks: sets `disk_low` (appends
+    /// refused) and returns whether this group should purge all it may.
+    fn watch_free_disk(&mut self) -> bool {
+        let r = &self.retention;
+        let (purge_mark, refuse_mark) = (r.purge_below_free_percent as f64, r.refuse_below_free_percent as f64);
+        if purge_mark == 0.0 && refuse_mark == 0.0 {
+            return false;
+        }
+        let free = free_percent(&self.log.config().dir).unwrap_or(100.0);
+        self.free_percent = Some(free);
+        let refuse = refuse_mark > 0.0 && free < refuse_mark;
+        if refuse != self.disk_low {
+            if refuse {
+                tracing::error!(group = self.group, free_percent = free, "disk almost full: appends refused");
+            } else {
+                tracing::info!(group = self.group, free_percent = free, "disk has room again");
+            }
+            self.disk_low = refuse;
+        }
+        // Only a group with retention on gives up history for space: with it off,
+        // the log is kept whole and the refusing mark protects the disk.
+        self.retention.is_on() && purge_mark > 0.0 && free < purge_mark
+    }
+
+    /// The highest index this node may purge up to now (`None`: nothing):
+    /// the core's purge limit, lowered by a leader's holds for its followers.
+    fn purge_floor(&mut self, low: bool) -> Option<u64> {
+        let leader = self.role() == Role::Leader;
+        let mut floor = self.core.purge_limit();
+        self.metrics.holds.clear();
+        self.metrics.hold_released = false;
+        if !leader {
+            self.stuck_since.clear();
+            // Without a way to install a snapshot, only a leader (which sees every follower) may purge.
+            return self.feed.is_none().then_some(floor);
+        }
+        let now = Instant::now();
+        let mut behind = Vec::new();
+        for &peer in self.voters.iter().filter(|&&p| p != self.node_id) {
+            let m = self.core.progress(peer).map_or(0, |pr| pr.match_index);
+            let since = self.stuck_since.entry(peer).or_insert((m, now));
+            if since.0 != m {
+                *since = (m, now);
+            }
+            if m < floor {
+                behind.push((peer, m, now.duration_since(since.1)));
+            }
+        }
+        if let Some(feed) = &self.feed {
+            // No cap: a follower of a group with a state machine must never need a log start.
+            floor = floor.min(feed.progress.snapshot_index.load(Ordering::Acquire));
+            for &(peer, m, _) in &behind {
+                self.metrics.holds.push((peer, m));
+                floor = floor.min(m);
+            }
+            return Some(floor);
+        }
+        let max_secs = self.retention.hold_for_followers_secs;
+        let allowance = (self.retention.max_log_mib + self.retention.hold_for_followers_mib) << 20;
+        let within_bytes = !low && self.log.disk_bytes() <= allowance;
+        for (peer, m, stuck_for) in behind {
+            let within_time = max_secs == 0 || stuck_for.as_secs() < max_secs;
+            if within_bytes && within_time {
+                self.metrics.holds.push((peer, m));
+                floor = floor.min(m);
+            } else {
+                self.metrics.hold_released = true;
+            }
+        }
+        Some(floor)
     }
 
     pub fn on_message(&mut self, m: Message) -> Result<(), GroupFatal> {
@@ -966,7 +968,9 @@ impl GroupHost {
             return Err(ServerError::DiskFull(format!(
                 "group {}: {:.1}% of the disk is free, below refuse_below_free_percent ({}%); appends resume when \
                  space returns",
-                self.group, self.free_percent, self.retention.refuse_below_free_percent
+                self.group,
+                self.free_percent.unwrap_or(0.0),
+                self.retention.refuse_below_free_percent
             )));
         }
         if self.disk_full && self.role() == Role::Leader {
@@ -1104,7 +1108,9 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_log_starts_sent_total{{group=\"{g}\"}} {}", self.core.log_starts_sent());
         let _ = writeln!(out, "dledger_log_starts_installed_total{{group=\"{g}\"}} {}", m.log_starts_installed);
         let _ = writeln!(out, "dledger_retention_on{{group=\"{g}\"}} {}", self.retention.is_on() as u8);
-        let _ = writeln!(out, "dledger_disk_free_percent{{group=\"{g}\"}} {:.2}", self.free_percent);
+        if let Some(free) = self.free_percent {
+            let _ = writeln!(out, "dledger_disk_free_percent{{group=\"{g}\"}} {free:.2}");
+        }
         let _ = writeln!(out, "dledger_disk_low{{group=\"{g}\"}} {}", self.disk_low as u8);
         let _ = writeln!(out, "dledger_retention_hold_released{{group=\"{g}\"}} {}", m.hold_released as u8);
         for (follower, at) in &m.holds {
