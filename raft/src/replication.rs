@@ -105,6 +105,17 @@ impl RaftCore {
         }
     }
 
+    /// Follower: `from` leads this term (an append, a heartbeat or a log start
+    /// came from it). A candidate or pre-candidate of this term steps down.
+    fn heard_from_leader(&mut self, from: NodeId) {
+        if self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.leader_id = Some(from);
+        self.election_elapsed_ticks = 0;
+    }
+
     /// `peer` needs entries this leader purged: send the log start, as a
     /// probe (its answer moves `next_index` past the start).
     fn send_log_start(&mut self, peer: NodeId) {
@@ -128,12 +139,7 @@ impl RaftCore {
 
     /// Follower: the leader's log starts after `start`.
     pub(super) fn on_log_start(&mut self, from: NodeId, start: LogStart, leader_commit_index: LogIndex) {
-        if self.role != Role::Follower {
-            let term = self.term;
-            self.become_follower(term, Some(from));
-        }
-        self.leader_id = Some(from);
-        self.election_elapsed_ticks = 0;
+        self.heard_from_leader(from);
         let here = self.log.term_at(start.prev_index);
         let held = start.prev_index <= self.log.start().prev_index
             || here == Some(start.prev_term)
@@ -262,19 +268,15 @@ impl RaftCore {
         entries: Vec<Entry>,
         leader_commit_index: LogIndex,
     ) {
-        if self.role != Role::Follower {
-            // A candidate (or pre-candidate) of this term sees its leader.
-            let term = self.term;
-            self.become_follower(term, Some(from));
-        }
-        self.leader_id = Some(from);
-        self.election_elapsed_ticks = 0;
+        self.heard_from_leader(from);
 
         // What reaches at or below our log start is committed, hence ours already.
         let start = self.log.start();
         let (prev_log_index, prev_log_term, entries) = if prev_log_index < start.prev_index {
             let skip = (start.prev_index - prev_log_index).min(entries.len() as LogIndex) as usize;
-            (start.prev_index, start.prev_term, entries[skip..].to_vec())
+            let mut entries = entries;
+            entries.drain(..skip);
+            (start.prev_index, start.prev_term, entries)
         } else {
             (prev_log_index, prev_log_term, entries)
         };
@@ -390,12 +392,7 @@ impl RaftCore {
     }
 
     pub(super) fn on_heartbeat(&mut self, from: NodeId, leader_commit_index: LogIndex, round: u64) {
-        if self.role != Role::Follower {
-            let term = self.term;
-            self.become_follower(term, Some(from));
-        }
-        self.leader_id = Some(from);
-        self.election_elapsed_ticks = 0;
+        self.heard_from_leader(from);
         if self.log.commit_to(leader_commit_index.min(self.verified_index)) {
             self.apply_committed();
         }
