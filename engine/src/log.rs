@@ -554,8 +554,18 @@ impl Log {
     pub fn save_meta(&mut self, m: &Meta) -> Result<()> {
         self.check_writable()?;
         let (start_prev_index, start_prev_term) = self.start();
-        let m = Meta { start_prev_index, start_prev_term, ..m.clone() };
-        match self.meta.save(&m) {
+        self.write_meta(&Meta { start_prev_index, start_prev_term, ..m.clone() })
+    }
+
+    /// Durably records a new log start, keeping the term, vote and blob.
+    fn save_start(&mut self, start_prev_index: u64, start_prev_term: u64) -> Result<()> {
+        let m = Meta { start_prev_index, start_prev_term, ..self.meta.get().clone() };
+        self.write_meta(&m)
+    }
+
+    /// Writes the record; a failed sync makes the log fatal (see the module docs).
+    fn write_meta(&mut self, m: &Meta) -> Result<()> {
+        match self.meta.save(m) {
             Err(Error::Fatal { op, path, source }) => Err(self.make_fatal(op, path, source)),
             r => r,
         }
@@ -1029,8 +1039,7 @@ impl Log {
         let new_first = self.segments[count].first_index;
         let prev_index = new_first - 1;
         let prev_term = self.term_at(prev_index).expect("a durable entry has a term");
-        let meta = Meta { start_prev_index: prev_index, start_prev_term: prev_term, ..self.meta.get().clone() };
-        self.meta.save(&meta)?;
+        self.save_start(prev_index, prev_term)?;
         for _ in 0..count {
             let s = self.segments.front().expect("counted");
             let (fd, path, size) = (s.file.as_raw_fd(), s.path.clone(), s.header.size_bytes);
@@ -1064,8 +1073,7 @@ impl Log {
             )));
         }
         self.sync_all()?;
-        let meta = Meta { start_prev_index: prev_index, start_prev_term: prev_term, ..self.meta.get().clone() };
-        self.meta.save(&meta)?;
+        self.save_start(prev_index, prev_term)?;
         while let Some(s) = self.segments.back() {
             let (fd, path) = (s.file.as_raw_fd(), s.path.clone());
             self.delete_segment(fd, &path)?;
