@@ -160,6 +160,8 @@ pub struct RaftCore {
     pub(super) entries_from_storage: u64,
     /// Log starts sent to followers that needed purged entries.
     pub(super) log_starts_sent: u64,
+    /// The host is installing a state-machine snapshot: do not campaign.
+    pub(super) campaigns_suspended: bool,
 }
 
 impl RaftCore {
@@ -228,6 +230,7 @@ impl RaftCore {
             needs_storage: Vec::new(),
             entries_from_storage: 0,
             log_starts_sent: 0,
+            campaigns_suspended: false,
         };
         core.reset_election_timer();
         Ok(core)
@@ -273,6 +276,19 @@ impl RaftCore {
         }
         self.debug_check();
         std::mem::take(&mut self.out)
+    }
+
+    /// While `suspended`, this node neither campaigns nor answers a
+    /// `TimeoutNow`, so it cannot become leader; it still votes (its log and
+    /// term are whole). A host sets it while it installs a state-machine
+    /// snapshot: a leader must be able to serve its state machine.
+    pub fn suspend_campaigns(&mut self, suspended: bool) {
+        self.campaigns_suspended = suspended;
+    }
+
+    /// Whether campaigns are suspended (see [`Self::suspend_campaigns`]).
+    pub fn campaigns_suspended(&self) -> bool {
+        self.campaigns_suspended
     }
 
     /// Summary of the current state.

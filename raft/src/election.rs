@@ -28,7 +28,7 @@ impl RaftCore {
     }
 
     fn campaign_pre_vote(&mut self) {
-        if self.term >= MAX_TERM {
+        if self.term >= MAX_TERM || self.campaigns_suspended {
             // Unreachable by counting elections; never wrap (see MAX_TERM).
             self.reset_election_timer();
             return;
@@ -58,7 +58,11 @@ impl RaftCore {
 
     /// Starts a real election in the next term.
     pub(super) fn campaign(&mut self, leadership_transfer: bool) {
-        if self.term >= MAX_TERM {
+        if self.term >= MAX_TERM || self.campaigns_suspended {
+            if self.role == Role::PreCandidate {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
             self.reset_election_timer();
             return;
         }

@@ -734,3 +734,33 @@ fn an_append_reaching_below_the_followers_start_is_cut_to_what_follows() {
     assert_eq!(out[0], Command::PersistEntries { truncate_from: None, entries: vec![entry(4, 2)] });
     assert_eq!(out.last(), Some(&send(2, 1, 2, MessageBody::AppendResponse { result: Ok(3) })));
 }
+
+#[test]
+fn a_node_with_campaigns_suspended_never_campaigns_but_still_votes() {
+    for pre_vote in [true, false] {
+        let mut core =
+            node_with(1, &VOTERS, Config { pre_vote, ..config() }, HardState { term: 1, voted_for: None }, &[1]);
+        core.suspend_campaigns(true);
+        for _ in 0..10 * core.config.election_timeout_max_ticks {
+            assert_eq!(core.step(Event::Tick), vec![], "pre_vote {pre_vote}");
+        }
+        assert_eq!(core.status().role, Role::Follower);
+        // A leader's TimeoutNow does not make it campaign either.
+        let heartbeat = MessageBody::Heartbeat { leader_commit_index: 0, round: 1 };
+        core.step(recv(2, 1, 1, heartbeat));
+        let out = core.step(recv(2, 1, 1, MessageBody::TimeoutNow));
+        assert!(out.iter().all(|c| !matches!(c, Command::SaveMeta(_))), "{out:?}");
+        assert_eq!((core.status().role, core.status().term), (Role::Follower, 1));
+        // It still votes.
+        let request = MessageBody::VoteRequest { last_log_index: 1, last_log_term: 1, leadership_transfer: true };
+        let out = core.step(recv(3, 1, 2, request));
+        assert_eq!(out, vec![Command::SaveMeta(HardState { term: 2, voted_for: Some(3) })]);
+        let out = core.step(Event::MetaSaved(HardState { term: 2, voted_for: Some(3) }));
+        assert_eq!(out, vec![send(1, 3, 2, MessageBody::VoteResponse { granted: true })]);
+        // Resumed, it campaigns again.
+        core.suspend_campaigns(false);
+        let out = tick_until_output(&mut core);
+        assert!(!out.is_empty());
+        assert_ne!(core.status().role, Role::Follower);
+    }
+}

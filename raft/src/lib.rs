@@ -136,6 +136,7 @@ mod progress;
 mod raft_log;
 mod read_index;
 mod replication;
+mod snapshot_pull;
 mod transfer;
 
 #[cfg(any(test, feature = "sim"))]
@@ -158,3 +159,4 @@ pub use self::message::{
 };
 pub use self::progress::{Progress, ProgressState};
 pub use self::raft_log::RaftLog;
+pub use self::snapshot_pull::{chunk_crc, PullStep, SnapshotId, SnapshotMessage, SnapshotPull};
