@@ -123,6 +123,8 @@ pub struct SnapshotPull {
     max_bytes: u32,
     retry_ticks: u32,
     ticks_waiting: u32,
+    /// The last peer that had no snapshot covering `min_index`.
+    refused_by: Option<NodeId>,
     /// Chunks whose checksum failed (each asked for again).
     pub corrupt_chunks: u64,
 }
@@ -140,6 +142,7 @@ impl SnapshotPull {
             max_bytes,
             retry_ticks,
             ticks_waiting: 0,
+            refused_by: None,
             corrupt_chunks: 0,
         }
     }
@@ -181,16 +184,18 @@ impl SnapshotPull {
     }
 
     /// A tick: asks again when the last request went unanswered too long,
-    /// from `leader` if one is known (else from the next of `peers`).
+    /// from `leader` if one is known and did not just refuse (else from the
+    /// next of `peers`).
     pub fn tick(&mut self, leader: Option<NodeId>, peers: &[NodeId]) -> Option<SnapshotMessage> {
         self.ticks_waiting += 1;
         if self.ticks_waiting < self.retry_ticks {
             return None;
         }
         self.source = match leader {
-            Some(l) => l,
-            None => next_peer(peers, self.source),
+            Some(l) if self.refused_by != Some(l) => l,
+            _ => next_peer(peers, self.source),
         };
+        self.refused_by = None;
         Some(self.request())
     }
 
@@ -199,8 +204,10 @@ impl SnapshotPull {
         match message {
             SnapshotMessage::Request { .. } => PullStep::Ignore,
             SnapshotMessage::Unavailable { min_index, .. } => {
-                // Asked again on the retry clock, from the leader once known.
-                let _ = (from, min_index);
+                // Asked again on the retry clock, from another peer.
+                if min_index == self.min_index {
+                    self.refused_by = Some(from);
+                }
                 PullStep::Ignore
             }
             SnapshotMessage::Chunk { id, offset, data, crc } => {
@@ -344,6 +351,12 @@ mod tests {
             p.tick(Some(3), &[1, 2, 3]);
         }
         assert_eq!(p.source(), 3, "from the leader once known");
+        // A leader without a snapshot that covers enough is passed over once.
+        p.on_message(3, SnapshotMessage::Unavailable { min_index: 10, newest: 5 });
+        for _ in 0..3 {
+            p.tick(Some(3), &[1, 2, 3]);
+        }
+        assert_eq!(p.source(), 1);
         // A resume that does not fit what is asked for starts from nothing.
         let p = SnapshotPull::new(10, 1, 4, 3).resume(id(9, 8), 4);
         assert_eq!(p.progress(), (None, 0));

@@ -26,6 +26,11 @@
 //!   and agrees with the entry committed there. Entries below a node's start
 //!   are *expired*, not lost: the other checkers skip them on that node, and
 //!   an index still never comes back with another entry.
+//! * State Machines Agree: on seeds with a state machine, every node's state
+//!   after index `i` (applied entry by entry, or restored from a snapshot
+//!   fetched from a peer) is the same digest.
+//! * Installer Never Leads: a node installing a snapshot does not become
+//!   leader (its state machine could not serve).
 //! * Committed Entry Agrees: the entry at a node's commit index is the one
 //!   committed there (so a commit that jumps over a wrong entry is seen even
 //!   when that entry is never applied from memory).
@@ -72,6 +77,10 @@ pub mod names {
     pub const CORE_ASSERTION: &str = "Core Assertion";
     /// Purges and installed log starts.
     pub const LOG_START_COMMITTED: &str = "Log Start Only At A Committed Entry";
+    /// State machines (and snapshots) at one index.
+    pub const MACHINES_AGREE: &str = "State Machines Agree At Every Index";
+    /// Snapshot installs and leadership.
+    pub const INSTALLER_NEVER_LEADS: &str = "A Node Installing A Snapshot Never Leads";
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +100,7 @@ pub struct Checkers {
     committed: BTreeMap<LogIndex, CommittedRecord>,
     commit_index_by_node: HashMap<(NodeId, u32), LogIndex>,
     acked: BTreeMap<LogIndex, Bytes>,
+    machine_digests: HashMap<LogIndex, (u64, NodeId)>,
     /// Highest index acknowledged to any client so far.
     pub max_acked_index: LogIndex,
 }
@@ -350,6 +360,29 @@ impl Checkers {
             if entry_of(log, disk, index).map(|e| &e.payload) != Some(payload) {
                 return fail(names::ACKED_DURABLE, format!("acked index {index} missing from node {node} at the end"));
             }
+        }
+        Ok(())
+    }
+
+    /// State Machines Agree: `node`'s state machine holds `digest` after `index`.
+    pub fn machine_state(&mut self, node: NodeId, index: LogIndex, digest: u64, how: &str) -> Result<(), Violation> {
+        let (first, by) = *self.machine_digests.entry(index).or_insert((digest, node));
+        if first != digest {
+            return fail(
+                names::MACHINES_AGREE,
+                format!("node {node} {how} index {index} with state {digest:#x}, but node {by} had {first:#x} there"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Installer Never Leads: called after every step.
+    pub fn installer_never_leads(&self, status: &Status, installing: bool) -> Result<(), Violation> {
+        if installing && status.role == Role::Leader {
+            return fail(
+                names::INSTALLER_NEVER_LEADS,
+                format!("node {} became leader of term {} while installing a snapshot", status.id, status.term),
+            );
         }
         Ok(())
     }

@@ -14,6 +14,8 @@
 //! * [`network`]: delay, reordering, drop, duplication, partitions.
 //! * [`storage`]: the simulated disk and its fault model (lost unsynced
 //!   writes, torn tail, atomic metadata).
+//! * [`machine`]: the state machine some seeds run on every node, its
+//!   snapshots, and what a source serves of them.
 //! * [`checkers`]: one checker per safety property, named for the paper.
 //!
 //! Commands:
@@ -39,6 +41,7 @@
 
 pub mod checkers;
 pub mod cluster;
+pub mod machine;
 pub mod network;
 pub mod storage;
 
@@ -86,6 +89,9 @@ pub fn replay_command(options: &SimOptions) -> String {
     if options.host_skips_tick_catch_up {
         names.push("host_skips_tick_catch_up");
     }
+    if options.host_skips_snapshot_install {
+        names.push("host_skips_snapshot_install");
+    }
     let bug_env = if names.is_empty() { String::new() } else { format!("SIM_BUGS={} ", names.join(",")) };
     format!(
         "{bug_env}SIM_SEED={} SIM_EVENTS={} cargo test -p dledger-raft --release sim::tests::sweep -- --nocapture",
@@ -94,12 +100,17 @@ pub fn replay_command(options: &SimOptions) -> String {
 }
 
 /// `template` with the bugs named in `SIM_BUGS` (comma-separated switch
-/// names, including `host_skips_tick_catch_up`) switched on, for replays.
+/// names, including the host bugs `host_skips_tick_catch_up` and
+/// `host_skips_snapshot_install`) switched on, for replays.
 pub fn options_from_env(template: SimOptions) -> SimOptions {
     let mut options = template;
     for name in std::env::var("SIM_BUGS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
         if name == "host_skips_tick_catch_up" {
             options.host_skips_tick_catch_up = true;
+            continue;
+        }
+        if name == "host_skips_snapshot_install" {
+            options.host_skips_snapshot_install = true;
             continue;
         }
         let (_, field) = BUG_SWITCHES

@@ -14,7 +14,12 @@
 //!   took effect (each save is atomic, so no record is ever half-written);
 //! * truncation is durable when it returns (as in the engine);
 //! * so are a purge of a prefix and a reset to a leader's log start (the
-//!   engine writes its start record, synced, before deleting anything).
+//!   engine writes its start record, synced, before deleting anything);
+//! * a complete state-machine snapshot is durable once saved (written,
+//!   synced, renamed); of a fetch's partial file, everything before the last
+//!   chunk written survives, and of that chunk a random prefix, which may
+//!   read back as zeroes (the file grew, its data never reached the disk):
+//!   the host must find that out from the whole file's checksum.
 //!
 //! Invariant: `durable_len ≤ entries.len()`, `entries[k].index ==
 //! start.first_index() + k`, and the durable prefix is never changed except
@@ -25,6 +30,10 @@ use std::collections::VecDeque;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use bytes::Bytes;
+
+use super::machine::SNAPSHOTS_KEPT;
+use crate::snapshot_pull::SnapshotId;
 use crate::{Entry, HardState, LogIndex, LogStart, LogStorage, RaftLog, RestoredState};
 
 /// One node's simulated disk.
@@ -36,6 +45,12 @@ pub struct SimDisk {
     durable_len: usize,
     meta_durable: HardState,
     meta_pending: VecDeque<HardState>,
+    /// Complete state-machine snapshots, oldest first.
+    pub snapshots: Vec<(SnapshotId, Bytes)>,
+    /// The partial file of a snapshot fetch: whose bytes, and those bytes.
+    pub partial: Option<(SnapshotId, Vec<u8>)>,
+    /// Bytes of `partial` before its last write.
+    partial_before_last_write: usize,
 }
 
 impl SimDisk {
@@ -129,8 +144,44 @@ impl SimDisk {
         Some(last)
     }
 
+    /// Writes a fetched chunk at `offset` of the partial file (dropping what
+    /// it held first when `restart`).
+    pub fn write_partial(&mut self, id: SnapshotId, offset: u64, data: &[u8], restart: bool) {
+        if restart || self.partial.as_ref().is_none_or(|(held, _)| *held != id) {
+            self.partial = Some((id, Vec::new()));
+        }
+        let (_, bytes) = self.partial.as_mut().expect("set above");
+        assert_eq!(bytes.len() as u64, offset, "a chunk is written at the byte reached");
+        self.partial_before_last_write = bytes.len();
+        bytes.extend_from_slice(data);
+    }
+
+    /// Saves a complete snapshot (atomically) and keeps the newest few.
+    pub fn save_snapshot(&mut self, id: SnapshotId, body: Bytes) {
+        if self.snapshots.last().is_some_and(|(newest, _)| newest.index >= id.index) {
+            return;
+        }
+        self.snapshots.push((id, body));
+        let excess = self.snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
+        self.snapshots.drain(..excess);
+    }
+
+    /// The index the newest complete snapshot covers (0: none).
+    pub fn newest_snapshot_index(&self) -> LogIndex {
+        self.snapshots.last().map_or(0, |(id, _)| id.index)
+    }
+
     /// The node crashed: apply the fault model and return what survived.
     pub fn crash(&mut self, rng: &mut ChaCha8Rng) -> RestoredState {
+        if let Some((_, bytes)) = &mut self.partial {
+            let before = self.partial_before_last_write.min(bytes.len());
+            let kept = rng.gen_range(before..=bytes.len());
+            if rng.gen_bool(0.25) {
+                bytes[before..kept].fill(0);
+            }
+            bytes.truncate(kept);
+            self.partial_before_last_write = kept;
+        }
         let unsynced = self.entries.len() - self.durable_len;
         let survivors = self.durable_len + rng.gen_range(0..=unsynced);
         self.entries.truncate(survivors);

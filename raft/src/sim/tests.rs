@@ -35,12 +35,19 @@ fn sweep() {
             let transfers: u64 = reports.iter().map(|r| r.transfers_done).sum();
             let purges: u64 = reports.iter().map(|r| r.purges).sum();
             let installs: u64 = reports.iter().map(|r| r.log_starts_installed).sum();
+            let snapshots: u64 = reports.iter().map(|r| r.snapshots_taken).sum();
+            let fetched: u64 = reports.iter().map(|r| r.snapshots_installed).sum();
+            let resumed: u64 = reports.iter().map(|r| r.installs_resumed).sum();
+            let corrupt: u64 = reports.iter().map(|r| r.corrupt_chunks).sum();
+            let mismatched: u64 = reports.iter().map(|r| r.whole_file_mismatches).sum();
             let worst_converge = reports.iter().map(|r| r.ticks_to_converge).max().unwrap_or(0);
             let worst_leader = reports.iter().map(|r| r.ticks_to_leader).max().unwrap_or(0);
             println!(
                 "sim sweep: {} seeds, {events} fault-phase events each, {total_events} events total, {:.1?}; \
                  {leaders} leaders, {crashes} crashes, {acked} acked entries, {reads} reads, {transfers} transfers, \
-                 {purges} purges, {installs} log starts installed; \
+                 {purges} purges, {installs} log starts installed; {snapshots} snapshots taken, {fetched} fetched \
+                 and installed ({resumed} fetches resumed after a crash, {corrupt} damaged chunks and {mismatched} \
+                 damaged files fetched again); \
                  after heal: leader within {worst_leader} ticks, logs converged within {worst_converge} ticks",
                 seeds.len(),
                 started.elapsed()
@@ -168,4 +175,26 @@ fn checker_catches_a_follower_that_takes_a_log_start_without_its_term() {
     let bugs = InjectedBugs { log_start_skips_term_check: true, ..InjectedBugs::default() };
     let (seeds, violation) = first_violation(bugs, 3000);
     println!("log_start_skips_term_check caught after {seeds} seeds by {}", violation.checker);
+}
+
+#[test]
+fn checker_catches_a_host_that_skips_the_snapshot_install() {
+    let events = env_u64("SIM_EVENTS").unwrap_or(10_000);
+    let template = SimOptions { host_skips_snapshot_install: true, ..SimOptions::new(0, events) };
+    let mut seed = 0;
+    while seed < 2000 {
+        let seeds: Vec<u64> = (seed..seed + 16).collect();
+        match run_seeds(&seeds, template) {
+            Ok(_) => seed += 16,
+            Err((options, violation)) if violation.checker == names::MACHINES_AGREE => {
+                println!("host_skips_snapshot_install caught after {} seeds: {}", options.seed + 1, violation.detail);
+                return;
+            }
+            Err((options, violation)) => {
+                println!("host_skips_snapshot_install: seed {} -> {}", options.seed, violation.checker);
+                seed = options.seed + 1;
+            }
+        }
+    }
+    panic!("a state machine that skipped its snapshot install went unnoticed in 2000 seeds");
 }
