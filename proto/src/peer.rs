@@ -1,11 +1,24 @@
-//! Peer messages: the encoding of Raft messages inside [`Frame::Raft`]
-//! frames. Built with the `peer` feature (it needs the Raft core's types);
-//! a client does without it.
+//! Peer messages: the encoding of Raft messages, and of the hosts'
+//! snapshot-fetch messages, inside [`Frame::Raft`] frames. Built with the
+//! `peer` feature (it needs the Raft core's types); a client does without it.
+//!
+//! ```text
+//! body    = from u64 | to u64 | term u64 | kind u8 | fields
+//! kind    1..=10  Raft messages (`MessageBody`)
+//!         20      snapshot Request   min_index u64 | want (flag u8, SnapshotId) | offset u64 | max_bytes u32
+//!         21      snapshot Chunk     SnapshotId | offset u64 | data (len u32, bytes) | crc u32
+//!         22      snapshot Unavailable  min_index u64 | newest u64
+//! SnapshotId = index u64 | term u64 | len u64 | crc u32
+//! ```
+//! A snapshot message carries term 0: it is data named by its snapshot id,
+//! not a Raft message (see `dledger_raft::SnapshotPull`).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use dledger_raft::{ConflictHint, Entry, EntryKind, LogStart, Message, MessageBody};
+use dledger_raft::{
+    ConflictHint, Entry, EntryKind, LogStart, Message, MessageBody, NodeId, SnapshotId, SnapshotMessage,
+};
 
-use crate::codec::{get_bool, get_bytes, get_count, get_opt_u64, get_u64, get_u8, put_bytes, put_opt_u64};
+use crate::codec::{get_bool, get_bytes, get_count, get_opt_u64, get_u32, get_u64, get_u8, put_bytes, put_opt_u64};
 #[cfg(doc)]
 use crate::frame::Frame;
 use crate::frame::{write_frame, WireError, KIND_RAFT};
@@ -20,12 +33,132 @@ pub fn encode_raft_frame(group: u64, message: &Message, out: &mut BytesMut) {
 }
 
 /// Decodes the body of a [`Frame::Raft`]: exactly one message, nothing after it.
-pub fn decode_raft_body(mut body: Bytes) -> Result<Message, WireError> {
-    let m = decode_message(&mut body)?;
+pub fn decode_raft_body(body: Bytes) -> Result<Message, WireError> {
+    match decode_peer_body(body)? {
+        PeerMessage::Raft(m) => Ok(m),
+        PeerMessage::Snapshot { .. } => Err(WireError::Malformed("a snapshot message where a raft one was due")),
+    }
+}
+
+/// What one peer frame carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// A Raft message, for the group's core.
+    Raft(Message),
+    /// A snapshot-fetch message, for the group's host.
+    Snapshot {
+        /// Sender.
+        from: NodeId,
+        /// Receiver.
+        to: NodeId,
+        /// What it says.
+        message: SnapshotMessage,
+    },
+}
+
+impl PeerMessage {
+    /// Sender and receiver.
+    pub fn ends(&self) -> (NodeId, NodeId) {
+        match self {
+            PeerMessage::Raft(m) => (m.from, m.to),
+            PeerMessage::Snapshot { from, to, .. } => (*from, *to),
+        }
+    }
+}
+
+/// Appends a [`Frame::Raft`] carrying `message` for `group` to `out`.
+pub fn encode_peer_frame(group: u64, message: &PeerMessage, out: &mut BytesMut) {
+    match message {
+        PeerMessage::Raft(m) => encode_raft_frame(group, m, out),
+        PeerMessage::Snapshot { from, to, message } => write_frame(out, KIND_RAFT, |out| {
+            out.put_u64_le(group);
+            out.put_u64_le(*from);
+            out.put_u64_le(*to);
+            out.put_u64_le(0);
+            encode_snapshot(message, out);
+        }),
+    }
+}
+
+fn put_snapshot_id(out: &mut BytesMut, id: &SnapshotId) {
+    out.put_u64_le(id.index);
+    out.put_u64_le(id.term);
+    out.put_u64_le(id.len);
+    out.put_u32_le(id.crc);
+}
+
+fn get_snapshot_id(p: &mut Bytes) -> Result<SnapshotId, WireError> {
+    const W: &str = "snapshot id";
+    Ok(SnapshotId { index: get_u64(p, W)?, term: get_u64(p, W)?, len: get_u64(p, W)?, crc: get_u32(p, W)? })
+}
+
+fn encode_snapshot(m: &SnapshotMessage, out: &mut BytesMut) {
+    match m {
+        SnapshotMessage::Request { min_index, want, offset, max_bytes } => {
+            out.put_u8(20);
+            out.put_u64_le(*min_index);
+            out.put_u8(want.is_some() as u8);
+            put_snapshot_id(out, &want.unwrap_or(SnapshotId { index: 0, term: 0, len: 0, crc: 0 }));
+            out.put_u64_le(*offset);
+            out.put_u32_le(*max_bytes);
+        }
+        SnapshotMessage::Chunk { id, offset, data, crc } => {
+            out.put_u8(21);
+            put_snapshot_id(out, id);
+            out.put_u64_le(*offset);
+            put_bytes(out, data);
+            out.put_u32_le(*crc);
+        }
+        SnapshotMessage::Unavailable { min_index, newest } => {
+            out.put_u8(22);
+            out.put_u64_le(*min_index);
+            out.put_u64_le(*newest);
+        }
+    }
+}
+
+/// Decodes the body of a [`Frame::Raft`] of either kind: exactly one
+/// message, nothing after it.
+pub fn decode_peer_body(mut body: Bytes) -> Result<PeerMessage, WireError> {
+    let m = decode_peer(&mut body)?;
     if body.has_remaining() {
         return Err(WireError::Malformed("trailing bytes in a raft"));
     }
     Ok(m)
+}
+
+fn decode_peer(p: &mut Bytes) -> Result<PeerMessage, WireError> {
+    const W: &str = "snapshot";
+    if p.len() < 25 || p[24] < 20 {
+        return decode_message(p).map(PeerMessage::Raft);
+    }
+    let from = get_u64(p, W)?;
+    let to = get_u64(p, W)?;
+    if get_u64(p, W)? != 0 {
+        return Err(WireError::Malformed("a snapshot message with a term"));
+    }
+    let message = match get_u8(p, W)? {
+        20 => {
+            let min_index = get_u64(p, W)?;
+            let has = get_bool(p, W)?;
+            let id = get_snapshot_id(p)?;
+            SnapshotMessage::Request {
+                min_index,
+                want: has.then_some(id),
+                offset: get_u64(p, W)?,
+                max_bytes: get_u32(p, W)?,
+            }
+        }
+        21 => SnapshotMessage::Chunk {
+            id: get_snapshot_id(p)?,
+            offset: get_u64(p, W)?,
+            data: get_bytes(p, W)?,
+            crc: get_u32(p, W)?,
+        },
+        22 => SnapshotMessage::Unavailable { min_index: get_u64(p, W)?, newest: get_u64(p, W)? },
+        _ => return Err(WireError::Malformed(W)),
+    };
+    Ok(PeerMessage::Snapshot { from, to, message })
 }
 
 fn encode_entry(e: &Entry, out: &mut BytesMut) {
@@ -230,6 +363,36 @@ mod tests {
                 partial.put_u8(*b);
                 let r = decode_one(&mut partial).unwrap();
                 assert_eq!(r.is_some(), i + 1 == bytes.len(), "{m:?} at byte {i}");
+            }
+        }
+    }
+
+    fn snapshot_messages() -> Vec<PeerMessage> {
+        let id = SnapshotId { index: 9, term: 2, len: 100, crc: 0xdead_beef };
+        let snap = |message| PeerMessage::Snapshot { from: 2, to: 1, message };
+        vec![
+            snap(SnapshotMessage::Request { min_index: 5, want: None, offset: 0, max_bytes: 1 << 20 }),
+            snap(SnapshotMessage::Request { min_index: 5, want: Some(id), offset: 40, max_bytes: 1 << 20 }),
+            snap(SnapshotMessage::Chunk { id, offset: 40, data: Bytes::from_static(b"state"), crc: 7 }),
+            snap(SnapshotMessage::Unavailable { min_index: 5, newest: 3 }),
+        ]
+    }
+
+    #[test]
+    fn snapshot_messages_round_trip_and_are_told_from_raft_ones() {
+        let all = messages().into_iter().map(PeerMessage::Raft).chain(snapshot_messages());
+        for m in all {
+            let mut buf = BytesMut::new();
+            encode_peer_frame(7, &m, &mut buf);
+            let Some(Frame::Raft { group: 7, body }) = decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap() else {
+                panic!("a peer frame")
+            };
+            assert_eq!(decode_peer_body(body.clone()).unwrap(), m);
+            for cut in 0..body.len() {
+                assert!(decode_peer_body(body.slice(..cut)).is_err(), "{m:?} cut at {cut}");
+            }
+            if let PeerMessage::Snapshot { .. } = m {
+                assert!(decode_raft_body(body).is_err(), "not a raft message");
             }
         }
     }

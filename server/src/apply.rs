@@ -13,6 +13,14 @@
 //! got from two atomics, so it can stop feeding when the thread falls
 //! behind (the entries stay in the log; see `group.rs`, `MAX_APPLY_LAG_*`).
 //!
+//! The thread also owns the group's snapshot files: it takes snapshots, it
+//! serves chunks of them to peers that fetch one (`Serve`), and for a
+//! follower that fetches one it writes each chunk durably (`WriteChunk`)
+//! and installs the whole file (`Install`): checked against its checksum,
+//! renamed into place, restored into the state machine. Each answer goes
+//! back to the group task as an [`InstallEvent`] on its inbox, so neither a
+//! read, an fsync nor a restore runs on the group's core thread.
+//!
 //! Invariants, checked here: batches arrive in index order without gaps
 //! (`first index == applied + 1`); a query is answered only after every
 //! batch sent before it; a waiter is answered only once its last index is
@@ -27,8 +35,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use dledger_raft::{chunk_crc, NodeId, SnapshotId, SnapshotMessage};
+
 use crate::error::{Fatal, GroupError};
-use crate::snapshot::SnapshotStore;
+use crate::group::GroupInput;
+use crate::snapshot::{FetchError, SnapshotMeta, SnapshotStore};
 use crate::state_machine::{CommittedEntry, StateMachine, StateMachineError};
 
 /// Where a local append's outcome goes.
@@ -44,7 +55,31 @@ pub(crate) enum ApplyMsg {
     Waiter { first: u64, last: u64, term: u64, reply: AppendReply },
     /// A linearizable read whose read index has been sent.
     Query { query: Bytes, reply: ReadReply },
+    /// A peer asks for a chunk of a snapshot (a `Request`).
+    Serve { from: NodeId, request: SnapshotMessage },
+    /// Write a fetched chunk of `id` at `offset`, durably.
+    WriteChunk { id: SnapshotId, offset: u64, data: Bytes, restart: bool },
+    /// The fetched file of `id` is whole: check it, install it, restore from it.
+    Install { id: SnapshotId },
 }
+
+/// What the apply thread tells its group task about snapshot transfers.
+#[derive(Debug)]
+pub(crate) enum InstallEvent {
+    /// Send this to a peer (an answer to its `Request`).
+    Send { to: NodeId, message: SnapshotMessage },
+    /// A chunk of `n` bytes is durable.
+    Written { n: u64 },
+    /// Writing a chunk failed (a full disk): the fetch waits and asks again.
+    WriteFailed { error: String },
+    /// The state machine now holds snapshot `id`.
+    Installed { id: SnapshotId },
+    /// The fetched file did not match its checksum: the fetch starts over.
+    Mismatch { reason: String },
+}
+
+/// The most bytes one served chunk carries, whatever a peer asks for.
+pub(crate) const MAX_CHUNK_BYTES: u32 = 1 << 20;
 
 /// How far the apply thread got, for the group task and metrics.
 #[derive(Debug, Default)]
@@ -55,6 +90,8 @@ pub(crate) struct ApplyProgress {
     pub(crate) applied_bytes: AtomicU64,
     /// Index of the newest snapshot.
     pub(crate) snapshot_index: AtomicU64,
+    /// Snapshot chunks served to peers.
+    pub(crate) chunks_served: AtomicU64,
 }
 
 /// Runs a state machine call, turning a panic into an error.
@@ -82,6 +119,10 @@ pub(crate) struct ApplyWorker {
     pub(crate) snapshot_every: u64,
     pub(crate) progress: Arc<ApplyProgress>,
     pub(crate) on_fatal: Arc<dyn Fn(Fatal) + Send + Sync>,
+    /// The newest complete snapshot (the one served to peers).
+    pub(crate) newest: Option<SnapshotMeta>,
+    /// The group task's inbox, for [`InstallEvent`]s.
+    pub(crate) to_group: Option<tokio::sync::mpsc::UnboundedSender<GroupInput>>,
 }
 
 impl ApplyWorker {
@@ -133,6 +174,7 @@ impl ApplyWorker {
                             let meta = self.store.write(applied, applied_term, |w| guarded(|| machine.snapshot(w)))?;
                             tracing::debug!(group = self.group, index = meta.index, bytes = meta.len, "snapshot taken");
                             last_snapshot = applied;
+                            self.newest = Some(meta);
                             self.progress.snapshot_index.store(applied, Ordering::Release);
                         }
                         Ok(())
@@ -161,6 +203,46 @@ impl ApplyWorker {
                         }
                     }
                 }
+                ApplyMsg::Serve { from, request } => {
+                    let message = self.serve(&request);
+                    self.tell(InstallEvent::Send { to: from, message });
+                    Ok(())
+                }
+                ApplyMsg::WriteChunk { id, offset, data, restart } => {
+                    match self.store.write_partial(&id, offset, &data, restart) {
+                        Ok(()) => self.tell(InstallEvent::Written { n: data.len() as u64 }),
+                        Err(e) => self.tell(InstallEvent::WriteFailed { error: e.to_string() }),
+                    }
+                    Ok(())
+                }
+                ApplyMsg::Install { id } => match self.store.finish_partial(&id) {
+                    Ok(meta) => {
+                        let restored =
+                            SnapshotStore::reader(&meta).map_err(StateMachineError::from).and_then(|mut r| {
+                                let machine = &mut self.machine;
+                                guarded(|| machine.restore(&mut r))
+                            });
+                        // A restore that failed half-way leaves no state to go on from: fatal.
+                        restored.map(|()| {
+                            applied = id.index;
+                            applied_term = id.term;
+                            last_snapshot = id.index;
+                            retained.clear();
+                            self.newest = Some(meta);
+                            self.progress.applied.store(applied, Ordering::Release);
+                            self.progress.snapshot_index.store(applied, Ordering::Release);
+                            self.tell(InstallEvent::Installed { id });
+                        })
+                    }
+                    Err(FetchError::Mismatch { index, why }) => {
+                        self.tell(InstallEvent::Mismatch { reason: format!("snapshot at {index}: {why}") });
+                        Ok(())
+                    }
+                    Err(FetchError::Io(e)) => {
+                        self.tell(InstallEvent::WriteFailed { error: e.to_string() });
+                        Ok(())
+                    }
+                },
             };
             if let Err(error) = result {
                 tracing::error!(group = self.group, %error, "state machine failed; the server stops");
@@ -173,7 +255,10 @@ impl ApplyWorker {
                     match msg {
                         ApplyMsg::Waiter { reply, .. } => drop(reply.send(Err(GroupError::Stopped))),
                         ApplyMsg::Query { reply, .. } => drop(reply.send(Err(GroupError::Stopped))),
-                        ApplyMsg::Batch { .. } => {}
+                        ApplyMsg::Batch { .. }
+                        | ApplyMsg::Serve { .. }
+                        | ApplyMsg::WriteChunk { .. }
+                        | ApplyMsg::Install { .. } => {}
                     }
                 }
                 return;
@@ -181,6 +266,51 @@ impl ApplyWorker {
         }
         for (_, _, _, reply) in waiters.drain(..) {
             let _ = reply.send(Err(GroupError::Stopped));
+        }
+    }
+}
+
+impl ApplyWorker {
+    fn tell(&self, event: InstallEvent) {
+        if let Some(tx) = &self.to_group {
+            let _ = tx.send(GroupInput::Installer(event));
+        }
+    }
+
+    /// A source's answer to `request`: the wanted file from its offset while
+    /// this store holds it, else the newest from byte 0 if it covers
+    /// `min_index`, else `Unavailable`.
+    fn serve(&self, request: &SnapshotMessage) -> SnapshotMessage {
+        let SnapshotMessage::Request { min_index, want, offset, max_bytes } = *request else {
+            unreachable!("only requests are served")
+        };
+        let wanted = want.filter(|w| offset <= w.len).and_then(|w| {
+            if self.newest.as_ref().is_some_and(|n| n.id() == w) {
+                self.newest.clone()
+            } else {
+                self.store.find(&w)
+            }
+        });
+        let (meta, offset) = match wanted {
+            Some(meta) => (meta, offset),
+            None => match &self.newest {
+                Some(n) if n.index >= min_index => (n.clone(), 0),
+                newest => {
+                    return SnapshotMessage::Unavailable { min_index, newest: newest.as_ref().map_or(0, |n| n.index) }
+                }
+            },
+        };
+        let max = max_bytes.clamp(1, MAX_CHUNK_BYTES) as usize;
+        match SnapshotStore::read_chunk(&meta, offset, max) {
+            Ok(data) => {
+                self.progress.chunks_served.fetch_add(1, Ordering::Relaxed);
+                let crc = chunk_crc(offset, &data);
+                SnapshotMessage::Chunk { id: meta.id(), offset, data, crc }
+            }
+            Err(error) => {
+                tracing::warn!(group = self.group, index = meta.index, %error, "cannot read a snapshot to serve it");
+                SnapshotMessage::Unavailable { min_index, newest: 0 }
+            }
         }
     }
 }

@@ -24,12 +24,23 @@
 //! disk, everything allowed goes and holds are released; whether or not it
 //! is on, below `refuse_below_free_percent`, a leader refuses appends with
 //! `DiskFull` (followers still take the leader's entries: what a quorum
-//! acknowledged must reach them). A group with a state machine purges only as leader, only below its newest
-//! snapshot and below every follower's match, without a cap: installing a
-//! state-machine snapshot from a peer is not built yet, so no follower of
-//! such a group may ever need one (a log start reaching one is fatal, with
-//! that reason). Reads for catch-up and for clients run on this thread, as
-//! does the purge, so a purge never runs under a read.
+//! acknowledged must reach them). A group with a state machine also never
+//! purges past its newest complete snapshot. Reads for catch-up and for
+//! clients run on this thread, as does the purge, so a purge never runs
+//! under a read.
+//!
+//! **Snapshot install.** A follower of a group with a state machine that is
+//! sent a log start past what its state machine has applied (or restarts
+//! with its log starting there) pulls a snapshot covering the start from a
+//! peer, the leader first (`dledger_raft::SnapshotPull` decides, the apply
+//! thread does the file work, see `apply.rs`): 1 MiB checksummed chunks,
+//! each fsynced before the next is asked for, resumed after a restart of
+//! either side from the byte reached, installed only whole. Meanwhile it
+//! feeds its state machine nothing, and it does not campaign (a leader must
+//! serve its state machine); it keeps voting, unlike the issue asked: its
+//! log and term are whole, and a follower that refused to vote while it
+//! waited for a snapshot would leave a three-node cluster that lost its
+//! leader with no quorum (the survivor needs its vote; it needs a source).
 //!
 //! With a state machine (see `apply.rs`), every entry the core applies is fed
 //! to the group's apply thread, in order and exactly once from the index the
@@ -50,20 +61,25 @@ use rand::SeedableRng;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{oneshot, watch};
 
-use crate::apply::{AppendReply, ApplyMsg, ApplyProgress, ReadReply};
+use crate::apply::{AppendReply, ApplyMsg, ApplyProgress, InstallEvent, ReadReply, MAX_CHUNK_BYTES};
 use crate::config::Retention;
 use crate::error::GroupError;
 use crate::state_machine::CommittedEntry;
 use crate::{Applied, GroupEvent};
 
+use dledger_proto::peer::PeerMessage;
 use dledger_proto::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
 use dledger_raft::{
     ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, LogStart, LogStorage,
-    Message, NodeId, RaftCore, RestoredState, Role,
+    Message, NodeId, PullStep, RaftCore, RestoredState, Role, SnapshotId, SnapshotMessage, SnapshotPull,
 };
 
 /// How often a group checks its retention (100 ms at the default tick).
 const RETENTION_CHECK_TICKS: u64 = 10;
+
+/// A snapshot fetch asks again after this many ticks without an answer
+/// (500 ms at the default tick; a chunk being written does not count).
+const INSTALL_RETRY_TICKS: u32 = 50;
 
 /// The most payload bytes one read answer carries (well below any frame limit).
 pub const MAX_READ_BYTES: usize = 8 << 20;
@@ -97,6 +113,10 @@ impl ReplyTo {
 pub(crate) enum GroupInput {
     /// A message from a peer.
     Raft(Message),
+    /// A peer's snapshot-fetch message.
+    Snapshot { from: NodeId, message: SnapshotMessage },
+    /// The apply thread's word on a snapshot transfer.
+    Installer(InstallEvent),
     /// A network client's request.
     Client { id: u64, request: Request, reply: ReplyTo },
     /// A request through a [`GroupHandle`](crate::GroupHandle) in this process.
@@ -125,8 +145,8 @@ pub(crate) fn refuse_local(request: LocalRequest, error: ServerError) {
     }
 }
 
-/// A Raft message this group wants sent.
-pub(crate) type Outgoing = (NodeId, u64, Message);
+/// A peer message this group wants sent: (to, group, message).
+pub(crate) type Outgoing = (NodeId, u64, PeerMessage);
 
 /// Who waits for a request registered with the core.
 enum Waiter {
@@ -157,12 +177,25 @@ pub(crate) struct ApplyFeed {
     fed_bytes: u64,
     /// The highest index a local append waits on: outputs up to it are kept.
     waited_upto: u64,
+    /// A snapshot fetch a restart interrupted: the file, and its bytes on disk.
+    pub(crate) partial: Option<(SnapshotId, u64)>,
 }
 
 impl ApplyFeed {
     pub(crate) fn new(tx: crossbeam_channel::Sender<ApplyMsg>, progress: Arc<ApplyProgress>, fed: u64) -> Self {
-        ApplyFeed { tx, progress, fed, fed_bytes: 0, waited_upto: 0 }
+        ApplyFeed { tx, progress, fed, fed_bytes: 0, waited_upto: 0, partial: None }
     }
+}
+
+/// A snapshot fetch under way (see the module docs).
+struct Install {
+    pull: SnapshotPull,
+    /// A chunk (or the whole file) is with the apply thread: judge no other
+    /// chunk until it answers.
+    busy: bool,
+    started: Instant,
+    /// Bytes of the file when the fetch began (a resume).
+    resumed_at: u64,
 }
 
 struct GroupMetrics {
@@ -176,6 +209,10 @@ struct GroupMetrics {
     elections_won: u64,
     purges: u64,
     log_starts_installed: u64,
+    snapshots_installed: u64,
+    /// Fetched chunks that failed their checksum, and whole files that did.
+    corrupt_chunks: u64,
+    corrupt_files: u64,
     /// Followers a leader's last retention check held back for: (follower, its match).
     holds: Vec<(NodeId, u64)>,
     /// The last check released a hold (the log passed its limit plus the hold).
@@ -195,6 +232,9 @@ impl GroupMetrics {
             elections_won: 0,
             purges: 0,
             log_starts_installed: 0,
+            snapshots_installed: 0,
+            corrupt_chunks: 0,
+            corrupt_files: 0,
             holds: Vec::new(),
             hold_released: false,
         }
@@ -254,6 +294,8 @@ pub(crate) struct GroupHost {
     free_percent: Option<f64>,
     /// Per follower: its match at the last retention check, and since when it has not moved.
     stuck_since: HashMap<NodeId, (u64, Instant)>,
+    /// A state-machine snapshot being fetched.
+    install: Option<Install>,
 }
 
 /// Free space of the file system holding `dir`, in percent of its size
@@ -347,6 +389,7 @@ impl GroupHost {
             disk_low: false,
             free_percent: None,
             stuck_since: HashMap::new(),
+            install: None,
         })
     }
 
@@ -361,7 +404,10 @@ impl GroupHost {
     /// committed (a quorum has it), which may not have reached its own disk
     /// before a crash. Those entries are committed, so the leader sends them
     /// again, and feeding resumes after `fed` (the feed only ever moves up).
-    pub(crate) fn attach_state_machine(&mut self, feed: ApplyFeed) {
+    ///
+    /// `fed` may also lie below the log's start (a restart in the middle of a
+    /// snapshot install): the fetch goes on from its partial file.
+    pub(crate) fn attach_state_machine(&mut self, feed: ApplyFeed) -> Result<(), String> {
         if feed.fed > self.log.last_index() {
             tracing::info!(
                 group = self.group,
@@ -370,7 +416,12 @@ impl GroupHost {
                 "the state machine is ahead of the local log (committed entries not yet durable here); the leader resends them"
             );
         }
+        let (fed, start) = (feed.fed, self.log.start().0);
         self.feed = Some(feed);
+        if start > fed {
+            self.begin_install(start).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     pub(crate) fn has_state_machine(&self) -> bool {
@@ -395,6 +446,7 @@ impl GroupHost {
             self.drain_backlog()?;
         }
         self.step(Event::Tick)?;
+        self.install_tick();
         self.ticks += 1;
         if self.ticks.is_multiple_of(RETENTION_CHECK_TICKS) {
             self.apply_retention()?;
@@ -455,10 +507,13 @@ impl GroupHost {
         let mut floor = self.core.purge_limit();
         self.metrics.holds.clear();
         self.metrics.hold_released = false;
+        if let Some(feed) = &self.feed {
+            // Never past what a snapshot holds: a restart replays the log after it.
+            floor = floor.min(feed.progress.snapshot_index.load(Ordering::Acquire));
+        }
         if !leader {
             self.stuck_since.clear();
-            // Without a way to install a snapshot, only a leader (which sees every follower) may purge.
-            return self.feed.is_none().then_some(floor);
+            return Some(floor);
         }
         let now = Instant::now();
         let mut behind = Vec::new();
@@ -471,15 +526,6 @@ impl GroupHost {
             if m < floor {
                 behind.push((peer, m, now.duration_since(since.1)));
             }
-        }
-        if let Some(feed) = &self.feed {
-            // No cap: a follower of a group with a state machine must never need a log start.
-            floor = floor.min(feed.progress.snapshot_index.load(Ordering::Acquire));
-            for &(peer, m, _) in &behind {
-                self.metrics.holds.push((peer, m));
-                floor = floor.min(m);
-            }
-            return Some(floor);
         }
         let max_secs = self.retention.hold_for_followers_secs;
         let allowance = (self.retention.max_log_mib + self.retention.hold_for_followers_mib) << 20;
@@ -586,7 +632,7 @@ impl GroupHost {
                     self.backlog.extend(entries);
                     self.drain_backlog()?;
                 }
-                Command::Send(m) => self.outbox.push((m.to, self.group, m)),
+                Command::Send(m) => self.outbox.push((m.to, self.group, PeerMessage::Raft(m))),
                 Command::Apply(entries) => {
                     self.applied_index = self.core.log().applied_index();
                     self.answer_reads();
@@ -621,17 +667,6 @@ impl GroupHost {
     /// The leader's log starts after `start`, which this follower does not
     /// hold: drop the log and start there.
     fn install_log_start(&mut self, start: LogStart) -> Result<(), GroupFatal> {
-        if let Some(feed) = &self.feed {
-            let applied = feed.fed;
-            if start.prev_index > applied {
-                return Err(self.fatal(dledger_engine::Error::InvalidArgument(format!(
-                    "the leader's log starts after index {}, past this node's state machine (applied {applied}); \
-                     installing a state-machine snapshot from a peer is not supported yet, so this node cannot \
-                     catch up (a leader of a group with a state machine holds its log for every follower)",
-                    start.prev_index
-                ))));
-            }
-        }
         tracing::info!(
             group = self.group,
             start = start.prev_index + 1,
@@ -643,6 +678,156 @@ impl GroupHost {
         self.reported_durable = start.prev_index;
         self.metrics.log_starts_installed += 1;
         self.answer_reads();
+        let behind = self.feed.as_ref().is_some_and(|f| f.fed < start.prev_index);
+        let fetching_enough = self.install.as_ref().is_some_and(|i| i.pull.min_index() >= start.prev_index);
+        if behind && !fetching_enough {
+            self.begin_install(start.prev_index)?;
+        }
+        Ok(())
+    }
+
+    /// Starts fetching a snapshot that covers `min_index` (going on from a
+    /// partial file or a fetch under way), and stops campaigning.
+    fn begin_install(&mut self, min_index: u64) -> Result<(), GroupFatal> {
+        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
+        let Some(&first_peer) = peers.first() else {
+            return Err(self.fatal(dledger_engine::Error::InvalidArgument(format!(
+                "the log starts after index {min_index}, past what the state machine holds, and this single-node \
+                 group has no peer to fetch a snapshot from (its newest snapshot is missing or damaged)"
+            ))));
+        };
+        let source = self.core.status().leader_id.filter(|&l| l != self.node_id).unwrap_or(first_peer);
+        let mut pull = SnapshotPull::new(min_index, source, MAX_CHUNK_BYTES, INSTALL_RETRY_TICKS);
+        // Go on from what is on disk: a fetch under way, or one a restart interrupted.
+        let busy = self.install.as_ref().is_some_and(|i| i.busy);
+        let held = match &self.install {
+            Some(i) => match i.pull.progress() {
+                (Some(id), offset) => Some((id, offset)),
+                (None, _) => None,
+            },
+            None => self.feed.as_mut().and_then(|f| f.partial.take()),
+        };
+        if let Some((id, offset)) = held {
+            pull = pull.resume(id, offset);
+        }
+        let resumed_at = pull.progress().1;
+        tracing::info!(
+            group = self.group,
+            min_index,
+            source,
+            resumed_at,
+            "the log starts past the state machine: fetching a snapshot from a peer"
+        );
+        self.core.suspend_campaigns(true);
+        let request = pull.request();
+        self.install = Some(Install { pull, busy, started: Instant::now(), resumed_at });
+        if !busy {
+            self.send_snapshot(source, request);
+        }
+        Ok(())
+    }
+
+    fn send_snapshot(&mut self, to: NodeId, message: SnapshotMessage) {
+        self.outbox.push((to, self.group, PeerMessage::Snapshot { from: self.node_id, to, message }));
+    }
+
+    /// Every tick: a fetch asks again when its answer is late.
+    fn install_tick(&mut self) {
+        let leader = self.core.status().leader_id.filter(|&l| l != self.node_id);
+        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
+        let Some(install) = &mut self.install else { return };
+        if install.busy {
+            return;
+        }
+        if let Some(request) = install.pull.tick(leader, &peers) {
+            let to = install.pull.source();
+            self.send_snapshot(to, request);
+        }
+    }
+
+    /// A peer's snapshot message: a request is served by the apply thread;
+    /// a chunk goes to the fetch (if there is one, and it is not busy).
+    pub(crate) fn on_snapshot_message(&mut self, from: NodeId, message: SnapshotMessage) -> Result<(), GroupFatal> {
+        if let SnapshotMessage::Request { .. } = message {
+            if let Some(feed) = &self.feed {
+                let _ = feed.tx.send(ApplyMsg::Serve { from, request: message });
+            }
+            return Ok(());
+        }
+        let Some(install) = &mut self.install else { return Ok(()) };
+        if install.busy {
+            return Ok(());
+        }
+        let corrupt = install.pull.corrupt_chunks;
+        let step = install.pull.on_message(from, message);
+        self.metrics.corrupt_chunks += install.pull.corrupt_chunks - corrupt;
+        match step {
+            PullStep::Ignore => {}
+            PullStep::Send(request) => {
+                let to = install.pull.source();
+                self.send_snapshot(to, request);
+            }
+            PullStep::Write { id, offset, data, restart } => {
+                install.busy = true;
+                if let Some(feed) = &self.feed {
+                    let _ = feed.tx.send(ApplyMsg::WriteChunk { id, offset, data, restart });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The apply thread's word on a snapshot transfer.
+    pub(crate) fn on_install_event(&mut self, event: InstallEvent) -> Result<(), GroupFatal> {
+        if let InstallEvent::Send { to, message } = event {
+            self.send_snapshot(to, message);
+            return Ok(());
+        }
+        let Some(install) = &mut self.install else { return Ok(()) };
+        install.busy = false;
+        match event {
+            InstallEvent::Send { .. } => unreachable!("handled above"),
+            InstallEvent::Written { n } => match install.pull.written(n) {
+                Err(request) => {
+                    let to = install.pull.source();
+                    self.send_snapshot(to, request);
+                }
+                Ok(id) => {
+                    install.busy = true;
+                    if let Some(feed) = &self.feed {
+                        let _ = feed.tx.send(ApplyMsg::Install { id });
+                    }
+                }
+            },
+            InstallEvent::WriteFailed { error } => {
+                // The bytes durable so far stay; the fetch asks again on its clock.
+                tracing::warn!(group = self.group, %error, "cannot write a fetched snapshot chunk; retrying");
+            }
+            InstallEvent::Mismatch { reason } => {
+                self.metrics.corrupt_files += 1;
+                tracing::warn!(group = self.group, %reason, "fetched snapshot damaged; fetching it again");
+                let request = install.pull.restart();
+                let to = install.pull.source();
+                self.send_snapshot(to, request);
+            }
+            InstallEvent::Installed { id } => {
+                let took = install.started.elapsed();
+                self.install = None;
+                self.core.suspend_campaigns(false);
+                self.metrics.snapshots_installed += 1;
+                if let Some(feed) = &mut self.feed {
+                    feed.fed = feed.fed.max(id.index);
+                }
+                tracing::info!(
+                    group = self.group,
+                    index = id.index,
+                    bytes = id.len,
+                    took_ms = took.as_millis() as u64,
+                    "state-machine snapshot fetched and installed"
+                );
+                self.feed_state_machine(None)?;
+            }
+        }
         Ok(())
     }
 
@@ -652,6 +837,10 @@ impl GroupHost {
     /// Stops while the thread is more than `MAX_APPLY_LAG_*` behind; the
     /// next tick resumes.
     fn feed_state_machine(&mut self, batch: Option<Vec<Entry>>) -> Result<(), GroupFatal> {
+        if self.install.is_some() {
+            // The state machine is behind the log's start: nothing to feed until installed.
+            return Ok(());
+        }
         let Some(mut feed) = self.feed.take() else { return Ok(()) };
         let r = self.feed_with(&mut feed, batch);
         self.feed = Some(feed);
@@ -1108,6 +1297,36 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_log_starts_sent_total{{group=\"{g}\"}} {}", self.core.log_starts_sent());
         let _ = writeln!(out, "dledger_log_starts_installed_total{{group=\"{g}\"}} {}", m.log_starts_installed);
         let _ = writeln!(out, "dledger_retention_on{{group=\"{g}\"}} {}", self.retention.is_on() as u8);
+        if let Some(feed) = &self.feed {
+            let p = &feed.progress;
+            let (fetching, done, total) = match &self.install {
+                Some(i) => {
+                    let (id, offset) = i.pull.progress();
+                    (1, offset, id.map_or(0, |id| id.len))
+                }
+                None => (0, 0, 0),
+            };
+            let resumed_at = self.install.as_ref().map_or(0, |i| i.resumed_at);
+            let _ =
+                writeln!(out, "dledger_snapshot_index{{group=\"{g}\"}} {}", p.snapshot_index.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "dledger_state_machine_applied_index{{group=\"{g}\"}} {}",
+                p.applied.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(out, "dledger_snapshot_install_in_progress{{group=\"{g}\"}} {fetching}");
+            let _ = writeln!(out, "dledger_snapshot_install_bytes_done{{group=\"{g}\"}} {done}");
+            let _ = writeln!(out, "dledger_snapshot_install_bytes_total{{group=\"{g}\"}} {total}");
+            let _ = writeln!(out, "dledger_snapshot_install_resumed_at_bytes{{group=\"{g}\"}} {resumed_at}");
+            let _ = writeln!(out, "dledger_snapshots_installed_total{{group=\"{g}\"}} {}", m.snapshots_installed);
+            let _ = writeln!(out, "dledger_snapshot_chunks_corrupt_total{{group=\"{g}\"}} {}", m.corrupt_chunks);
+            let _ = writeln!(out, "dledger_snapshot_files_corrupt_total{{group=\"{g}\"}} {}", m.corrupt_files);
+            let _ = writeln!(
+                out,
+                "dledger_snapshot_chunks_served_total{{group=\"{g}\"}} {}",
+                p.chunks_served.load(Ordering::Relaxed)
+            );
+        }
         if let Some(free) = self.free_percent {
             let _ = writeln!(out, "dledger_disk_free_percent{{group=\"{g}\"}} {free:.2}");
         }

@@ -364,7 +364,7 @@ pub(crate) fn start_with(
         host.set_retention(cfg.retention.clone());
         if let Some(machine) = machines_by_group.remove(&group) {
             let (feed, worker, rx) = restore_state_machine(&cfg, group, machine)?;
-            host.attach_state_machine(feed);
+            host.attach_state_machine(feed).map_err(|message| StartError::Group { group, message })?;
             workers.push((worker, rx));
         }
         hosts.push(host);
@@ -394,6 +394,7 @@ pub(crate) fn start_with(
     for (mut worker, rx) in workers {
         let s = shared.clone();
         worker.on_fatal = Arc::new(move |f| s.fail(f));
+        worker.to_group = Some(inboxes[worker.group as usize].clone());
         let on_fatal = worker.on_fatal.clone();
         let group = worker.group;
         let t = std::thread::Builder::new().name(format!("dledger-apply-{group}")).spawn(move || {
@@ -477,10 +478,11 @@ fn restore_state_machine(
     let store = SnapshotStore::open(dir, cfg.snapshots_kept).map_err(|e| restore_err(e.into()))?;
     let own = guarded(|| Ok(machine.applied_index())).map_err(restore_err)?;
     let mut snapshot_index = 0;
-    if let Some(snap) = store.newest().map_err(|e| restore_err(e.into()))? {
+    let newest = store.newest().map_err(|e| restore_err(e.into()))?;
+    if let Some(snap) = &newest {
         snapshot_index = snap.index;
         if snap.index > own {
-            let mut r = SnapshotStore::reader(&snap).map_err(|e| restore_err(e.into()))?;
+            let mut r = SnapshotStore::reader(snap).map_err(|e| restore_err(e.into()))?;
             guarded(|| machine.restore(&mut r)).map_err(restore_err)?;
             tracing::info!(group, index = snap.index, bytes = snap.len, "state machine restored from its snapshot");
         }
@@ -489,6 +491,8 @@ fn restore_state_machine(
     let progress = Arc::new(ApplyProgress::default());
     progress.applied.store(from, Ordering::Relaxed);
     progress.snapshot_index.store(snapshot_index, Ordering::Relaxed);
+    // A fetch a restart interrupted goes on from the byte it reached.
+    let partial = store.partial().map_err(|e| restore_err(e.into()))?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let worker = ApplyWorker {
         group,
@@ -497,8 +501,12 @@ fn restore_state_machine(
         snapshot_every: cfg.snapshot_every_entries,
         progress: progress.clone(),
         on_fatal: Arc::new(|_| {}),
+        newest,
+        to_group: None,
     };
-    Ok((ApplyFeed::new(tx, progress, from), worker, rx))
+    let mut feed = ApplyFeed::new(tx, progress, from);
+    feed.partial = partial;
+    Ok((feed, worker, rx))
 }
 
 /// Runs a server without state machines until SIGTERM or SIGINT, then shuts
@@ -684,6 +692,8 @@ fn handle_input(
 ) -> Result<(), crate::group::GroupFatal> {
     match input {
         Some(GroupInput::Raft(m)) => host.on_message(m),
+        Some(GroupInput::Snapshot { from, message }) => host.on_snapshot_message(from, message),
+        Some(GroupInput::Installer(event)) => host.on_install_event(event),
         Some(GroupInput::Client { id, request, reply }) => {
             if stopping_since.is_some() {
                 let response = dledger_proto::Response::Error(ServerError::ShuttingDown);
@@ -722,7 +732,11 @@ fn answer_stopped(input: GroupInput) {
             let _ = reply.send(dledger_proto::Frame::Response { id, response });
         }
         GroupInput::Local(r) => crate::group::refuse_local(r, ServerError::ShuttingDown),
-        GroupInput::Raft(_) | GroupInput::Metrics(_) | GroupInput::Shutdown => {}
+        GroupInput::Raft(_)
+        | GroupInput::Snapshot { .. }
+        | GroupInput::Installer(_)
+        | GroupInput::Metrics(_)
+        | GroupInput::Shutdown => {}
     }
 }
 

@@ -12,10 +12,24 @@
 //! does not match is never restored (the next older one is tried, and the
 //! log replays the rest); the newest `keep` files are kept, older ones
 //! removed once a newer one is durable.
+//!
+//! A snapshot fetched from a peer (see `dledger_raft::SnapshotPull`) is
+//! written chunk by chunk, each fsynced, to a partial file named for the
+//! snapshot it holds, `fetch-<index>-<term>-<len>-<crc>.part`, which
+//! survives a restart so that the fetch resumes from the byte it reached
+//! (its length). Only when the whole body matches the snapshot's length and
+//! checksum does it get its footer and its `snap-` name, by the same rename
+//! as a local snapshot; a mismatch removes it. Until then nothing the
+//! state machine restores from has changed, so a failure at any point (a
+//! full disk, a crash, a damaged chunk) leaves the old state intact.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use dledger_raft::SnapshotId;
 
 use crate::state_machine::StateMachineError;
 
@@ -34,6 +48,26 @@ pub struct SnapshotMeta {
     pub path: PathBuf,
     /// Bytes of state (without the footer).
     pub len: u64,
+    /// CRC32C of those bytes.
+    pub crc: u32,
+}
+
+impl SnapshotMeta {
+    /// How peers name it.
+    pub fn id(&self) -> SnapshotId {
+        SnapshotId { index: self.index, term: self.term, len: self.len, crc: self.crc }
+    }
+}
+
+/// Why a fetched file was not installed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    /// Reading or writing it.
+    #[error("snapshot fetch i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Its bytes do not match the snapshot it was fetched as.
+    #[error("the fetched snapshot at index {index} does not match its checksum or length: {why}")]
+    Mismatch { index: u64, why: String },
 }
 
 /// The snapshot files of one group.
@@ -58,6 +92,31 @@ impl<W: Write> Write for CrcWriter<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+fn footer(index: u64, term: u64, len: u64, crc: u32) -> Vec<u8> {
+    let mut footer = Vec::with_capacity(FOOTER as usize);
+    footer.extend_from_slice(&index.to_le_bytes());
+    footer.extend_from_slice(&term.to_le_bytes());
+    footer.extend_from_slice(&len.to_le_bytes());
+    footer.extend_from_slice(&crc.to_le_bytes());
+    footer.extend_from_slice(MAGIC);
+    footer
+}
+
+/// CRC32C of the first `len` bytes of `f`.
+fn crc_of(f: &mut File, len: u64) -> std::io::Result<u32> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut r = BufReader::with_capacity(1 << 20, f.take(len));
+    let mut got = 0u32;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(got);
+        }
+        got = crc32c::crc32c_append(got, &buf[..n]);
     }
 }
 
@@ -95,6 +154,130 @@ impl SnapshotStore {
         self.dir.join(format!("{PREFIX}{index:020}"))
     }
 
+    fn partial_path(&self, id: &SnapshotId) -> PathBuf {
+        self.dir.join(format!("fetch-{}-{}-{}-{}.part", id.index, id.term, id.len, id.crc))
+    }
+
+    fn partials(&self) -> std::io::Result<Vec<(SnapshotId, PathBuf)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let path = e?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let Some(fields) = name.strip_prefix("fetch-").and_then(|n| n.strip_suffix(".part")) else { continue };
+            let f: Vec<&str> = fields.split('-').collect();
+            let parsed = (f.len() == 4).then(|| {
+                Some(SnapshotId {
+                    index: f[0].parse().ok()?,
+                    term: f[1].parse().ok()?,
+                    len: f[2].parse().ok()?,
+                    crc: f[3].parse().ok()?,
+                })
+            });
+            match parsed.flatten() {
+                Some(id) => out.push((id, path)),
+                None => std::fs::remove_file(&path)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The fetch a restart interrupted: the snapshot it was fetching and the
+    /// bytes of it on disk (at most its length).
+    pub(crate) fn partial(&self) -> std::io::Result<Option<(SnapshotId, u64)>> {
+        let Some((id, path)) = self.partials()?.into_iter().max_by_key(|(id, _)| id.index) else { return Ok(None) };
+        let len = std::fs::metadata(&path)?.len();
+        Ok(Some((id, len.min(id.len))))
+    }
+
+    /// Writes a fetched chunk of `id` at `offset` of its partial file and
+    /// makes it durable. `restart` (offset 0) drops any partial file first.
+    pub(crate) fn write_partial(
+        &self,
+        id: &SnapshotId,
+        offset: u64,
+        data: &[u8],
+        restart: bool,
+    ) -> std::io::Result<()> {
+        let path = self.partial_path(id);
+        if restart {
+            for (_, p) in self.partials()? {
+                std::fs::remove_file(p)?;
+            }
+        }
+        let created = !path.exists();
+        let f = OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+        // Whatever lies past the byte reached (an unsynced tail before a crash) goes.
+        f.set_len(offset)?;
+        f.write_all_at(data, offset)?;
+        f.sync_data()?;
+        if created {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The partial file of `id` is whole: check it against `id`, then give
+    /// it its footer and its name (durably); older snapshots beyond `keep` go.
+    pub(crate) fn finish_partial(&self, id: &SnapshotId) -> Result<SnapshotMeta, FetchError> {
+        let path = self.partial_path(id);
+        let mismatch = |why: String| {
+            let _ = std::fs::remove_file(&path);
+            FetchError::Mismatch { index: id.index, why }
+        };
+        let mut f = OpenOptions::new().read(true).write(true).open(&path)?;
+        let size = f.metadata()?.len();
+        if size != id.len {
+            return Err(mismatch(format!("{size} bytes, not {}", id.len)));
+        }
+        let crc = crc_of(&mut f, size)?;
+        if crc != id.crc {
+            return Err(mismatch(format!("checksum {crc:#x}, not {:#x}", id.crc)));
+        }
+        f.seek(SeekFrom::End(0))?;
+        f.write_all(&footer(id.index, id.term, id.len, id.crc))?;
+        f.sync_all()?;
+        drop(f);
+        let final_path = self.path_of(id.index);
+        std::fs::rename(&path, &final_path)?;
+        sync_dir(&self.dir)?;
+        self.prune()?;
+        Ok(SnapshotMeta { index: id.index, term: id.term, path: final_path, len: id.len, crc: id.crc })
+    }
+
+    /// A complete snapshot named `id`, if this store still holds it (its
+    /// footer is checked; the fetching side checks the bytes).
+    pub(crate) fn find(&self, id: &SnapshotId) -> Option<SnapshotMeta> {
+        let path = self.path_of(id.index);
+        let mut f = File::open(&path).ok()?;
+        let size = f.metadata().ok()?.len();
+        let mut b = [0u8; FOOTER as usize];
+        f.seek(SeekFrom::Start(size.checked_sub(FOOTER)?)).ok()?;
+        f.read_exact(&mut b).ok()?;
+        (b[..] == footer(id.index, id.term, id.len, id.crc)[..] && size == id.len + FOOTER).then_some(SnapshotMeta {
+            index: id.index,
+            term: id.term,
+            path,
+            len: id.len,
+            crc: id.crc,
+        })
+    }
+
+    /// At most `max` bytes of `meta`'s state from `offset`.
+    pub(crate) fn read_chunk(meta: &SnapshotMeta, offset: u64, max: usize) -> std::io::Result<Bytes> {
+        let n = meta.len.saturating_sub(offset).min(max as u64) as usize;
+        let mut buf = vec![0u8; n];
+        File::open(&meta.path)?.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn prune(&self) -> std::io::Result<()> {
+        let all = self.indexes()?;
+        for old in all.iter().take(all.len().saturating_sub(self.keep)) {
+            std::fs::remove_file(self.path_of(*old))?;
+        }
+        Ok(())
+    }
+
     /// Reads and checks one file's footer and checksum.
     fn verify(&self, index: u64) -> Result<SnapshotMeta, String> {
         let path = self.path_of(index);
@@ -111,21 +294,11 @@ impl SnapshotStore {
         if &footer[28..32] != MAGIC || fi != index || len != size - FOOTER {
             return Err("footer does not match the file".into());
         }
-        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-        let mut r = BufReader::with_capacity(1 << 20, f.take(len));
-        let mut got = 0u32;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = r.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            got = crc32c::crc32c_append(got, &buf[..n]);
-        }
+        let got = crc_of(&mut f, len).map_err(|e| e.to_string())?;
         if got != crc {
             return Err("checksum mismatch".into());
         }
-        Ok(SnapshotMeta { index, term, path, len })
+        Ok(SnapshotMeta { index, term, path, len, crc })
     }
 
     /// The newest snapshot that is whole; damaged newer ones are reported and skipped.
@@ -164,22 +337,13 @@ impl SnapshotStore {
         }
         let (crc, len) = (w.crc, w.len);
         let mut file = w.inner.into_inner().map_err(|e| e.into_error())?;
-        let mut footer = Vec::with_capacity(FOOTER as usize);
-        footer.extend_from_slice(&index.to_le_bytes());
-        footer.extend_from_slice(&term.to_le_bytes());
-        footer.extend_from_slice(&len.to_le_bytes());
-        footer.extend_from_slice(&crc.to_le_bytes());
-        footer.extend_from_slice(MAGIC);
-        file.write_all(&footer)?;
+        file.write_all(&footer(index, term, len, crc))?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, &path)?;
         sync_dir(&self.dir)?;
-        let all = self.indexes()?;
-        for old in all.iter().take(all.len().saturating_sub(self.keep)) {
-            std::fs::remove_file(self.path_of(*old))?;
-        }
-        Ok(SnapshotMeta { index, term, path, len })
+        self.prune()?;
+        Ok(SnapshotMeta { index, term, path, len, crc })
     }
 }
 
@@ -233,5 +397,49 @@ mod tests {
         let store = SnapshotStore::open(dir.path().join("s"), 3).unwrap();
         assert_eq!(store.indexes().unwrap(), vec![10, 20]);
         assert!(!dir.path().join("s/snap-00000000000000000040.tmp").exists());
+    }
+
+    #[test]
+    fn a_fetched_snapshot_resumes_after_a_restart_and_is_installed_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = SnapshotStore::open(dir.path().join("src"), 2).unwrap();
+        let body: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let meta = write(&source, 40, &body);
+        let id = meta.id();
+        assert_eq!(source.find(&id), Some(meta.clone()));
+        let store = SnapshotStore::open(dir.path().join("dst"), 2).unwrap();
+        write(&store, 10, b"old state");
+        // Two chunks, then a restart (the store opened again).
+        let c0 = SnapshotStore::read_chunk(&meta, 0, 4096).unwrap();
+        store.write_partial(&id, 0, &c0, true).unwrap();
+        let c1 = SnapshotStore::read_chunk(&meta, 4096, 4096).unwrap();
+        store.write_partial(&id, 4096, &c1, false).unwrap();
+        let store = SnapshotStore::open(dir.path().join("dst"), 2).unwrap();
+        assert_eq!(store.partial().unwrap(), Some((id, 8192)));
+        assert_eq!(store.newest().unwrap().unwrap().index, 10, "nothing installed yet");
+        let rest = SnapshotStore::read_chunk(&meta, 8192, 4096).unwrap();
+        assert_eq!(rest.len(), 10_000 - 8192);
+        store.write_partial(&id, 8192, &rest, false).unwrap();
+        let installed = store.finish_partial(&id).unwrap();
+        assert_eq!(store.newest().unwrap().unwrap(), installed);
+        assert_eq!(store.partial().unwrap(), None);
+        let mut back = Vec::new();
+        SnapshotStore::reader(&installed).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, body);
+    }
+
+    #[test]
+    fn a_fetched_file_with_a_bad_byte_is_removed_and_the_old_state_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().join("dst"), 2).unwrap();
+        write(&store, 10, b"old state");
+        let id = SnapshotId { index: 40, term: 2, len: 5, crc: crc32c::crc32c(b"hello") };
+        store.write_partial(&id, 0, b"hellp", true).unwrap();
+        assert!(matches!(store.finish_partial(&id), Err(FetchError::Mismatch { index: 40, .. })));
+        assert_eq!(store.partial().unwrap(), None, "the damaged file is gone: the fetch starts over");
+        assert_eq!(store.newest().unwrap().unwrap().index, 10);
+        // A short one fails too.
+        store.write_partial(&id, 0, b"hell", true).unwrap();
+        assert!(store.finish_partial(&id).is_err());
     }
 }

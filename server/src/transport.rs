@@ -29,14 +29,14 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::auth::{nonce, PeerSecret};
 use crate::group::{GroupInput, ReplyTo};
-use dledger_proto::peer::{decode_raft_body, encode_raft_frame};
+use dledger_proto::peer::{decode_peer_body, encode_peer_frame, PeerMessage};
 use dledger_proto::{decode_frame, encode_frame, Frame, Hello, Request, Response, ServerError, ALL_GROUPS};
-use dledger_raft::{Message, NodeId};
+use dledger_raft::NodeId;
 
 /// The queue from one core's groups to one peer.
 #[derive(Default)]
 pub(crate) struct PeerLink {
-    queue: RefCell<Vec<(u64, Message)>>,
+    queue: RefCell<Vec<(u64, PeerMessage)>>,
     notify: Notify,
 }
 
@@ -44,7 +44,7 @@ pub(crate) struct PeerLink {
 const MAX_QUEUED: usize = 64 * 1024;
 
 impl PeerLink {
-    pub(crate) fn push(&self, group: u64, m: Message) {
+    pub(crate) fn push(&self, group: u64, m: PeerMessage) {
         let mut q = self.queue.borrow_mut();
         if q.len() < MAX_QUEUED {
             q.push((group, m));
@@ -152,7 +152,7 @@ pub(crate) async fn peer_writer(
             let batch = std::mem::take(&mut *link.queue.borrow_mut());
             buf.clear();
             for (group, message) in batch {
-                encode_raft_frame(group, &message, &mut buf);
+                encode_peer_frame(group, &message, &mut buf);
             }
             if let Err(e) = stream.write_all(&buf).await {
                 tracing::info!(%address, error = %e, "peer connection lost; reconnecting");
@@ -302,20 +302,25 @@ async fn serve_peer(
         match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
             Ok(None) => return,
             Ok(Some(Frame::Raft { group, body })) => {
-                let message = match decode_raft_body(body) {
+                let message = match decode_peer_body(body) {
                     Ok(m) => m,
                     Err(reason) => {
                         tracing::warn!(%peer, %reason, "closing peer connection");
                         return;
                     }
                 };
-                if message.to != ctx.me || message.from != from {
-                    tracing::warn!(%peer, from, to = message.to, "closing peer connection: message not for this node");
+                let (said_from, to) = message.ends();
+                if to != ctx.me || said_from != from {
+                    tracing::warn!(%peer, from, to, "closing peer connection: message not for this node");
                     return;
                 }
+                let input = match message {
+                    PeerMessage::Raft(m) => GroupInput::Raft(m),
+                    PeerMessage::Snapshot { message, .. } => GroupInput::Snapshot { from, message },
+                };
                 match ctx.groups.get(group as usize) {
                     Some(inbox) => {
-                        let _ = inbox.send(GroupInput::Raft(message));
+                        let _ = inbox.send(input);
                     }
                     None => {
                         tracing::warn!(%peer, group, "closing peer connection: unknown group (configs differ?)");
