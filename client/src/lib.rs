@@ -511,6 +511,16 @@ impl Client {
         }
     }
 
+    /// A linearizable query of the group's state machine (a group that runs
+    /// one, such as `dledger server --state-machine kv`), answered by the
+    /// leader once every entry committed before the query is applied.
+    pub async fn query(&mut self, query: Bytes) -> Result<Bytes, ClientError> {
+        match self.call_leader(Request::Query { query }).await? {
+            Response::QueryResult(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Asks the leader to hand over to `target`.
     pub async fn transfer_leader(&mut self, target: u64) -> Result<u64, ClientError> {
         match self.call_leader(Request::TransferLeader { target }).await? {

@@ -41,6 +41,8 @@ struct Target {
 enum BuiltinMachine {
     /// A running CRC32C and count of applied entries.
     Checksum,
+    /// A key-value map (`key=value` entries; see the `kv` module).
+    Kv,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +64,9 @@ enum Cmd {
         #[arg(long)]
         metrics_listen: Option<String>,
         /// Give every group a built-in state machine: `checksum` (a running
-        /// CRC32C of what is applied; for measuring what a state machine costs).
+        /// CRC32C of what is applied; for measuring what a state machine costs)
+        /// or `kv` (a key-value map of `key=value` entries, queried with
+        /// `dledger query`; its snapshots grow with what is written).
         #[arg(long, value_enum)]
         state_machine: Option<BuiltinMachine>,
         /// Create the data directory if it is missing or empty (the first start
@@ -105,6 +109,16 @@ enum Cmd {
         /// Last index to print (default: just `index`).
         #[arg(long)]
         to: Option<u64>,
+    },
+    /// Query the group's state machine (a server run with `--state-machine`),
+    /// linearizably, through the leader; prints the answer (for `kv`: a key's
+    /// value, or with no key the state's digest in hex).
+    Query {
+        #[command(flatten)]
+        target: Target,
+        /// What to ask (for `kv`: a key); empty by default.
+        #[arg(default_value = "")]
+        query: String,
     },
     /// Ask the leader to hand over to node `to`.
     TransferLeader {
@@ -267,10 +281,12 @@ fn server(
     cfg.validate().map_err(invalid)?;
     let groups = cfg.groups;
     let mut builder = dledger_server::Server::builder(cfg).bootstrap(bootstrap);
-    if let Some(BuiltinMachine::Checksum) = machine {
-        for g in 0..groups {
-            builder = builder.state_machine(g, crate::checksum::Checksum::default());
-        }
+    for g in 0..groups {
+        builder = match machine {
+            Some(BuiltinMachine::Checksum) => builder.state_machine(g, crate::checksum::Checksum::default()),
+            Some(BuiltinMachine::Kv) => builder.state_machine(g, crate::kv::Kv::default()),
+            None => builder,
+        };
     }
     builder.run()
 }
@@ -297,6 +313,16 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             let entries = c.read(index, hi, 0).await.map_err(|e| e.to_string())?;
             for e in entries {
                 println!("{}\t{}\t{}", e.index, e.term, String::from_utf8_lossy(&e.payload));
+            }
+            Ok(())
+        }
+        Cmd::Query { target, query } => {
+            let mut c = client(&target);
+            let answer = c.query(Bytes::from(query.clone().into_bytes())).await.map_err(|e| e.to_string())?;
+            if query.is_empty() {
+                println!("{}", answer.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            } else {
+                println!("{}", String::from_utf8_lossy(&answer));
             }
             Ok(())
         }

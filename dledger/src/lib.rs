@@ -12,4 +12,5 @@
 
 pub mod checksum;
 pub mod cli;
+pub mod kv;
 pub mod ports;

@@ -266,6 +266,8 @@ mod tests {
             Frame::Request { id: 1, group: 0, request: Request::Append { payloads: vec![Bytes::from_static(b"x")] } },
             Frame::Request { id: 2, group: 0, request: Request::Read { lo: 1, hi: 9, max_bytes: 100 } },
             Frame::Request { id: 3, group: ALL_GROUPS, request: Request::Status },
+            Frame::Request { id: 7, group: 0, request: Request::Query { query: Bytes::from_static(b"k") } },
+            Frame::Response { id: 7, response: Response::QueryResult(Bytes::from_static(b"v")) },
             Frame::Response {
                 id: 3,
                 response: Response::Status(vec![GroupStatus {

@@ -51,6 +51,12 @@ pub enum Request {
         /// The node that should lead.
         target: u64,
     },
+    /// A linearizable query of the group's state machine (a group run with
+    /// one); answered with [`Response::QueryResult`] by the leader.
+    Query {
+        /// What the state machine is asked.
+        query: Bytes,
+    },
 }
 
 /// The most entries one [`Request::Append`] may carry. More is refused when
@@ -176,6 +182,8 @@ pub enum Response {
         /// The term the target leads in.
         new_term: u64,
     },
+    /// The state machine's answer to a [`Request::Query`].
+    QueryResult(Bytes),
     /// The request failed.
     Error(ServerError),
 }
@@ -205,6 +213,10 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
             out.put_u8(6);
             out.put_u64_le(*target);
         }
+        Request::Query { query } => {
+            out.put_u8(7);
+            put_bytes(out, query);
+        }
     }
 }
 
@@ -227,6 +239,7 @@ pub(crate) fn decode_request(p: &mut Bytes) -> Result<Request, WireError> {
         4 => Request::ReadBarrier,
         5 => Request::Status,
         6 => Request::TransferLeader { target: get_u64(p, W)? },
+        7 => Request::Query { query: get_bytes(p, W)? },
         _ => return Err(WireError::Malformed(W)),
     })
 }
@@ -276,6 +289,10 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
         Response::Transferred { new_term } => {
             out.put_u8(5);
             out.put_u64_le(*new_term);
+        }
+        Response::QueryResult(b) => {
+            out.put_u8(7);
+            put_bytes(out, b);
         }
         Response::Error(e) => {
             out.put_u8(6);
@@ -367,6 +384,7 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
             Response::Status(groups)
         }
         5 => Response::Transferred { new_term: get_u64(p, W)? },
+        7 => Response::QueryResult(get_bytes(p, W)?),
         6 => Response::Error(match get_u8(p, W)? {
             1 => {
                 let leader = get_opt_u64(p, W)?;

@@ -1103,6 +1103,28 @@ impl GroupHost {
                 answer(&reply, Response::Status(vec![self.status()]));
                 return Ok(());
             }
+            Request::Query { query } => {
+                if self.feed.is_none() {
+                    let e = ServerError::BadRequest(format!("group {} has no state machine to query", self.group));
+                    answer(&reply, Response::Error(e));
+                    return Ok(());
+                }
+                // The embedding's read path; its answer goes to the connection.
+                let (tx, rx) = oneshot::channel();
+                tokio::task::spawn_local(async move {
+                    let response = match rx.await {
+                        Ok(Ok(b)) => Response::QueryResult(b),
+                        Ok(Err(GroupError::Server(e))) => Response::Error(e),
+                        Ok(Err(GroupError::Query(e))) => Response::Error(ServerError::BadRequest(e.to_string())),
+                        Ok(Err(e @ GroupError::NoStateMachine(_))) => {
+                            Response::Error(ServerError::BadRequest(e.to_string()))
+                        }
+                        Ok(Err(GroupError::Stopped)) | Err(_) => Response::Error(ServerError::ShuttingDown),
+                    };
+                    let _ = reply.send(Frame::Response { id: client_id, response });
+                });
+                return self.on_local(LocalRequest::Read { query, reply: tx });
+            }
         };
         self.pending.insert(request_id, Pending { to: Waiter::Wire { reply, client_id }, started: Instant::now() });
         self.step(event)

@@ -68,6 +68,8 @@ pub struct Cluster {
     /// Starts of each node so far (index id - 1): a restarted node's volatile
     /// commit index begins again at 0, so samples are compared per run.
     pub runs: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
+    /// Extra arguments of every `dledger server` (a built-in state machine).
+    pub server_args: Vec<String>,
 }
 
 impl Cluster {
@@ -83,20 +85,25 @@ impl Cluster {
 
     /// `start`, with peers not authenticated (no `peer_secret_file`).
     pub fn start_unauthenticated(n: usize, groups: u64) -> Cluster {
-        Self::start_inner(n, groups, 1, "segment_mib = 8\n", false)
+        Self::start_inner(n, groups, 1, "segment_mib = 8\n", false, &[])
     }
 
     fn start_with(n: usize, groups: u64, cores: usize, extra: &str) -> Cluster {
-        Self::start_inner(n, groups, cores, extra, true)
+        Self::start_inner(n, groups, cores, extra, true, &[])
+    }
+
+    /// `start_with_config`, every node running the built-in state machine `machine`.
+    pub fn start_with_state_machine(n: usize, groups: u64, extra: &str, machine: &str) -> Cluster {
+        Self::start_inner(n, groups, 1, extra, true, &["--state-machine", machine])
     }
 
     /// Starts a cluster and waits until every node listens. A port taken by
     /// someone else between `free_ports` and the node's bind (a node then exits
     /// with "Address already in use" and the cluster runs a node short) is
     /// retried with fresh ports; any other failure to start is a test failure.
-    fn start_inner(n: usize, groups: u64, cores: usize, extra: &str, authenticated: bool) -> Cluster {
+    fn start_inner(n: usize, groups: u64, cores: usize, extra: &str, authenticated: bool, args: &[&str]) -> Cluster {
         for attempt in 1.. {
-            let mut c = Self::try_start(n, groups, cores, extra, authenticated);
+            let mut c = Self::try_start(n, groups, cores, extra, authenticated, args);
             match c.wait_all_listening() {
                 Ok(()) => return c,
                 Err(log) if log.contains("Address already in use") && attempt < 3 => {
@@ -134,7 +141,7 @@ impl Cluster {
         }
     }
 
-    fn try_start(n: usize, groups: u64, cores: usize, extra: &str, authenticated: bool) -> Cluster {
+    fn try_start(n: usize, groups: u64, cores: usize, extra: &str, authenticated: bool, args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -166,7 +173,8 @@ impl Cluster {
             });
         }
         let runs = std::sync::Arc::new((0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
-        let mut c = Cluster { dir, nodes, groups, proxies: Default::default(), runs };
+        let server_args = args.iter().map(|a| a.to_string()).collect();
+        let mut c = Cluster { dir, nodes, groups, proxies: Default::default(), runs, server_args };
         for id in 1..=n as u64 {
             c.start_node(id);
         }
@@ -219,7 +227,7 @@ impl Cluster {
             });
         }
         let runs = std::sync::Arc::new((0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
-        let mut c = Cluster { dir, nodes, groups, proxies, runs };
+        let mut c = Cluster { dir, nodes, groups, proxies, runs, server_args: Vec::new() };
         for id in 1..=n as u64 {
             c.start_node(id);
         }
@@ -278,11 +286,12 @@ impl Cluster {
 
     pub fn start_node(&mut self, id: u64) {
         let first_start = self.runs[id as usize - 1].load(std::sync::atomic::Ordering::SeqCst) == 0;
+        let args = self.server_args.clone();
         let n = self.node(id);
         assert!(n.child.is_none(), "node {id} already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
         let mut cmd = Command::new(dledger_bin());
-        cmd.arg("server").arg("--config").arg(&n.config);
+        cmd.arg("server").arg("--config").arg(&n.config).args(&args);
         // The bootstrap at the first start only: a restart must find the node's data.
         if first_start {
             cmd.arg("--bootstrap");
