@@ -521,6 +521,17 @@ impl Client {
         }
     }
 
+    /// Purges the group's log up to index `to` on every replica, through a
+    /// replicated command; returns the command's own index once committed.
+    /// Each replica then drops its whole segments up to `to`, as far as its
+    /// own limits allow (see `dledger_server`'s retention docs).
+    pub async fn purge_to(&mut self, to: u64) -> Result<u64, ClientError> {
+        match self.call_leader(Request::Purge { to }).await? {
+            Response::Appended { last_index, .. } => Ok(last_index),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Asks the leader to hand over to `target`.
     pub async fn transfer_leader(&mut self, target: u64) -> Result<u64, ClientError> {
         match self.call_leader(Request::TransferLeader { target }).await? {

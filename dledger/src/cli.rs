@@ -120,6 +120,17 @@ enum Cmd {
         #[arg(default_value = "")]
         query: String,
     },
+    /// Purge the group's log up to index `to` on every replica, as a
+    /// replicated command (refused above the commit index). Each replica then
+    /// drops its whole sealed segments up to `to`, as far as its own limits
+    /// allow (applied, durable, snapshotted); followers left behind are sent
+    /// the log start.
+    Purge {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        to: u64,
+    },
     /// Ask the leader to hand over to node `to`.
     TransferLeader {
         #[command(flatten)]
@@ -324,6 +335,12 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             } else {
                 println!("{}", String::from_utf8_lossy(&answer));
             }
+            Ok(())
+        }
+        Cmd::Purge { target, to } => {
+            let mut c = client(&target);
+            let at = c.purge_to(to).await.map_err(|e| e.to_string())?;
+            println!("purge to index {to} committed at index {at}: every replica drops its whole segments up to it");
             Ok(())
         }
         Cmd::TransferLeader { target, to } => {

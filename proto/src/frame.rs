@@ -268,6 +268,7 @@ mod tests {
             Frame::Request { id: 3, group: ALL_GROUPS, request: Request::Status },
             Frame::Request { id: 7, group: 0, request: Request::Query { query: Bytes::from_static(b"k") } },
             Frame::Response { id: 7, response: Response::QueryResult(Bytes::from_static(b"v")) },
+            Frame::Request { id: 8, group: 0, request: Request::Purge { to: 99 } },
             Frame::Response {
                 id: 3,
                 response: Response::Status(vec![GroupStatus {

@@ -167,6 +167,7 @@ fn encode_entry(e: &Entry, out: &mut BytesMut) {
     out.put_u8(match e.kind {
         EntryKind::Noop => 0,
         EntryKind::Command => 1,
+        EntryKind::Admin => 2,
     });
     put_bytes(out, &e.payload);
 }
@@ -177,6 +178,7 @@ fn decode_entry(p: &mut Bytes) -> Result<Entry, WireError> {
     let kind = match get_u8(p, "entry")? {
         0 => EntryKind::Noop,
         1 => EntryKind::Command,
+        2 => EntryKind::Admin,
         _ => return Err(WireError::Malformed("entry")),
     };
     Ok(Entry { index, term, kind, payload: get_bytes(p, "entry")? })

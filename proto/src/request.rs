@@ -57,6 +57,13 @@ pub enum Request {
         /// What the state machine is asked.
         query: Bytes,
     },
+    /// Purge the group's log up to `to` on every replica, as a replicated
+    /// command (one admin entry); answered with [`Response::Appended`] (the
+    /// entry's index) once committed. Refused above the commit index.
+    Purge {
+        /// The last index that may go.
+        to: u64,
+    },
 }
 
 /// The most entries one [`Request::Append`] may carry. More is refused when
@@ -217,6 +224,10 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
             out.put_u8(7);
             put_bytes(out, query);
         }
+        Request::Purge { to } => {
+            out.put_u8(8);
+            out.put_u64_le(*to);
+        }
     }
 }
 
@@ -240,6 +251,7 @@ pub(crate) fn decode_request(p: &mut Bytes) -> Result<Request, WireError> {
         5 => Request::Status,
         6 => Request::TransferLeader { target: get_u64(p, W)? },
         7 => Request::Query { query: get_bytes(p, W)? },
+        8 => Request::Purge { to: get_u64(p, W)? },
         _ => return Err(WireError::Malformed(W)),
     })
 }

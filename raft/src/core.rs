@@ -252,6 +252,9 @@ impl RaftCore {
             Event::Tick => self.on_tick(),
             Event::Propose { request_id, payloads } => self.on_propose(vec![(request_id, payloads)]),
             Event::ProposeBatch(proposals) => self.on_propose(proposals),
+            Event::ProposeAdmin { request_id, payload } => {
+                self.on_propose_kind(vec![(request_id, vec![payload])], super::message::EntryKind::Admin)
+            }
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
             Event::TransferLeadership { request_id, target } => self.on_transfer_request(Some(request_id), target),
             Event::EntriesDurable { index, term } => self.on_entries_durable(index, term),
@@ -480,6 +483,10 @@ impl RaftCore {
     }
 
     fn on_propose(&mut self, proposals: Vec<(RequestId, Vec<bytes::Bytes>)>) {
+        self.on_propose_kind(proposals, super::message::EntryKind::Command)
+    }
+
+    fn on_propose_kind(&mut self, proposals: Vec<(RequestId, Vec<bytes::Bytes>)>, kind: super::message::EntryKind) {
         let mut entries: Vec<Entry> = Vec::new();
         for (request_id, payloads) in proposals {
             if self.role != Role::Leader {
@@ -500,7 +507,7 @@ impl RaftCore {
             entries.reserve(payloads.len());
             for (k, payload) in payloads.into_iter().enumerate() {
                 let index = first_index + k as u64;
-                entries.push(Entry { index, term: self.term, kind: super::message::EntryKind::Command, payload });
+                entries.push(Entry { index, term: self.term, kind, payload });
             }
             let last_index = self.log.last_index() + entries.len() as u64;
             self.proposals.push_back(PendingProposal { request_id, first_index, last_index });

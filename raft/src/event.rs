@@ -25,6 +25,14 @@ pub enum Event {
     /// are persisted and replicated as one batch, so a busy leader sends one
     /// append per peer per batch rather than one per request.
     ProposeBatch(Vec<(RequestId, Vec<Bytes>)>),
+    /// An operator's command for every replica's host: one
+    /// [`EntryKind::Admin`](super::EntryKind::Admin) entry, replied to like a `Propose`.
+    ProposeAdmin {
+        /// Echoed in the reply.
+        request_id: RequestId,
+        /// The command, in the host's encoding.
+        payload: Bytes,
+    },
     /// A linearizable read barrier: reply with an index the host may serve
     /// reads at once it has applied up to it.
     ReadIndex {

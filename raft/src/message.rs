@@ -27,6 +27,10 @@ pub enum EntryKind {
     Noop,
     /// A client payload.
     Command,
+    /// An operator's command to every replica's host (a purge, say): the
+    /// core replicates and commits it like a command; the host acts on it
+    /// and never hands it to an application.
+    Admin,
 }
 
 /// One entry of the replicated log.

@@ -296,6 +296,10 @@ pub(crate) struct GroupHost {
     stuck_since: HashMap<NodeId, (u64, Instant)>,
     /// A state-machine snapshot being fetched.
     install: Option<Install>,
+    /// The highest index an operator's replicated purge let go (0: none).
+    manual_purge_to: u64,
+    /// An operator's purge was applied since the last tick.
+    manual_purge_due: bool,
 }
 
 /// Free space of the file system holding `dir`, in percent of its size
@@ -309,6 +313,7 @@ fn encode_kind(kind: EntryKind) -> &'static [u8] {
     match kind {
         EntryKind::Noop => &[0],
         EntryKind::Command => &[1],
+        EntryKind::Admin => &[2],
     }
 }
 
@@ -390,6 +395,8 @@ impl GroupHost {
             free_percent: None,
             stuck_since: HashMap::new(),
             install: None,
+            manual_purge_to: 0,
+            manual_purge_due: false,
         })
     }
 
@@ -447,12 +454,57 @@ impl GroupHost {
         }
         self.step(Event::Tick)?;
         self.install_tick();
+        // An operator's purge goes at once, and what its limits held back at each retention check.
+        let check = (self.ticks + 1).is_multiple_of(RETENTION_CHECK_TICKS);
+        if self.manual_purge_due || (check && self.manual_purge_to >= self.log.first_index()) {
+            self.manual_purge_due = false;
+            self.purge_manually()?;
+        }
         self.ticks += 1;
         if self.ticks.is_multiple_of(RETENTION_CHECK_TICKS) {
             self.apply_retention()?;
         }
         // Resume feeding an apply thread that had fallen behind.
         self.feed_state_machine(None)
+    }
+
+    /// An admin entry at `index` is committed and applied here.
+    fn apply_admin(&mut self, index: u64, payload: &[u8]) -> Result<(), GroupFatal> {
+        match crate::admin::AdminCommand::decode(payload) {
+            Ok(crate::admin::AdminCommand::PurgeTo(to)) => {
+                tracing::info!(group = self.group, to, at = index, "an operator's purge is committed");
+                // Purged at the next tick, outside this step.
+                self.manual_purge_to = self.manual_purge_to.max(to);
+                self.manual_purge_due = true;
+                Ok(())
+            }
+            Err(why) => {
+                tracing::warn!(group = self.group, index, %why, "ignoring an admin entry this node does not know");
+                Ok(())
+            }
+        }
+    }
+
+    /// Purges up to the operator's purge point, as far as this replica's own
+    /// limits allow (holds for followers aside); what is left goes at later
+    /// retention checks, as those limits move.
+    fn purge_manually(&mut self) -> Result<(), GroupFatal> {
+        let before = self.log.first_index();
+        if self.manual_purge_to < before {
+            return Ok(());
+        }
+        let mut floor = self.core.purge_limit().min(self.manual_purge_to);
+        if let Some(feed) = &self.feed {
+            floor = floor.min(feed.progress.snapshot_index.load(Ordering::Acquire));
+        }
+        let everything = dledger_engine::RetentionPolicy { max_total_bytes: Some(0), ..Default::default() };
+        let first = self.log.apply_retention(&everything, floor + 1).map_err(|e| self.fatal(e))?;
+        if first > before {
+            self.metrics.purges += 1;
+            tracing::info!(group = self.group, first, purged = first - before, "purged by an operator's purge");
+            self.step(Event::LogPurged { first_index: first })?;
+        }
+        Ok(())
     }
 
     /// Purges what the retention policy lets go (see the module docs).
@@ -634,6 +686,9 @@ impl GroupHost {
                 }
                 Command::Send(m) => self.outbox.push((m.to, self.group, PeerMessage::Raft(m))),
                 Command::Apply(entries) => {
+                    for e in entries.iter().filter(|e| e.kind == EntryKind::Admin) {
+                        self.apply_admin(e.index, &e.payload)?;
+                    }
                     self.applied_index = self.core.log().applied_index();
                     self.answer_reads();
                     self.feed_state_machine(Some(entries))?;
@@ -1103,6 +1158,18 @@ impl GroupHost {
                 answer(&reply, Response::Status(vec![self.status()]));
                 return Ok(());
             }
+            Request::Purge { to } => {
+                let commit = self.core.log().committed_index();
+                if self.role() == Role::Leader && to > commit {
+                    let e = ServerError::BadRequest(format!(
+                        "cannot purge to index {to}: the log is committed only up to {commit}"
+                    ));
+                    answer(&reply, Response::Error(e));
+                    return Ok(());
+                }
+                let payload = crate::admin::AdminCommand::PurgeTo(to).encode();
+                Event::ProposeAdmin { request_id, payload }
+            }
             Request::Query { query } => {
                 if self.feed.is_none() {
                     let e = ServerError::BadRequest(format!("group {} has no state machine to query", self.group));
@@ -1224,7 +1291,9 @@ impl GroupHost {
             self.log.read_range(lo, (hi + 1).min(from_memory), max_bytes, &mut stored)?;
             for e in stored {
                 bytes += e.payload.len().saturating_sub(1);
-                out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.slice(1..) });
+                // Only commands are the clients' own; a no-op or an admin entry reads as empty.
+                let payload = if e.payload.first() == Some(&1) { e.payload.slice(1..) } else { Bytes::new() };
+                out.push(ClientEntry { index: e.index, term: e.term, payload });
             }
         }
         let next = out.last().map_or(lo, |e| e.index + 1);
@@ -1232,7 +1301,8 @@ impl GroupHost {
         if bytes < max_bytes && next >= from_memory {
             for e in log.entries(next, hi) {
                 bytes += e.payload.len();
-                out.push(ClientEntry { index: e.index, term: e.term, payload: e.payload.clone() });
+                let payload = if e.kind == EntryKind::Command { e.payload.clone() } else { Bytes::new() };
+                out.push(ClientEntry { index: e.index, term: e.term, payload });
                 if bytes >= max_bytes {
                     break;
                 }
@@ -1417,6 +1487,7 @@ impl LogStorage for EngineStorage<'_> {
             let kind = match e.payload.first() {
                 Some(0) => EntryKind::Noop,
                 Some(1) => EntryKind::Command,
+                Some(2) => EntryKind::Admin,
                 _ => {
                     let err = dledger_engine::Error::Corrupt {
                         segment: self.log.config().dir.clone(),

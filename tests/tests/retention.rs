@@ -177,3 +177,42 @@ async fn appends_go_on_forever_on_a_bounded_disk() {
         c.kill(id);
     }
 }
+
+/// An operator's purge is a replicated command: refused above the commit
+/// index, and once committed every replica drops its whole segments up to
+/// it, with retention off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_purge_reaches_every_replica_and_is_refused_above_the_commit_index() {
+    let c = Cluster::start_with_config(3, 1, "segment_mib = 1\nmax_batch_kib = 64\nlog_memory_mib = 1\n");
+    c.leader(0).await;
+    // About 4 MiB: several sealed 1 MiB segments.
+    let acked = append_batches(&c, "kept", 120).await;
+    let (_, last, _) = *acked.last().unwrap();
+    for id in 1..=3 {
+        c.wait_commit(id, 0, last).await;
+    }
+    let mut client = c.client(0);
+    let err = client.purge_to(last + 1000).await.unwrap_err().to_string();
+    assert!(err.contains("cannot purge to index") && err.contains("committed only up to"), "{err}");
+    for id in 1..=3 {
+        assert_eq!(group_status(&c, id).await.unwrap().first_index, 1, "a refused purge purges nothing");
+    }
+    let to = last - 500;
+    let at = client.purge_to(to).await.unwrap();
+    assert!(at > last, "the purge is an entry of its own, after what it purges");
+    for id in 1..=3 {
+        let first = eventually("the replica to purge", Duration::from_secs(20), || {
+            let c = &c;
+            async move { group_status(c, id).await.map(|g| g.first_index).filter(|&f| f > 1) }
+        })
+        .await;
+        assert!(first <= to + 1, "node {id} purged past the purge point: first index {first}, purge to {to}");
+        println!("node {id}: the log starts at {first} after a purge to {to}");
+    }
+    // Above the purge point every entry is still there, on every node; the purge entry reads as empty.
+    let (from, logs) = logs_above_largest_start(&c, at).await;
+    assert!(logs[0] == logs[1] && logs[1] == logs[2], "logs differ above index {from}");
+    assert!(logs[0].last().is_some_and(|(i, _, p)| *i == at && p.is_empty()));
+    let err = client.get(1).await.unwrap_err().to_string();
+    assert!(err.contains("was purged"), "{err}");
+}

@@ -3,8 +3,8 @@
 //!
 //! Time is in simulated milliseconds; each node ticks every `TICK_MS` ± 10 %
 //! (clock drift). The run has two phases:
-//! 1. *Faults*: `events` events with clients proposing (single and batch),
-//!    reading and transferring leadership throughout, while faults strike
+//! 1. *Faults*: `events` events with clients proposing (single, batch and
+//!    admin entries), reading and transferring leadership throughout, while faults strike
 //!    at random: partitions (symmetric, one-way, isolating the leader),
 //!    heals, crashes with restarts (see `storage` for what survives),
 //!    process pauses (the host catches up on missed ticks when it resumes),
@@ -964,8 +964,12 @@ impl Simulation {
         } else if roll < 75 {
             let payloads = self.next_payloads();
             (ClientOp::Propose(payloads.clone()), Event::Propose { request_id, payloads })
-        } else if roll < 95 {
+        } else if roll < 93 {
             (ClientOp::Read { acked_before: self.checkers.max_acked_index }, Event::ReadIndex { request_id })
+        } else if roll < 95 {
+            // An operator's command: one admin entry, acknowledged like a proposal.
+            let payload = self.next_payloads().swap_remove(0);
+            (ClientOp::Propose(vec![payload.clone()]), Event::ProposeAdmin { request_id, payload })
         } else {
             let target = self.rng.gen_range(1..=self.voters.len() as u64);
             (ClientOp::Transfer, Event::TransferLeadership { request_id, target })

@@ -48,7 +48,7 @@ impl SimMachine {
         assert_eq!(entry.index, self.applied + 1, "a state machine applies entries in order, once");
         let mut h = mix(self.digest, entry.index);
         h = mix(h, entry.term);
-        h = mix(h, matches!(entry.kind, EntryKind::Command) as u64);
+        h = mix(h, entry.kind as u64);
         for chunk in entry.payload.chunks(8) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
