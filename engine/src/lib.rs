@@ -43,6 +43,7 @@ mod probe;
 pub mod recovery;
 mod retention;
 pub mod segment;
+mod summary;
 
 pub use aligned::{AlignedBuf, BLOCK_SIZE};
 pub use config::{BackendChoice, LogConfig, SyncMode};

@@ -74,6 +74,7 @@ use crate::io::{Backend, BackendKind, WriteReq};
 use crate::meta::{Meta, MetaStore};
 use crate::recovery::{scan_segment, SegmentImage};
 use crate::segment::{self, open_file, parse_segment_file_name, SegmentHeader, SpareMaker};
+use crate::summary;
 use crate::{Error, Result};
 
 /// One entry read back from the log.
@@ -146,6 +147,8 @@ pub struct RecoveryReport {
     pub entries: u64,
     /// A torn tail was cut from the last segment.
     pub cut_torn_tail: bool,
+    /// Sealed segments restored from their summaries, without a scan.
+    pub summarized: usize,
 }
 
 /// The durable log. See the module docs for its invariants.
@@ -297,14 +300,27 @@ impl Log {
     fn recover(&mut self) -> Result<()> {
         let dir = self.cfg.dir.clone();
         let mut names = Vec::new();
+        let mut summaries = Vec::new();
         for de in std::fs::read_dir(&dir).map_err(|e| Error::io("list log directory", &dir, e))? {
             let de = de.map_err(|e| Error::io("list log directory", &dir, e))?;
             let name = de.file_name().to_string_lossy().into_owned();
             if let Some(first) = parse_segment_file_name(&name) {
                 names.push(first);
+            } else if name.ends_with(".idx") || name.ends_with(".idx.tmp") {
+                summaries.push(de.path());
             }
         }
         names.sort_unstable();
+        if !self.cfg.read_only {
+            // A summary whose segment is gone (purged while the spare thread wrote it), or half written.
+            for p in summaries {
+                let segment = p.to_string_lossy().trim_end_matches(".tmp").trim_end_matches(".idx").to_string();
+                let keep = !p.to_string_lossy().ends_with(".tmp") && std::path::Path::new(&segment).exists();
+                if !keep {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
         let start_prev = self.meta.get().start_prev_index;
         let mut image: Option<AlignedBuf> = None;
         let mut expected_next = names.first().copied().unwrap_or(start_prev + 1);
@@ -352,6 +368,37 @@ impl Log {
                     file.set_len(header.size_bytes).map_err(|e| Error::io("extend segment", &path, e))?;
                     file.sync_all().map_err(|e| Error::io("fsync segment", &path, e))?;
                 }
+            }
+            // A sealed segment with a whole summary is not read: its index is in the summary.
+            if let Some(s) = sealed.then(|| summary::load(&summary::path_of(&path), &header, first)).flatten() {
+                if first > expected_next || first < log_first {
+                    return Err(corrupt("segment does not continue the log"));
+                }
+                // Its first batch may record a truncation into the segments before it.
+                for earlier in self.segments.iter_mut() {
+                    earlier.truncate(first);
+                }
+                self.terms.truncate(first);
+                for &(start, term) in &s.runs {
+                    self.terms.push(start, term);
+                }
+                expected_next = first + s.entries.len() as u64;
+                let id = self.next_segment_id;
+                self.next_segment_id += 1;
+                self.segments.push_back(SegmentIndex {
+                    id,
+                    first_index: first,
+                    path: path.clone(),
+                    unnamed_spare: None,
+                    file,
+                    header,
+                    entries: s.entries,
+                    batches: s.batches,
+                    write_offset: s.end_offset,
+                    sealed: true,
+                });
+                self.recovery.summarized += 1;
+                continue;
             }
             if image.as_ref().is_none_or(|b| b.len() < size) {
                 image = Some(AlignedBuf::new(size));
@@ -406,6 +453,13 @@ impl Log {
             seg.write_offset = end.end_offset;
             seg.sealed = end.sealed;
             self.recovery.cut_torn_tail |= end.cut;
+            if sealed && !self.cfg.read_only {
+                // Scanned for want of a summary: write one, so the next open need not.
+                if let Err(error) = summary::write(&summary::path_of(&path), &summary::encode(&seg, self.terms.runs()))
+                {
+                    tracing::warn!(segment = %path.display(), %error, "cannot write a segment summary");
+                }
+            }
             self.segments.push_back(seg);
         }
         // A trailing segment without a single batch holds nothing durable: it was named
@@ -414,6 +468,7 @@ impl Log {
             let s = self.segments.pop_back().expect("checked");
             if !self.cfg.read_only {
                 tracing::warn!(segment = %s.path.display(), "removing empty trailing segment");
+                remove_summary(&s.path);
                 std::fs::remove_file(&s.path).map_err(|e| Error::io("remove empty segment", &s.path, e))?;
             }
         }
@@ -422,6 +477,7 @@ impl Log {
             let s = self.segments.pop_front().expect("checked");
             if !self.cfg.read_only {
                 tracing::info!(segment = %s.path.display(), start_prev, "removing a segment below the log start");
+                remove_summary(&s.path);
                 std::fs::remove_file(&s.path).map_err(|e| Error::io("remove purged segment", &s.path, e))?;
             }
         }
@@ -828,6 +884,16 @@ impl Log {
         }
         self.stats.batches_written += 1;
         self.stats.bytes_written += b.padded() as u64;
+        if b.seal {
+            // The segment is final: summarize it for the next open, off this thread.
+            if let Some(seg) = self.segments.iter().find(|s| s.id == b.segment_id) {
+                let bytes = summary::encode(seg, self.terms.runs());
+                let path = summary::path_of(&seg.path);
+                if let Some(spares) = self.spares.as_mut() {
+                    spares.summarize(path, bytes);
+                }
+            }
+        }
         let end = b.end_index();
         assert!(end > self.durable_index || b.entry_count == 0, "durable index never moves back");
         self.durable_index = end - 1;
@@ -1007,6 +1073,7 @@ impl Log {
     /// Removes a segment's file; the caller syncs the directory.
     fn delete_segment(&mut self, fd: RawFd, path: &Path) -> Result<()> {
         self.backend.forget_file(fd).map_err(|e| Error::io("unregister segment", path, e))?;
+        remove_summary(path);
         std::fs::remove_file(path).map_err(|e| Error::io("delete segment", path, e))
     }
 
@@ -1045,6 +1112,7 @@ impl Log {
             let (fd, path, size) = (s.file.as_raw_fd(), s.path.clone(), s.header.size_bytes);
             self.backend.forget_file(fd).map_err(|e| Error::io("unregister segment", &path, e))?;
             let s = self.segments.pop_front().expect("counted");
+            remove_summary(&path);
             if size == self.cfg.segment_size_bytes {
                 let spares = self.spares.as_mut().expect("a writable log has a spare maker");
                 if let Some((_, path)) = spares.recycle(s.file, s.path) {
@@ -1140,6 +1208,11 @@ impl Drop for Log {
 /// Takes the directory's lock (`LOCK`): exclusive for a writer, shared for a
 /// reader, failing at once if a writer holds it. A reader on a directory without
 /// a LOCK file (a read-only copy) goes without.
+/// Removes a segment's summary, if it has one (a missing one is fine).
+fn remove_summary(segment: &Path) {
+    let _ = std::fs::remove_file(summary::path_of(segment));
+}
+
 fn lock_dir(dir: &Path, read_only: bool) -> Result<Option<std::fs::File>> {
     let path = dir.join("LOCK");
     let opened = if read_only {

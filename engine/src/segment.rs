@@ -189,6 +189,8 @@ pub fn recycle_spare(dir: &Path, seq: u64, old: File, old_path: &Path, direct: b
 enum Job {
     Fill,
     Recycle(File, PathBuf),
+    /// Write a sealed segment's summary (no answer: see `summary`).
+    Summary(PathBuf, Vec<u8>),
 }
 
 /// At most this many spares are kept or in the making; more purged segments are deleted.
@@ -215,6 +217,7 @@ impl std::fmt::Debug for Job {
         match self {
             Job::Fill => f.write_str("Fill"),
             Job::Recycle(_, p) => write!(f, "Recycle({})", p.display()),
+            Job::Summary(p, b) => write!(f, "Summary({}, {} bytes)", p.display(), b.len()),
         }
     }
 }
@@ -230,6 +233,13 @@ impl SpareMaker {
                     let spare = match job {
                         Job::Fill => make_spare(&dir, seq as u64, size_bytes, direct, &faults),
                         Job::Recycle(file, path) => recycle_spare(&dir, seq as u64, file, &path, direct, &faults),
+                        Job::Summary(path, bytes) => {
+                            if let Err(error) = crate::summary::write(&path, &bytes) {
+                                // Only the next open's speed depends on it.
+                                tracing::warn!(path = %path.display(), %error, "cannot write a segment summary");
+                            }
+                            continue;
+                        }
                     };
                     if ready_tx.send(spare).is_err() {
                         break;
@@ -289,6 +299,13 @@ impl SpareMaker {
             self.send(Job::Fill);
         }
         r
+    }
+
+    /// Has the spare thread write a sealed segment's summary (best effort).
+    pub fn summarize(&mut self, path: PathBuf, bytes: Vec<u8>) {
+        if let Some(tx) = &self.requests {
+            let _ = tx.send(Job::Summary(path, bytes));
+        }
     }
 
     /// Offers a purged segment for reuse. Returns it back when enough spares are

@@ -98,7 +98,8 @@ per_backend!(
     torn_last_block_at_every_sector,
     crash_at_every_byte_of_the_last_batch,
     corruption_mid_log_refuses_and_truncates_nothing,
-    corruption_in_sealed_segment_refuses,
+    corruption_in_sealed_segment_refuses_a_scan_and_fails_the_read,
+    sealed_segments_open_from_their_summaries,
     stale_bytes_never_parse,
     truncate_suffix_within_and_across_segments,
     truncate_then_reopen_without_new_entries,
@@ -561,7 +562,18 @@ fn corruption_mid_log_refuses_and_truncates_nothing(b: BackendChoice) {
     assert_eq!(segment_bytes(&path), img, "nothing was truncated or rewritten");
 }
 
-fn corruption_in_sealed_segment_refuses(b: BackendChoice) {
+fn remove_summaries(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".idx") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+}
+
+/// Without a summary, a sealed segment is scanned and damage in it refuses
+/// the open; with one, it is not read at open, and the damaged entry fails
+/// its own checksum when read.
+fn corruption_in_sealed_segment_refuses_a_scan_and_fails_the_read(b: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut log) = open(dir.path(), b) else { return };
     append_durable(&mut log, 1, 1..300);
@@ -578,10 +590,72 @@ fn corruption_in_sealed_segment_refuses(b: BackendChoice) {
         let mut img = original.clone();
         img[at] ^= 1;
         std::fs::write(&segs[0], &img).unwrap();
+        remove_summaries(dir.path());
         let err = reopen(dir.path(), b).unwrap_err();
         assert!(matches!(err, Error::Corrupt { ref segment, .. } if segment == &segs[0]), "{err}");
         assert!(err.to_string().contains(want), "flip at {at}: {err}");
         assert_eq!(segment_bytes(&segs[0]), img, "nothing truncated");
+    }
+    // Summarized (the intact segment scanned once writes its summary), then damaged.
+    std::fs::write(&segs[0], &original).unwrap();
+    drop(reopen(dir.path(), b).unwrap());
+    let mut img = original.clone();
+    img[last_data + 40] ^= 1;
+    std::fs::write(&segs[0], &img).unwrap();
+    let log = reopen(dir.path(), b).unwrap();
+    assert!(log.recovery_report().summarized >= 1);
+    let bad = (1..300).find(|&i| log.read(i).is_err()).expect("the damaged entry fails its read");
+    assert!(matches!(log.read(bad), Err(Error::Corrupt { .. })));
+    assert!((1..300).filter(|&i| log.read(i).is_err()).count() <= 8, "only the damaged batch's entries");
+}
+
+/// Sealed segments open from their summaries, with the same entries and
+/// terms as a scan gives; a missing or damaged summary falls back to the
+/// scan and is written again.
+fn sealed_segments_open_from_their_summaries(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..200);
+    append_durable(&mut log, 3, 200..700);
+    let segs = log.segment_paths();
+    assert!(segs.len() >= 4, "{segs:?}");
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!(log.recovery_report().summarized, segs.len() - 1, "every sealed segment from its summary");
+    check_entries(&log, 1..200, 1);
+    check_entries(&log, 200..700, 3);
+    assert_eq!((log.term_at(199), log.term_at(200), log.last_index()), (Some(1), Some(3), 699));
+    drop(log);
+    // One summary gone, one damaged: those two are scanned, and summarized again.
+    std::fs::remove_file(format!("{}.idx", segs[0].display())).unwrap();
+    let damaged = format!("{}.idx", segs[1].display());
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[20] ^= 4;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let mut log = reopen(dir.path(), b).unwrap();
+    assert_eq!(log.recovery_report().summarized, segs.len() - 3);
+    check_entries(&log, 1..200, 1);
+    check_entries(&log, 200..700, 3);
+    // A truncation into a summarized sealed segment holds across an open.
+    log.truncate_suffix(150).unwrap();
+    append_durable(&mut log, 4, 150..160);
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert!(log.recovery_report().summarized >= 1);
+    assert_eq!(log.last_index(), 159);
+    check_entries(&log, 1..150, 1);
+    check_entries(&log, 150..160, 4);
+    // A purge takes the summaries with the segments.
+    drop(log);
+    let mut log = reopen(dir.path(), b).unwrap();
+    log.purge_prefix(120).unwrap();
+    let kept: Vec<_> = log.segment_paths();
+    drop(log);
+    for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let name = e.path().display().to_string();
+        if let Some(seg) = name.strip_suffix(".idx") {
+            assert!(kept.iter().any(|k| k.display().to_string() == seg), "a summary without its segment: {name}");
+        }
     }
 }
 
