@@ -623,8 +623,10 @@ async fn quick_start(
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("server").arg("--config").arg(&cfg_path);
-        if let Some(BuiltinMachine::Checksum) = machine {
-            cmd.args(["--state-machine", "checksum"]);
+        match machine {
+            Some(BuiltinMachine::Checksum) => drop(cmd.args(["--state-machine", "checksum"])),
+            Some(BuiltinMachine::Kv) => drop(cmd.args(["--state-machine", "kv"])),
+            None => {}
         }
         let child = cmd
             .stdin(std::process::Stdio::null())

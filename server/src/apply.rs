@@ -61,6 +61,8 @@ pub(crate) enum ApplyMsg {
     WriteChunk { id: SnapshotId, offset: u64, data: Bytes, restart: bool },
     /// The fetched file of `id` is whole: check it, install it, restore from it.
     Install { id: SnapshotId },
+    /// Snapshot now (on demand); answer with the index covered.
+    SnapshotNow { reply: oneshot::Sender<Result<u64, GroupError>> },
 }
 
 /// What the apply thread tells its group task about snapshot transfers.
@@ -117,6 +119,8 @@ pub(crate) struct ApplyWorker {
     pub(crate) store: SnapshotStore,
     /// Take a snapshot after this many entries since the last (0: never).
     pub(crate) snapshot_every: u64,
+    /// Or after this many payload bytes applied since the last (0: never).
+    pub(crate) snapshot_every_bytes: u64,
     pub(crate) progress: Arc<ApplyProgress>,
     pub(crate) on_fatal: Arc<dyn Fn(Fatal) + Send + Sync>,
     /// The newest complete snapshot (the one served to peers).
@@ -132,6 +136,7 @@ impl ApplyWorker {
         let mut applied_term = 0;
         let mut last_snapshot = self.progress.snapshot_index.load(Ordering::Relaxed);
         let mut applied_bytes = 0u64;
+        let mut bytes_at_snapshot = 0u64;
         // Outputs of entries a local append may still wait for, in index order.
         let mut retained: VecDeque<(u64, Bytes)> = VecDeque::new();
         let mut waiters: VecDeque<(u64, u64, u64, AppendReply)> = VecDeque::new();
@@ -169,13 +174,13 @@ impl ApplyWorker {
                         answer_waiters(&mut waiters, &mut retained, applied);
                     }
                     r.and_then(|()| {
-                        if self.snapshot_every > 0 && applied - last_snapshot >= self.snapshot_every {
-                            let machine = &mut self.machine;
-                            let meta = self.store.write(applied, applied_term, |w| guarded(|| machine.snapshot(w)))?;
-                            tracing::debug!(group = self.group, index = meta.index, bytes = meta.len, "snapshot taken");
+                        let by_entries = self.snapshot_every > 0 && applied - last_snapshot >= self.snapshot_every;
+                        let by_bytes = self.snapshot_every_bytes > 0
+                            && applied_bytes - bytes_at_snapshot >= self.snapshot_every_bytes;
+                        if by_entries || by_bytes {
+                            self.take_snapshot(applied, applied_term)?;
                             last_snapshot = applied;
-                            self.newest = Some(meta);
-                            self.progress.snapshot_index.store(applied, Ordering::Release);
+                            bytes_at_snapshot = applied_bytes;
                         }
                         Ok(())
                     })
@@ -201,6 +206,25 @@ impl ApplyWorker {
                             let _ = reply.send(Err(GroupError::Query(e)));
                             Ok(())
                         }
+                    }
+                }
+                ApplyMsg::SnapshotNow { reply } => {
+                    if applied > last_snapshot {
+                        match self.take_snapshot(applied, applied_term) {
+                            Ok(()) => {
+                                last_snapshot = applied;
+                                bytes_at_snapshot = applied_bytes;
+                                let _ = reply.send(Ok(applied));
+                                Ok(())
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(GroupError::Stopped));
+                                Err(e)
+                            }
+                        }
+                    } else {
+                        let _ = reply.send(Ok(last_snapshot));
+                        Ok(())
                     }
                 }
                 ApplyMsg::Serve { from, request } => {
@@ -255,6 +279,7 @@ impl ApplyWorker {
                     match msg {
                         ApplyMsg::Waiter { reply, .. } => drop(reply.send(Err(GroupError::Stopped))),
                         ApplyMsg::Query { reply, .. } => drop(reply.send(Err(GroupError::Stopped))),
+                        ApplyMsg::SnapshotNow { reply } => drop(reply.send(Err(GroupError::Stopped))),
                         ApplyMsg::Batch { .. }
                         | ApplyMsg::Serve { .. }
                         | ApplyMsg::WriteChunk { .. }
@@ -271,6 +296,16 @@ impl ApplyWorker {
 }
 
 impl ApplyWorker {
+    /// Writes a snapshot of the state as of `applied` (term `term`), durably.
+    fn take_snapshot(&mut self, applied: u64, term: u64) -> Result<(), StateMachineError> {
+        let machine = &mut self.machine;
+        let meta = self.store.write(applied, term, |w| guarded(|| machine.snapshot(w)))?;
+        tracing::debug!(group = self.group, index = meta.index, bytes = meta.len, "snapshot taken");
+        self.newest = Some(meta);
+        self.progress.snapshot_index.store(applied, Ordering::Release);
+        Ok(())
+    }
+
     fn tell(&self, event: InstallEvent) {
         if let Some(tx) = &self.to_group {
             let _ = tx.send(GroupInput::Installer(event));

@@ -20,6 +20,7 @@
 //!                                   # and reads; older ones are read back from the log files
 //! snapshot_every_entries = 100000   # groups with a state machine (embedded): snapshot after
 //!                                   # this many applied entries (0 = never)
+//! snapshot_every_mib = 0            # or after this many MiB of payload applied (0 = never)
 //! snapshots_kept = 2                # and keep the newest this many
 //! # peer_secret_file = "secret"     # the cluster's shared secret: peers must prove they hold it
 //!
@@ -236,6 +237,10 @@ pub struct ServerConfig {
     /// entries (0: never), so that a restart replays at most that many.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every_entries: u64,
+    /// Groups with a state machine: also take a snapshot after this many MiB
+    /// of payload applied since the last (0: never).
+    #[serde(default)]
+    pub snapshot_every_mib: u64,
     /// Groups with a state machine: snapshots kept (the newest ones).
     #[serde(default = "default_snapshots_kept")]
     pub snapshots_kept: usize,
@@ -302,6 +307,7 @@ impl ServerConfig {
             max_batch_kib: default_max_batch_kib(),
             log_memory_mib: default_log_memory_mib(),
             snapshot_every_entries: default_snapshot_every(),
+            snapshot_every_mib: 0,
             snapshots_kept: default_snapshots_kept(),
             peer_secret_file: None,
             retention: Retention::default(),

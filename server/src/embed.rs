@@ -150,6 +150,20 @@ impl GroupHandle {
         rx.await.map_err(|_| GroupError::Stopped)?
     }
 
+    /// Takes a snapshot of the state machine now (on this node, off the
+    /// append path, as the policy's snapshots are) and returns the index it
+    /// covers: the newest snapshot's if nothing was applied since. Fails on
+    /// a group without a state machine, or while this node installs a
+    /// snapshot fetched from a peer.
+    pub async fn snapshot(&self) -> Result<u64, GroupError> {
+        if !self.has_state_machine {
+            return Err(GroupError::NoStateMachine(self.group));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(GroupInput::Local(LocalRequest::Snapshot(reply)))?;
+        rx.await.map_err(|_| GroupError::Stopped)?
+    }
+
     /// This node's view of the group.
     pub async fn status(&self) -> Result<GroupStatus, GroupError> {
         let (reply, rx) = oneshot::channel();

@@ -130,9 +130,17 @@ pub(crate) enum GroupInput {
 /// A request of the embedding application.
 #[derive(Debug)]
 pub(crate) enum LocalRequest {
-    Append { payloads: Vec<Bytes>, reply: AppendReply },
-    Read { query: Bytes, reply: ReadReply },
+    Append {
+        payloads: Vec<Bytes>,
+        reply: AppendReply,
+    },
+    Read {
+        query: Bytes,
+        reply: ReadReply,
+    },
     Status(oneshot::Sender<GroupStatus>),
+    /// Snapshot the state machine now; the index it covers.
+    Snapshot(oneshot::Sender<Result<u64, GroupError>>),
 }
 
 /// Answers a local request that cannot be served with `error`.
@@ -142,6 +150,7 @@ pub(crate) fn refuse_local(request: LocalRequest, error: ServerError) {
         LocalRequest::Read { reply, .. } => drop(reply.send(Err(GroupError::Server(error)))),
         // A status needs no running group, but the host is gone: the handle sees `Stopped`.
         LocalRequest::Status(_) => {}
+        LocalRequest::Snapshot(reply) => drop(reply.send(Err(GroupError::Server(error)))),
     }
 }
 
@@ -1223,6 +1232,17 @@ impl GroupHost {
             }
             LocalRequest::Status(reply) => {
                 let _ = reply.send(self.status());
+                Ok(())
+            }
+            LocalRequest::Snapshot(reply) => {
+                match (&self.feed, &self.install) {
+                    (None, _) => drop(reply.send(Err(GroupError::NoStateMachine(self.group)))),
+                    (Some(_), Some(_)) => {
+                        let e = ServerError::BadRequest("installing a snapshot fetched from a peer".into());
+                        drop(reply.send(Err(GroupError::Server(e))))
+                    }
+                    (Some(feed), None) => drop(feed.tx.send(ApplyMsg::SnapshotNow { reply })),
+                }
                 Ok(())
             }
         }

@@ -178,6 +178,8 @@ pub(crate) struct Shared {
     pub(crate) fatal: std::sync::Mutex<Option<Fatal>>,
     /// Set once, when the server is asked to stop (for [`Stopper::stopping`]).
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// Bytes of peer frames received, all cores (`dledger_peer_bytes_received_total`).
+    pub(crate) peer_bytes_in: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -384,6 +386,7 @@ pub(crate) fn start_with(
         wake: inboxes.clone(),
         fatal: std::sync::Mutex::new(None),
         stopping: tokio::sync::watch::Sender::new(false),
+        peer_bytes_in: Default::default(),
     });
     let handles: Vec<GroupHandle> = hosts
         .iter()
@@ -499,6 +502,7 @@ fn restore_state_machine(
         machine,
         store,
         snapshot_every: cfg.snapshot_every_entries,
+        snapshot_every_bytes: cfg.snapshot_every_mib << 20,
         progress: progress.clone(),
         on_fatal: Arc::new(|_| {}),
         newest,
@@ -585,11 +589,12 @@ async fn run_core(
         voters: cfg.voters(),
         secret,
         limits,
+        peer_bytes_in: shared.peer_bytes_in.clone(),
     });
     if let Some((listener, conn_txs, metrics)) = acceptor {
         tokio::task::spawn_local(accept_loop(listener, conn_txs, stop.clone()));
         if let Some(m) = metrics {
-            tokio::task::spawn_local(metrics_loop(m, inboxes.clone(), stop.clone()));
+            tokio::task::spawn_local(metrics_loop(m, inboxes.clone(), stop.clone(), shared.peer_bytes_in.clone()));
         }
     }
     let conn_ctx = ctx.clone();
@@ -651,6 +656,7 @@ async fn metrics_loop(
     listener: TcpListener,
     groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
     stop: Arc<AtomicBool>,
+    peer_bytes_in: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
     while !stop.load(Ordering::Relaxed) {
@@ -660,10 +666,11 @@ async fn metrics_loop(
         };
         let Ok((mut s, _)) = accepted else { continue };
         let groups = groups.clone();
+        let peer_bytes = peer_bytes_in.load(Ordering::Relaxed);
         tokio::task::spawn_local(async move {
             let mut req = [0u8; 1024];
             let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut req)).await;
-            let mut body = String::new();
+            let mut body = format!("dledger_peer_bytes_received_total {peer_bytes}\n");
             for g in groups.iter() {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if g.send(GroupInput::Metrics(tx)).is_ok() {
@@ -845,6 +852,7 @@ mod tests {
             wake: Vec::new(),
             fatal: std::sync::Mutex::new(None),
             stopping: tokio::sync::watch::Sender::new(false),
+            peer_bytes_in: Default::default(),
         });
         let mut rx = shared.stopping.subscribe();
         let running = std::thread::spawn(move || {

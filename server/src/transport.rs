@@ -169,6 +169,8 @@ pub(crate) struct ConnContext {
     pub(crate) groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
     pub(crate) max_frame_bytes: usize,
     pub(crate) stopping: Arc<AtomicBool>,
+    /// Bytes of peer frames received (shared by every core's connections).
+    pub(crate) peer_bytes_in: Arc<std::sync::atomic::AtomicU64>,
     /// The largest entry a group's log takes (a `Get` may return one).
     pub(crate) max_entry_bytes: usize,
     /// The voters: the only node ids a peer may claim.
@@ -302,6 +304,8 @@ async fn serve_peer(
         match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
             Ok(None) => return,
             Ok(Some(Frame::Raft { group, body })) => {
+                // The frame header (12 bytes) and the group id (8) came with the body.
+                ctx.peer_bytes_in.fetch_add(body.len() as u64 + 20, Ordering::Relaxed);
                 let message = match decode_peer_body(body) {
                     Ok(m) => m,
                     Err(reason) => {
@@ -518,6 +522,7 @@ mod tests {
             groups: Arc::new(vec![inbox]),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             stopping: Arc::new(AtomicBool::new(false)),
+            peer_bytes_in: Default::default(),
             max_entry_bytes: 4 << 20,
             voters: vec![1, 2],
             secret: None,

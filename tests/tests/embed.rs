@@ -421,3 +421,35 @@ fn a_state_machine_for_a_group_the_server_lacks_is_refused_before_anything_start
     assert!(err.to_string().contains("group 3"), "{err}");
     assert!(!dir.path().join("n1").exists(), "nothing was created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_taken_on_demand_and_by_bytes_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = configs(dir.path(), 1, 0).remove(0);
+    cfg.snapshot_every_mib = 1;
+    let snapshots = dir.path().join("n1/snapshots/group-0");
+    let count = || std::fs::read_dir(&snapshots).map_or(0, |d| d.flatten().count());
+    let probe = Arc::new(Probe::default());
+    let server = Server::builder(cfg).bootstrap(true).state_machine(0, Sum::new(probe)).start().unwrap();
+    let h = server.group(0).unwrap();
+    h.leader().await.unwrap();
+    let a = h.append((1..=10).map(bytes).collect()).await.unwrap();
+    assert_eq!(count(), 0, "no policy has fired yet");
+    let at = h.snapshot().await.unwrap();
+    assert_eq!(at, a.last_index, "on demand: a snapshot of everything applied");
+    assert_eq!(count(), 1);
+    assert_eq!(h.snapshot().await.unwrap(), at, "nothing applied since: the same snapshot");
+    assert_eq!(count(), 1);
+    // 8-byte payloads: 1 MiB is 131,072 entries; the byte policy takes one after it.
+    let mut last = 0;
+    for k in 0..34u64 {
+        last = h.append((0..4096).map(|i| bytes(k * 4096 + i)).collect()).await.unwrap().last_index;
+    }
+    eventually("a snapshot by bytes applied", Duration::from_secs(20), || {
+        let n = count();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    assert!(h.snapshot().await.unwrap() <= last);
+    stop_all(vec![server]);
+}
