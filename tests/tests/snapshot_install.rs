@@ -2,7 +2,9 @@
 //! follower of a group running the built-in `kv` state machine is stopped
 //! while the leader purges past it, so on its return it must fetch the
 //! leader's snapshot; it is killed (SIGKILL) in the middle of the fetch,
-//! resumes from the byte it reached, and ends with the leader's state.
+//! resumes from the byte it reached, and ends with the leader's state; and a
+//! follower whose disk fills in the middle of a fetch keeps its old state and
+//! resumes once it has room.
 
 mod harness;
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dledger_proto::GroupStatus;
-use harness::{eventually, Cluster};
+use harness::{eventually, move_data_to, Cluster, SmallFs};
 
 /// Small segments and a small retention, so the leader soon purges past a
 /// stopped follower; snapshots every 3,000 entries.
@@ -132,6 +134,91 @@ async fn a_follower_killed_in_the_middle_of_a_snapshot_install_resumes_it_and_en
     assert_eq!(client.query(Bytes::new()).await.unwrap(), digest, "the follower's state is the leader's");
     let value = client.query(Bytes::from_static(b"down0-3-7")).await.unwrap();
     assert_eq!(value.len(), 4000, "a key written while it was down is there");
+    for id in 1..=3 {
+        c.kill(id);
+    }
+}
+
+/// The snapshot files (`snap-*`) in `dir`, with their bytes.
+fn complete_snapshots(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("snap-"))
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_in_the_middle_of_a_snapshot_install_keeps_the_old_state_and_resumes_with_room() {
+    let small = match SmallFs::new(48) {
+        Ok(fs) => fs,
+        Err(why) => return println!("SKIP: no loop-mounted ext4 here: {why}"),
+    };
+    let config = CONFIG.replace("snapshot_every_entries = 3000", "snapshot_every_entries = 300");
+    let mut c = Cluster::start_with_state_machine(3, 1, &config, "kv");
+    let leader = c.leader(0).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    move_data_to(&mut c, follower, &small);
+    let first = put_keys(&c, "before", 10).await;
+    c.wait_commit(follower, 0, first).await;
+    let snapshots = small.mnt.join("data/snapshots/group-0");
+    let old = eventually("the follower's own snapshot", Duration::from_secs(20), || {
+        let found = complete_snapshots(&snapshots);
+        async move { (!found.is_empty()).then_some(found) }
+    })
+    .await;
+    assert!(c.stop(follower).success());
+
+    // A state of about 64 MiB: more than the follower's 48 MiB file system holds.
+    let mut batches = 0;
+    loop {
+        put_keys(&c, &format!("big{batches}"), 50).await;
+        batches += 50;
+        let g = group_status(&c, leader).await.expect("the leader answers");
+        if batches >= 500 && g.first_index > first + 1 {
+            break;
+        }
+    }
+    c.start_node(follower);
+    eventually("the fetch to hit the full disk", Duration::from_secs(60), || {
+        let log = c.log_text(follower);
+        async move { log.contains("cannot write a fetched snapshot chunk").then_some(()) }
+    })
+    .await;
+    assert!(group_status(&c, follower).await.is_some(), "the node lives on with its disk full");
+    let log = c.log_text(follower);
+    assert!(!log.contains("fetched and installed"), "nothing installed from a partial file");
+    assert_eq!(complete_snapshots(&snapshots), old, "the old snapshots are untouched");
+    let (kept, len) = partial_fetch(&snapshots).expect("what was fetched stays for a resume");
+    println!("disk full after {kept} of {len} bytes");
+
+    // Room again: the data moves to the big disk, and the fetch resumes there.
+    assert!(c.stop(follower).success());
+    let roomy = c.path().join(format!("n{follower}-roomy"));
+    let copied = std::process::Command::new("cp").arg("-a").arg(small.mnt.join("data")).arg(&roomy).status().unwrap();
+    assert!(copied.success());
+    let cfg = c.nodes[follower as usize - 1].config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace(&*small.mnt.join("data").to_string_lossy(), &roomy.to_string_lossy())).unwrap();
+    c.start_node(follower);
+    eventually("the snapshot installed", Duration::from_secs(60), || {
+        let log = c.log_text(follower);
+        async move { log.contains("fetched and installed").then_some(()) }
+    })
+    .await;
+    let resumed_at = last_resumed_at(&c.log_text(follower)).unwrap();
+    assert!(resumed_at > 0, "the fetch went on from what the full disk had taken");
+    let last = put_keys(&c, "after", 1).await;
+    c.wait_commit(follower, 0, last).await;
+    let mut client = c.client(0);
+    let digest = client.query(Bytes::new()).await.unwrap();
+    client.transfer_leader(follower).await.unwrap();
+    assert_eq!(client.query(Bytes::new()).await.unwrap(), digest, "the follower's state is the leader's");
     for id in 1..=3 {
         c.kill(id);
     }
