@@ -199,9 +199,10 @@ impl ApplyFeed {
 /// A snapshot fetch under way (see the module docs).
 struct Install {
     pull: SnapshotPull,
-    /// A chunk (or the whole file) is with the apply thread: judge no other
-    /// chunk until it answers.
-    busy: bool,
+    /// A chunk (or the whole file) of this snapshot is with the apply thread:
+    /// judge no other chunk until it answers. The fetch may have been replaced
+    /// meanwhile (a newer log start): an answer for another file is stale.
+    busy: Option<SnapshotId>,
     started: Instant,
     /// Bytes of the file when the fetch began (a resume).
     resumed_at: u64,
@@ -763,7 +764,7 @@ impl GroupHost {
         let source = self.core.status().leader_id.filter(|&l| l != self.node_id).unwrap_or(first_peer);
         let mut pull = SnapshotPull::new(min_index, source, MAX_CHUNK_BYTES, INSTALL_RETRY_TICKS);
         // Go on from what is on disk: a fetch under way, or one a restart interrupted.
-        let busy = self.install.as_ref().is_some_and(|i| i.busy);
+        let busy = self.install.as_ref().and_then(|i| i.busy);
         let held = match &self.install {
             Some(i) => match i.pull.progress() {
                 (Some(id), offset) => Some((id, offset)),
@@ -785,7 +786,7 @@ impl GroupHost {
         self.core.suspend_campaigns(true);
         let request = pull.request();
         self.install = Some(Install { pull, busy, started: Instant::now(), resumed_at });
-        if !busy {
+        if busy.is_none() {
             self.send_snapshot(source, request);
         }
         Ok(())
@@ -800,7 +801,7 @@ impl GroupHost {
         let leader = self.core.status().leader_id.filter(|&l| l != self.node_id);
         let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
         let Some(install) = &mut self.install else { return };
-        if install.busy {
+        if install.busy.is_some() {
             return;
         }
         if let Some(request) = install.pull.tick(leader, &peers) {
@@ -819,7 +820,7 @@ impl GroupHost {
             return Ok(());
         }
         let Some(install) = &mut self.install else { return Ok(()) };
-        if install.busy {
+        if install.busy.is_some() {
             return Ok(());
         }
         let corrupt = install.pull.corrupt_chunks;
@@ -832,7 +833,7 @@ impl GroupHost {
                 self.send_snapshot(to, request);
             }
             PullStep::Write { id, offset, data, restart } => {
-                install.busy = true;
+                install.busy = Some(id);
                 if let Some(feed) = &self.feed {
                     let _ = feed.tx.send(ApplyMsg::WriteChunk { id, offset, data, restart });
                 }
@@ -847,17 +848,28 @@ impl GroupHost {
             self.send_snapshot(to, message);
             return Ok(());
         }
+        if let InstallEvent::Installed { id } = event {
+            return self.installed(id);
+        }
         let Some(install) = &mut self.install else { return Ok(()) };
-        install.busy = false;
+        let was_for = install.busy.take();
+        if was_for.is_some() && was_for != install.pull.progress().0 {
+            // The fetch was replaced while the apply thread worked on the old
+            // one: its answer is stale; ask for the new one's next bytes.
+            let request = install.pull.request();
+            let to = install.pull.source();
+            self.send_snapshot(to, request);
+            return Ok(());
+        }
         match event {
-            InstallEvent::Send { .. } => unreachable!("handled above"),
+            InstallEvent::Send { .. } | InstallEvent::Installed { .. } => unreachable!("handled above"),
             InstallEvent::Written { n } => match install.pull.written(n) {
                 Err(request) => {
                     let to = install.pull.source();
                     self.send_snapshot(to, request);
                 }
                 Ok(id) => {
-                    install.busy = true;
+                    install.busy = Some(id);
                     if let Some(feed) = &self.feed {
                         let _ = feed.tx.send(ApplyMsg::Install { id });
                     }
@@ -874,25 +886,39 @@ impl GroupHost {
                 let to = install.pull.source();
                 self.send_snapshot(to, request);
             }
-            InstallEvent::Installed { id } => {
-                let took = install.started.elapsed();
-                self.install = None;
-                self.core.suspend_campaigns(false);
-                self.metrics.snapshots_installed += 1;
-                if let Some(feed) = &mut self.feed {
-                    feed.fed = feed.fed.max(id.index);
-                }
-                tracing::info!(
-                    group = self.group,
-                    index = id.index,
-                    bytes = id.len,
-                    took_ms = took.as_millis() as u64,
-                    "state-machine snapshot fetched and installed"
-                );
-                self.feed_state_machine(None)?;
-            }
         }
         Ok(())
+    }
+
+    /// The state machine now holds snapshot `id` (whatever fetch is under
+    /// way: the apply thread restored it). If the log still starts past it
+    /// (a newer log start came meanwhile), the fetch goes on for that one.
+    fn installed(&mut self, id: SnapshotId) -> Result<(), GroupFatal> {
+        let took = self.install.as_ref().map_or(0, |i| i.started.elapsed().as_millis() as u64);
+        self.metrics.snapshots_installed += 1;
+        if let Some(feed) = &mut self.feed {
+            feed.fed = feed.fed.max(id.index);
+        }
+        self.install = None;
+        let start = self.log.start().0;
+        if id.index < start {
+            tracing::info!(
+                group = self.group,
+                index = id.index,
+                start,
+                "installed a snapshot the log start has passed"
+            );
+            return self.begin_install(start);
+        }
+        self.core.suspend_campaigns(false);
+        tracing::info!(
+            group = self.group,
+            index = id.index,
+            bytes = id.len,
+            took_ms = took,
+            "state-machine snapshot fetched and installed"
+        );
+        self.feed_state_machine(None)
     }
 
     /// Sends the apply thread what the core has applied and it has not been
