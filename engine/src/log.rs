@@ -810,7 +810,13 @@ impl Log {
         }
         if self.queued.is_empty() {
             if self.filling.is_none() && self.truncation_pending {
-                self.start_batch(0)?;
+                match self.start_batch(0) {
+                    // No segment for the batch that records the truncation (a full disk):
+                    // it stays pending, and the next batch that gets one records it. Nothing
+                    // waits on it: the entries it removed were never acknowledged.
+                    Err(Error::NoSpace { .. }) => return Ok(()),
+                    r => r?,
+                }
             }
             self.close_filling();
         }
@@ -930,11 +936,34 @@ impl Log {
     }
 
     /// Blocks until everything appended (and any pending truncation) is durable.
+    /// With a full disk, a pending truncation that cannot get a segment fails
+    /// it with `NoSpace` (not fatal: the truncation stays pending).
     pub fn sync_all(&mut self) -> Result<()> {
         loop {
             self.check_writable()?;
-            if self.in_flight.is_none() && self.queued.is_empty() && self.filling.is_none() && !self.truncation_pending
-            {
+            let idle = self.in_flight.is_none() && self.queued.is_empty() && self.filling.is_none();
+            if idle && !self.truncation_pending {
+                return Ok(());
+            }
+            if idle {
+                // Only the truncation is left: its batch needs a segment, or this is the error.
+                self.start_batch(0)?;
+            }
+            self.flush()?;
+            if self.in_flight.is_some() {
+                let c = self.backend.wait();
+                self.complete(c)?;
+            }
+        }
+    }
+
+    /// Blocks until no batch is queued, filling or in flight (a pending
+    /// truncation may stay pending): what a truncation or a reset needs
+    /// before it deletes files.
+    fn wait_idle(&mut self) -> Result<()> {
+        loop {
+            self.check_writable()?;
+            if self.in_flight.is_none() && self.queued.is_empty() && self.filling.is_none() {
                 return Ok(());
             }
             self.flush()?;
@@ -1046,7 +1075,7 @@ impl Log {
         if from_index == self.next_index {
             return Ok(());
         }
-        self.sync_all()?;
+        self.wait_idle()?;
         // Delete whole segments past the cut, newest first.
         let mut deleted = false;
         while let Some(s) = self.segments.back().filter(|s| s.first_index >= from_index) {
@@ -1140,7 +1169,7 @@ impl Log {
                 self.start()
             )));
         }
-        self.sync_all()?;
+        self.wait_idle()?;
         self.save_start(prev_index, prev_term)?;
         while let Some(s) = self.segments.back() {
             let (fd, path) = (s.file.as_raw_fd(), s.path.clone());

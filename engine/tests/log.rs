@@ -100,6 +100,7 @@ per_backend!(
     corruption_mid_log_refuses_and_truncates_nothing,
     corruption_in_sealed_segment_refuses_a_scan_and_fails_the_read,
     sealed_segments_open_from_their_summaries,
+    a_truncation_on_a_full_disk_is_not_fatal,
     stale_bytes_never_parse,
     truncate_suffix_within_and_across_segments,
     truncate_then_reopen_without_new_entries,
@@ -890,4 +891,67 @@ fn probe_reports_this_directory() {
     assert!(r.write_sync_us_max >= r.write_sync_us_p50);
     let text = r.to_string();
     assert!(text.contains("io_uring") && text.contains("O_DIRECT"), "{text}");
+}
+
+/// A full disk (no spare segment could be made), then a truncation into a
+/// sealed segment, whose next append needs a new segment: the append fails
+/// with `NoSpace`, not fatally, and once space returns the log goes on.
+fn a_truncation_on_a_full_disk_is_not_fatal(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    append_durable(&mut log, 1, 1..600);
+    assert!(log.segment_paths().len() >= 3);
+    let faults = log.config().faults.clone();
+    faults.arm(FailPoint::Prefill, libc::ENOSPC);
+    let mut i = 600;
+    let err = loop {
+        match log.append(1, &payload(i)) {
+            Ok(_) => {
+                i += 1;
+                log.flush().unwrap();
+            }
+            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
+            Err(e) => break e,
+        }
+        assert!(i < 10_000, "the failure never surfaced");
+    };
+    assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+    log.wait_durable(log.last_index()).unwrap();
+    // Still full: the next segment preparation fails too. A leader's truncation into
+    // the first (sealed) segment, whose record needs a new segment.
+    faults.arm(FailPoint::Prefill, libc::ENOSPC);
+    log.truncate_suffix(30).unwrap_or_else(|e| panic!("truncate on a full disk: {e}"));
+    log.flush().unwrap_or_else(|e| panic!("a flush with the truncation pending on a full disk: {e}"));
+    faults.arm(FailPoint::Prefill, libc::ENOSPC);
+    log.truncate_suffix(20).unwrap_or_else(|e| panic!("a second truncation on a full disk: {e}"));
+    let e = log.sync_all().unwrap_err();
+    assert!(matches!(e, Error::NoSpace { .. }) && !e.is_fatal(), "{e}");
+    assert_eq!(log.last_index(), 19);
+    let got = loop {
+        match log.append(2, &payload(20)) {
+            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
+            r => break r,
+        }
+    };
+    match got {
+        Ok(20) => {}
+        Err(e) => assert!(matches!(e, Error::NoSpace { .. }) && !e.is_fatal(), "{e}"),
+        Ok(other) => panic!("appended at {other}"),
+    }
+    // Space returns: the append goes through, and the log reopens as written.
+    if log.last_index() < 20 {
+        let r = loop {
+            match log.append(2, &payload(20)) {
+                Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
+                r => break r,
+            }
+        };
+        assert_eq!(r.unwrap(), 20);
+    }
+    log.wait_durable(20).unwrap();
+    drop(log);
+    let log = reopen(dir.path(), b).unwrap();
+    assert_eq!(log.last_index(), 20);
+    check_entries(&log, 1..20, 1);
+    assert_eq!(log.read(20).unwrap().term, 2);
 }
