@@ -145,6 +145,8 @@ pub mod sim;
 #[cfg(test)]
 mod handler_tests;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod scenario_tests;
 #[cfg(test)]
 mod test_support;
@@ -155,7 +157,7 @@ pub use self::core::{LogStorage, NoStorage, RaftCore, RestoredState, Role, Statu
 pub use self::event::Event;
 pub use self::message::{
     ConflictHint, Entry, EntryKind, HardState, LogIndex, LogStart, Message, MessageBody, NodeId, RequestId, Term,
-    MAX_TERM,
+    MAX_INDEX, MAX_TERM,
 };
 pub use self::progress::{Progress, ProgressState};
 pub use self::raft_log::RaftLog;

@@ -187,13 +187,18 @@ pub struct Message {
 /// campaign.
 pub const MAX_TERM: Term = 1 << 62;
 
+/// The highest log index a message may name. No log comes near 2^62
+/// entries; a message naming more is malformed, so that no arithmetic on an
+/// index from the network (`index + 1`, `index + entries`) can overflow.
+pub const MAX_INDEX: LogIndex = 1 << 62;
+
 impl Message {
     /// Structural checks a receiver applies before acting on a message: its
-    /// term is at most [`MAX_TERM`]; an append's entries continue
-    /// `prev_log_index` one by one, with terms that never decrease and never
-    /// exceed the sender's term.
+    /// term is at most [`MAX_TERM`] and every index it names at most
+    /// [`MAX_INDEX`]; an append's entries continue `prev_log_index` one by
+    /// one, with terms that never decrease and never exceed the sender's term.
     pub fn is_well_formed(&self) -> bool {
-        if self.term > MAX_TERM {
+        if self.term > MAX_TERM || !self.indexes_in_range() {
             return false;
         }
         match &self.body {
@@ -218,6 +223,33 @@ impl Message {
                     && *leader_commit_index >= start.prev_index
             }
             _ => true,
+        }
+    }
+}
+
+impl Message {
+    fn indexes_in_range(&self) -> bool {
+        let ok = |i: &LogIndex| *i <= MAX_INDEX;
+        match &self.body {
+            MessageBody::PreVoteRequest { last_log_index, last_log_term }
+            | MessageBody::VoteRequest { last_log_index, last_log_term, .. } => {
+                ok(last_log_index) && *last_log_term <= MAX_TERM
+            }
+            MessageBody::AppendRequest { prev_log_index, entries, leader_commit_index, .. } => {
+                ok(prev_log_index)
+                    && ok(leader_commit_index)
+                    && (entries.len() as u64) <= MAX_INDEX - prev_log_index
+            }
+            MessageBody::AppendResponse { result: Ok(match_index) } => ok(match_index),
+            MessageBody::AppendResponse { result: Err(h) } => {
+                ok(&h.rejected_prev_log_index)
+                    && ok(&h.conflict_first_index)
+                    && h.conflict_term.is_none_or(|t| t <= MAX_TERM)
+            }
+            MessageBody::Heartbeat { leader_commit_index, .. } => ok(leader_commit_index),
+            MessageBody::HeartbeatResponse { match_index, .. } => ok(match_index),
+            MessageBody::LogStart { start, leader_commit_index } => ok(&start.prev_index) && ok(leader_commit_index),
+            MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } | MessageBody::TimeoutNow => true,
         }
     }
 }
