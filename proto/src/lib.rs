@@ -46,5 +46,8 @@ pub mod frame;
 pub mod peer;
 pub mod request;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use frame::{decode_frame, encode_frame, Frame, WireError, DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, MAGIC, VERSION};
 pub use request::{ClientEntry, GroupStatus, Hello, Request, Response, ServerError, ALL_GROUPS, MAX_APPEND_ENTRIES};

@@ -42,11 +42,26 @@ fn append_strategy() -> impl Strategy<Value = MessageBody> {
             if fit {
                 let start = prev.min(MAX_INDEX - 8);
                 entries = (0..n as u64)
-                    .map(|k| Entry { index: start + 1 + k, term: prev_term.max(1), kind: EntryKind::Command, payload: Bytes::new() })
+                    .map(|k| Entry {
+                        index: start + 1 + k,
+                        term: prev_term.max(1),
+                        kind: EntryKind::Command,
+                        payload: Bytes::new(),
+                    })
                     .collect();
-                return MessageBody::AppendRequest { prev_log_index: start, prev_log_term: prev_term, entries, leader_commit_index: commit };
+                return MessageBody::AppendRequest {
+                    prev_log_index: start,
+                    prev_log_term: prev_term,
+                    entries,
+                    leader_commit_index: commit,
+                };
             }
-            MessageBody::AppendRequest { prev_log_index: prev, prev_log_term: prev_term, entries, leader_commit_index: commit }
+            MessageBody::AppendRequest {
+                prev_log_index: prev,
+                prev_log_term: prev_term,
+                entries,
+                leader_commit_index: commit,
+            }
         },
     )
 }

@@ -236,9 +236,7 @@ impl Message {
                 ok(last_log_index) && *last_log_term <= MAX_TERM
             }
             MessageBody::AppendRequest { prev_log_index, entries, leader_commit_index, .. } => {
-                ok(prev_log_index)
-                    && ok(leader_commit_index)
-                    && (entries.len() as u64) <= MAX_INDEX - prev_log_index
+                ok(prev_log_index) && ok(leader_commit_index) && (entries.len() as u64) <= MAX_INDEX - prev_log_index
             }
             MessageBody::AppendResponse { result: Ok(match_index) } => ok(match_index),
             MessageBody::AppendResponse { result: Err(h) } => {

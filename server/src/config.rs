@@ -529,4 +529,51 @@ address = "127.0.0.1:7002"
             assert!(e.contains(want), "{want:?} not in {e:?}");
         }
     }
+
+    /// Every numeric key a mutated config may set, with values at the edges.
+    const KEYS: [&str; 14] = [
+        "groups",
+        "cores",
+        "tick_ms",
+        "election_timeout_min_ticks",
+        "election_timeout_max_ticks",
+        "heartbeat_ticks",
+        "segment_mib",
+        "max_batch_kib",
+        "log_memory_mib",
+        "max_frame_mib",
+        "snapshot_every_entries",
+        "snapshot_every_mib",
+        "snapshots_kept",
+        "node_id",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Any text, and any valid config with keys set to edge values or bytes
+        /// flipped, parses to a config that validates or to a named error; the
+        /// accessors of one that validates never panic.
+        #[test]
+        fn the_config_parser_never_panics(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            sets in proptest::collection::vec((0..14usize, proptest::prop_oneof![
+                proptest::prelude::Just(0i64), proptest::prelude::Just(1i64), proptest::prelude::Just(-1i64),
+                proptest::prelude::Just(i64::MAX), 0..100_000i64,
+            ]), 0..4),
+            flip in proptest::option::of((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>())),
+        ) {
+            let _ = ServerConfig::from_toml(&String::from_utf8_lossy(&noise));
+            let mut text: String = sets.iter().map(|(k, v)| format!("{} = {v}\n", KEYS[*k])).collect();
+            text.push_str(GOOD);
+            let mut bytes = text.into_bytes();
+            if let Some((at, x)) = flip {
+                let k = at % bytes.len();
+                bytes[k] ^= x;
+            }
+            if let Ok(c) = ServerConfig::from_toml(&String::from_utf8_lossy(&bytes)) {
+                let _ = (c.batch_bytes(), c.cores(), c.raft(), c.voters(), c.addresses(), c.cpu_of(0));
+            }
+        }
+    }
 }
