@@ -66,6 +66,7 @@ fn error_kind(e: &ClientError) -> String {
         ClientError::NoQuorum { .. } => "no_quorum".into(),
         ClientError::Timeout(_) => "timeout".into(),
         ClientError::Unreachable { .. } => "unreachable".into(),
+        ClientError::Refused { .. } => "refused".into(),
         ClientError::Protocol { .. } => "protocol".into(),
         ClientError::Server(s) => format!("server: {s}"),
     }

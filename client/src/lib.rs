@@ -88,6 +88,15 @@ pub enum ClientError {
         /// The connection error.
         reason: String,
     },
+    /// The node refused the connection before reading any request (it
+    /// serves as many client connections as it takes): nothing took effect.
+    #[error("{endpoint} refused the connection: {reason}")]
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// The node's reason.
+        reason: String,
+    },
     /// The endpoint answered with something that is not a valid frame (or not the answer asked).
     #[error("protocol error from {endpoint}: {reason}")]
     Protocol {
@@ -126,6 +135,10 @@ impl Conn {
         loop {
             match decode_frame(&mut self.buf, DEFAULT_MAX_FRAME_BYTES) {
                 Ok(Some(Frame::Response { id: rid, response })) if rid == id => return Ok(response),
+                // Id 0: the node refuses the connection itself (see `ServerError::TooManyConnections`).
+                Ok(Some(Frame::Response { id: 0, response: Response::Error(e) })) => {
+                    return Err(ClientError::Refused { endpoint: self.endpoint.clone(), reason: e.to_string() })
+                }
                 Ok(Some(Frame::Response { .. })) => continue, // the answer to an abandoned call
                 Ok(Some(_)) => {
                     return Err(ClientError::Protocol {
@@ -203,8 +216,13 @@ impl MuxConn {
         let dead_at_exit = dead.clone();
         tokio::spawn(async move {
             let mut buf = buf;
+            let mut refused = false;
             let reason = loop {
                 match decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES) {
+                    Ok(Some(Frame::Response { id: 0, response: Response::Error(e) })) => {
+                        refused = true;
+                        break e.to_string();
+                    }
                     Ok(Some(Frame::Response { id, response })) => {
                         if let Some(reply) = waiters.lock().expect("waiters").remove(&id) {
                             let _ = reply.send(Ok(response));
@@ -224,7 +242,12 @@ impl MuxConn {
             let mut waiters = waiters.lock().expect("waiters");
             dead_at_exit.store(true, std::sync::atomic::Ordering::SeqCst);
             for (_, reply) in waiters.drain() {
-                let _ = reply.send(Err(lost(&ep, reason.clone())));
+                let e = if refused {
+                    ClientError::Refused { endpoint: ep.clone(), reason: reason.clone() }
+                } else {
+                    lost(&ep, reason.clone())
+                };
+                let _ = reply.send(Err(e));
             }
         });
         Ok(MuxConn { requests: tx, dead })
@@ -383,10 +406,15 @@ impl Client {
         let mut maybe_applied = false;
         // The last attempt was held by a leader that did not answer in time.
         let mut leader_silent = false;
+        // The last node tried refused the connection (at its cap).
+        let mut refused: Option<ClientError> = None;
         let mut redirects = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
+                if let Some(e) = refused {
+                    return Err(e);
+                }
                 return Err(if leader_silent {
                     ClientError::Timeout(self.timeout)
                 } else {
@@ -427,7 +455,14 @@ impl Client {
                     self.leader = None;
                     maybe_applied = true;
                     leader_silent = true;
+                    refused = None;
                     continue;
+                }
+                // Refused before any request was read: try the others, and say so if none takes it.
+                Err(e @ ClientError::Refused { .. }) => {
+                    self.leader = None;
+                    leader_silent = false;
+                    refused = Some(e);
                 }
                 Ok(other) => {
                     self.leader = Some(target);

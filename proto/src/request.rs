@@ -164,6 +164,14 @@ pub enum ServerError {
     /// is lost) until space returns. Not retried by the client library.
     #[error("disk full on the leader: {0}")]
     DiskFull(String),
+    /// The node already serves as many client connections as it takes (its
+    /// `max_client_connections`); sent with request id 0, then the
+    /// connection is closed.
+    #[error("the node refuses the connection: it already serves {max} client connections (max_client_connections)")]
+    TooManyConnections {
+        /// The node's cap.
+        max: u64,
+    },
 }
 
 /// A node's answer to a [`Request`].
@@ -342,6 +350,10 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
                     out.put_u8(9);
                     put_str(out, m);
                 }
+                ServerError::TooManyConnections { max } => {
+                    out.put_u8(10);
+                    out.put_u64_le(*max);
+                }
             }
         }
     }
@@ -411,6 +423,7 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
             7 => ServerError::BadRequest(get_str(p, W)?),
             8 => ServerError::Internal(get_str(p, W)?),
             9 => ServerError::DiskFull(get_str(p, W)?),
+            10 => ServerError::TooManyConnections { max: get_u64(p, W)? },
             _ => return Err(WireError::Malformed(W)),
         }),
         _ => return Err(WireError::Malformed(W)),

@@ -23,6 +23,9 @@
 //! snapshot_every_mib = 0            # or after this many MiB of payload applied (0 = never)
 //! snapshots_kept = 2                # and keep the newest this many
 //! # peer_secret_file = "secret"     # the cluster's shared secret: peers must prove they hold it
+//! max_frame_mib = 64                # largest frame from a peer or client
+//! max_client_connections = 4096     # client connections at once (peers aside); more are refused
+//! client_idle_timeout_secs = 600    # a client connection idle this long is closed (0 = never)
 //!
 //! [retention]                       # per group; off by default: the log grows until the disk fills
 //! max_log_mib = 0                   # purge the oldest whole segments beyond this much log (0 = no limit)
@@ -72,6 +75,14 @@ fn default_heartbeat() -> u64 {
 fn default_segment_mib() -> u64 {
     64
 }
+fn default_max_client_connections() -> usize {
+    4096
+}
+
+fn default_client_idle_timeout_secs() -> u64 {
+    600
+}
+
 fn default_max_frame_mib() -> u64 {
     64
 }
@@ -223,6 +234,14 @@ pub struct ServerConfig {
     /// Largest frame accepted from a peer or client.
     #[serde(default = "default_max_frame_mib")]
     pub max_frame_mib: u64,
+    /// Client connections served at once (peers are not counted); one more
+    /// is answered `TooManyConnections` and closed.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    /// A client connection with no request for this long (and nothing in
+    /// flight) is closed; 0 keeps idle connections open.
+    #[serde(default = "default_client_idle_timeout_secs")]
+    pub client_idle_timeout_secs: u64,
     /// Largest write of a group's log: a group commit takes what arrived while
     /// the last write was syncing, up to this. Bigger writes amortize the sync
     /// (64 clients x 256-entry batches: 1.07M entries/s at 1 MiB, 1.15M at 4 MiB
@@ -304,6 +323,8 @@ impl ServerConfig {
             segment_mib: default_segment_mib(),
             backend: None,
             max_frame_mib: default_max_frame_mib(),
+            max_client_connections: default_max_client_connections(),
+            client_idle_timeout_secs: default_client_idle_timeout_secs(),
             max_batch_kib: default_max_batch_kib(),
             log_memory_mib: default_log_memory_mib(),
             snapshot_every_entries: default_snapshot_every(),
@@ -373,6 +394,9 @@ impl ServerConfig {
         }
         if self.election_timeout_max_ticks <= self.election_timeout_min_ticks {
             return bad("election_timeout_max_ticks must exceed election_timeout_min_ticks".into());
+        }
+        if self.max_client_connections == 0 {
+            return bad("max_client_connections must be at least 1".into());
         }
         if self.max_frame_mib < 2 {
             return bad(format!("max_frame_mib {} must be at least 2", self.max_frame_mib));

@@ -180,6 +180,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Bytes of peer frames received, all cores (`dledger_peer_bytes_received_total`).
     pub(crate) peer_bytes_in: Arc<std::sync::atomic::AtomicU64>,
+    /// Client connections open and refused, accept errors (all cores).
+    pub(crate) conns: Arc<crate::transport::ConnCounters>,
 }
 
 impl Shared {
@@ -387,6 +389,7 @@ pub(crate) fn start_with(
         fatal: std::sync::Mutex::new(None),
         stopping: tokio::sync::watch::Sender::new(false),
         peer_bytes_in: Default::default(),
+        conns: Default::default(),
     });
     let handles: Vec<GroupHandle> = hosts
         .iter()
@@ -590,11 +593,15 @@ async fn run_core(
         secret,
         limits,
         peer_bytes_in: shared.peer_bytes_in.clone(),
+        conns: shared.conns.clone(),
+        max_clients: cfg.max_client_connections,
+        client_idle: (cfg.client_idle_timeout_secs > 0).then(|| Duration::from_secs(cfg.client_idle_timeout_secs)),
     });
     if let Some((listener, conn_txs, metrics)) = acceptor {
-        tokio::task::spawn_local(accept_loop(listener, conn_txs, stop.clone()));
+        tokio::task::spawn_local(accept_loop(listener, conn_txs, stop.clone(), shared.conns.clone()));
         if let Some(m) = metrics {
-            tokio::task::spawn_local(metrics_loop(m, inboxes.clone(), stop.clone(), shared.peer_bytes_in.clone()));
+            let counters = (shared.peer_bytes_in.clone(), shared.conns.clone());
+            tokio::task::spawn_local(metrics_loop(m, inboxes.clone(), stop.clone(), counters));
         }
     }
     let conn_ctx = ctx.clone();
@@ -632,9 +639,11 @@ async fn accept_loop(
     listener: TcpListener,
     cores: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
     stop: Arc<AtomicBool>,
+    counters: Arc<crate::transport::ConnCounters>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
     let mut next = 0usize;
+    let mut last_warned: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -646,7 +655,17 @@ async fn accept_loop(
                 let _ = cores[next % cores.len()].send(std_stream);
                 next += 1;
             }
-            Err(e) => tracing::warn!(error = %e, "accept failed"),
+            Err(e) => {
+                // Out of descriptors (or memory), the pending connection stays queued and
+                // accept fails again at once: pause instead of spinning, and say so once
+                // in a while, not once per attempt. Peers already connected go on.
+                counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "accept failed (out of file descriptors?); pausing new connections");
+                    last_warned = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -656,8 +675,9 @@ async fn metrics_loop(
     listener: TcpListener,
     groups: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
     stop: Arc<AtomicBool>,
-    peer_bytes_in: Arc<std::sync::atomic::AtomicU64>,
+    counters: (Arc<std::sync::atomic::AtomicU64>, Arc<crate::transport::ConnCounters>),
 ) {
+    let (peer_bytes_in, conns) = counters;
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
     while !stop.load(Ordering::Relaxed) {
         let accepted = tokio::select! {
@@ -667,10 +687,11 @@ async fn metrics_loop(
         let Ok((mut s, _)) = accepted else { continue };
         let groups = groups.clone();
         let peer_bytes = peer_bytes_in.load(Ordering::Relaxed);
+        let node_lines = conns.render();
         tokio::task::spawn_local(async move {
             let mut req = [0u8; 1024];
             let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut req)).await;
-            let mut body = format!("dledger_peer_bytes_received_total {peer_bytes}\n");
+            let mut body = format!("dledger_peer_bytes_received_total {peer_bytes}\n{node_lines}");
             for g in groups.iter() {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if g.send(GroupInput::Metrics(tx)).is_ok() {
@@ -853,6 +874,7 @@ mod tests {
             fatal: std::sync::Mutex::new(None),
             stopping: tokio::sync::watch::Sender::new(false),
             peer_bytes_in: Default::default(),
+            conns: Default::default(),
         });
         let mut rx = shared.stopping.subscribe();
         let running = std::thread::spawn(move || {

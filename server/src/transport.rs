@@ -15,10 +15,19 @@
 //! connection's writer for the answer. A malformed, oversized or unexpected
 //! frame closes that connection with a logged reason; nothing else happens
 //! to the node.
+//!
+//! Limits (configured in `ServerConfig`, documented in the README): at most
+//! `max_client_connections` client connections at once (peers are not
+//! counted; one more is answered `TooManyConnections` with request id 0 and
+//! closed); a client connection with nothing in flight and no request for
+//! `client_idle_timeout_secs` is closed; per connection, `MAX_IN_FLIGHT_PER_CONNECTION`
+//! requests and `MAX_ANSWER_BYTES_PER_CONNECTION` of worst-case answers.
+//! When accept fails (out of descriptors), the accept loop pauses 100 ms
+//! and logs once per 10 s (`dledger_accept_errors_total`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,6 +171,38 @@ pub(crate) async fn peer_writer(
     }
 }
 
+/// Connection counts of a node, shared by every core.
+#[derive(Debug, Default)]
+pub(crate) struct ConnCounters {
+    /// Client connections open now.
+    pub(crate) clients: AtomicUsize,
+    /// Client connections refused at the cap.
+    pub(crate) refused: AtomicU64,
+    /// Failed accepts (out of descriptors, say).
+    pub(crate) accept_errors: AtomicU64,
+}
+
+impl ConnCounters {
+    /// Node-level metric lines.
+    pub(crate) fn render(&self) -> String {
+        format!(
+            "dledger_client_connections {}\ndledger_client_connections_refused_total {}\ndledger_accept_errors_total {}\n",
+            self.clients.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.accept_errors.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// A client connection counted against the cap while it lives.
+struct ClientSlot(Arc<ConnCounters>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What a connection needs to route frames.
 pub(crate) struct ConnContext {
     pub(crate) me: NodeId,
@@ -171,6 +212,12 @@ pub(crate) struct ConnContext {
     pub(crate) stopping: Arc<AtomicBool>,
     /// Bytes of peer frames received (shared by every core's connections).
     pub(crate) peer_bytes_in: Arc<std::sync::atomic::AtomicU64>,
+    /// Connection counts (shared by every core).
+    pub(crate) conns: Arc<ConnCounters>,
+    /// The most client connections at once.
+    pub(crate) max_clients: usize,
+    /// Close a client connection idle this long.
+    pub(crate) client_idle: Option<Duration>,
     /// The largest entry a group's log takes (a `Get` may return one).
     pub(crate) max_entry_bytes: usize,
     /// The voters: the only node ids a peer may claim.
@@ -277,7 +324,28 @@ pub(crate) async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
         }
         serve_peer(rd, buf, from, &peer, &ctx).await;
     } else {
+        let open = ctx.conns.clients.fetch_add(1, Ordering::Relaxed);
+        let slot = ClientSlot(ctx.conns.clone());
+        if open >= ctx.max_clients {
+            ctx.conns.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, open, max = ctx.max_clients, "refusing a client connection: at the cap");
+            let refusal = ServerError::TooManyConnections { max: ctx.max_clients as u64 };
+            let mut out = BytesMut::new();
+            encode_frame(&Frame::Response { id: 0, response: Response::Error(refusal) }, &mut out);
+            // Say why, then let the client's pipelined bytes drain before closing (closing
+            // with unread bytes would reset the connection under the answer).
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                wr.write_all(&out).await?;
+                wr.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                while rd.read(&mut sink).await? > 0 {}
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+            return;
+        }
         serve_client(rd, wr, buf, &peer, &ctx).await;
+        drop(slot);
     }
 }
 
@@ -440,7 +508,19 @@ async fn serve_client(
             }
             in_flight.room.notified().await;
         }
-        let frame = match read_frame(&mut rd, &mut buf, ctx.max_frame_bytes).await {
+        let read = read_frame(&mut rd, &mut buf, ctx.max_frame_bytes);
+        let read = match ctx.client_idle {
+            // Idle: nothing in flight; waiting for answers is not idle.
+            Some(idle) if in_flight.count.get() == 0 => match tokio::time::timeout(idle, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!(%peer, idle_secs = idle.as_secs(), "closing an idle client connection");
+                    return;
+                }
+            },
+            _ => read.await,
+        };
+        let frame = match read {
             Ok(None) => return,
             Ok(Some(f)) => f,
             Err(reason) => {
@@ -523,6 +603,9 @@ mod tests {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             stopping: Arc::new(AtomicBool::new(false)),
             peer_bytes_in: Default::default(),
+            conns: Default::default(),
+            max_clients: 2,
+            client_idle: None,
             max_entry_bytes: 4 << 20,
             voters: vec![1, 2],
             secret: None,

@@ -280,6 +280,11 @@ impl Cluster {
         self.nodes.iter().map(|n| n.endpoint.clone()).collect()
     }
 
+    /// The process id of running node `id`.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.nodes.iter().find(|n| n.id == id).and_then(|n| n.child.as_ref()).map(|c| c.id()).expect("running")
+    }
+
     fn node(&mut self, id: u64) -> &mut NodeProc {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
