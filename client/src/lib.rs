@@ -10,6 +10,10 @@
 //! still have committed (Raft's usual at-least-once caveat): retried appends
 //! can appear twice.
 //!
+//! [`Client::subscribe`] reads the committed log back in order from any
+//! replica, as a long poll that follows the commit index (see
+//! [`Subscription`]).
+//!
 //! By default a client owns its connections and has one request in flight.
 //! Clients built with [`Client::shared`] instead send over [`SharedConns`]:
 //! one connection per endpoint carrying the requests of many clients at once
@@ -44,6 +48,10 @@
 //! # server.wait().unwrap();
 //! ```
 #![warn(missing_docs)]
+
+mod subscription;
+
+pub use subscription::{OnPurged, StartAt, Subscription};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

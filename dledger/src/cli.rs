@@ -110,6 +110,26 @@ enum Cmd {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Print committed entries in order as `index<TAB>term<TAB>payload`, read
+    /// from any replica (like `tail -f` with `--follow`): from `--from N`,
+    /// `--earliest` (the log start; the default) or `--latest` (only new
+    /// entries). Without `--follow` it stops at the commit index it first saw.
+    Tail {
+        #[command(flatten)]
+        target: Target,
+        /// Start at this index (purged entries are skipped to the log start).
+        #[arg(long, conflicts_with_all = ["earliest", "latest"])]
+        from: Option<u64>,
+        /// Start at the log start.
+        #[arg(long)]
+        earliest: bool,
+        /// Start after the last committed entry.
+        #[arg(long)]
+        latest: bool,
+        /// Keep printing entries as they commit.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Query the group's state machine (a server run with `--state-machine`),
     /// linearizably, through the leader; prints the answer (for `kv`: a key's
     /// value, or with no key the state's digest in hex).
@@ -326,6 +346,26 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
                 println!("{}\t{}\t{}", e.index, e.term, String::from_utf8_lossy(&e.payload));
             }
             Ok(())
+        }
+        Cmd::Tail { target, from, earliest: _, latest, follow } => {
+            use dledger_client::{OnPurged, StartAt};
+            let start = match (from, latest) {
+                (Some(n), _) => StartAt::Index(n),
+                (None, true) => StartAt::Latest,
+                (None, false) => StartAt::Earliest,
+            };
+            let mut sub = client(&target).subscribe(start, OnPurged::Earliest);
+            let mut until: Option<u64> = None;
+            loop {
+                let batch = sub.poll().await.map_err(|e| e.to_string())?;
+                let stop_at = *until.get_or_insert(sub.commit_index);
+                for e in &batch {
+                    println!("{}\t{}\t{}", e.index, e.term, String::from_utf8_lossy(&e.payload));
+                }
+                if !follow && sub.position().is_some_and(|next| next > stop_at) {
+                    return Ok(());
+                }
+            }
         }
         Cmd::Query { target, query } => {
             let mut c = client(&target);

@@ -269,6 +269,20 @@ mod tests {
             Frame::Request { id: 7, group: 0, request: Request::Query { query: Bytes::from_static(b"k") } },
             Frame::Response { id: 7, response: Response::QueryResult(Bytes::from_static(b"v")) },
             Frame::Request { id: 8, group: 0, request: Request::Purge { to: 99 } },
+            Frame::Request {
+                id: 9,
+                group: 0,
+                request: Request::Subscribe { from: 5, max_bytes: 1 << 20, min_bytes: 1, max_wait_ms: 500 },
+            },
+            Frame::Response {
+                id: 9,
+                response: Response::Batch {
+                    entries: vec![ClientEntry { index: 5, term: 2, payload: Bytes::from_static(b"e") }],
+                    commit_index: 9,
+                    log_start: 3,
+                    leader: Some(2),
+                },
+            },
             Frame::Response {
                 id: 3,
                 response: Response::Status(vec![GroupStatus {

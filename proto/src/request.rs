@@ -57,6 +57,22 @@ pub enum Request {
         /// What the state machine is asked.
         query: Bytes,
     },
+    /// Committed entries from `from` on, as a long poll: answered with
+    /// [`Response::Batch`] as soon as at least `min_bytes` of payload (at least
+    /// one entry) are committed from `from`, or after `max_wait_ms` with what
+    /// there is (possibly nothing: a heartbeat carrying the commit index and
+    /// the log start). Any replica serves it, up to its own commit index. A
+    /// `from` below the log start answers `OutOfRange` naming the start.
+    Subscribe {
+        /// The first index wanted.
+        from: u64,
+        /// Payload budget of the answer (0: the node's maximum).
+        max_bytes: u32,
+        /// Answer early once this much payload is ready.
+        min_bytes: u32,
+        /// The longest the node holds the request (capped by the node).
+        max_wait_ms: u32,
+    },
     /// Purge the group's log up to `to` on every replica, as a replicated
     /// command (one admin entry); answered with [`Response::Appended`] (the
     /// entry's index) once committed. Refused above the commit index.
@@ -199,6 +215,18 @@ pub enum Response {
     },
     /// The state machine's answer to a [`Request::Query`].
     QueryResult(Bytes),
+    /// The answer to a [`Request::Subscribe`]: committed entries from the
+    /// index asked (possibly none), and where the node stands.
+    Batch {
+        /// Consecutive committed entries, from the index asked.
+        entries: Vec<ClientEntry>,
+        /// The answering node's commit index.
+        commit_index: u64,
+        /// The first index its log holds.
+        log_start: u64,
+        /// The leader it knows of.
+        leader: Option<u64>,
+    },
     /// The request failed.
     Error(ServerError),
 }
@@ -236,6 +264,13 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
             out.put_u8(8);
             out.put_u64_le(*to);
         }
+        Request::Subscribe { from, max_bytes, min_bytes, max_wait_ms } => {
+            out.put_u8(9);
+            out.put_u64_le(*from);
+            out.put_u32_le(*max_bytes);
+            out.put_u32_le(*min_bytes);
+            out.put_u32_le(*max_wait_ms);
+        }
     }
 }
 
@@ -260,6 +295,12 @@ pub(crate) fn decode_request(p: &mut Bytes) -> Result<Request, WireError> {
         6 => Request::TransferLeader { target: get_u64(p, W)? },
         7 => Request::Query { query: get_bytes(p, W)? },
         8 => Request::Purge { to: get_u64(p, W)? },
+        9 => Request::Subscribe {
+            from: get_u64(p, W)?,
+            max_bytes: get_u32(p, W)?,
+            min_bytes: get_u32(p, W)?,
+            max_wait_ms: get_u32(p, W)?,
+        },
         _ => return Err(WireError::Malformed(W)),
     })
 }
@@ -313,6 +354,18 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
         Response::QueryResult(b) => {
             out.put_u8(7);
             put_bytes(out, b);
+        }
+        Response::Batch { entries, commit_index, log_start, leader } => {
+            out.put_u8(8);
+            out.put_u64_le(*commit_index);
+            out.put_u64_le(*log_start);
+            put_opt_u64(out, *leader);
+            out.put_u32_le(entries.len() as u32);
+            for e in entries {
+                out.put_u64_le(e.index);
+                out.put_u64_le(e.term);
+                put_bytes(out, &e.payload);
+            }
         }
         Response::Error(e) => {
             out.put_u8(6);
@@ -409,6 +462,17 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
         }
         5 => Response::Transferred { new_term: get_u64(p, W)? },
         7 => Response::QueryResult(get_bytes(p, W)?),
+        8 => {
+            let commit_index = get_u64(p, W)?;
+            let log_start = get_u64(p, W)?;
+            let leader = get_opt_u64(p, W)?;
+            let n = get_count(p, 20, W)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(ClientEntry { index: get_u64(p, W)?, term: get_u64(p, W)?, payload: get_bytes(p, W)? });
+            }
+            Response::Batch { entries, commit_index, log_start, leader }
+        }
         6 => Response::Error(match get_u8(p, W)? {
             1 => {
                 let leader = get_opt_u64(p, W)?;

@@ -52,7 +52,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dledger_engine::{Log, Meta};
@@ -196,6 +196,20 @@ impl ApplyFeed {
     }
 }
 
+/// The longest a node holds a subscription's long poll.
+pub const MAX_SUBSCRIBE_WAIT_MS: u32 = 30_000;
+
+/// A subscription waiting for entries (`Request::Subscribe`). It holds no
+/// entries: they are read (from memory or the files) when it is answered.
+struct Parked {
+    client_id: u64,
+    reply: ReplyTo,
+    from: u64,
+    max_bytes: usize,
+    min_bytes: usize,
+    deadline: Instant,
+}
+
 /// A snapshot fetch under way (see the module docs).
 struct Install {
     pull: SnapshotPull,
@@ -310,6 +324,10 @@ pub(crate) struct GroupHost {
     manual_purge_to: u64,
     /// An operator's purge was applied since the last tick.
     manual_purge_due: bool,
+    /// Subscriptions waiting for entries or for their deadline.
+    subscribers: Vec<Parked>,
+    /// The commit index the parked subscriptions were last checked at.
+    subscribers_seen_commit: u64,
 }
 
 /// Free space of the file system holding `dir`, in percent of its size
@@ -407,6 +425,8 @@ impl GroupHost {
             install: None,
             manual_purge_to: 0,
             manual_purge_due: false,
+            subscribers: Vec::new(),
+            subscribers_seen_commit: 0,
         })
     }
 
@@ -464,6 +484,7 @@ impl GroupHost {
         }
         self.step(Event::Tick)?;
         self.install_tick();
+        self.answer_subscribers(true);
         // An operator's purge goes at once, and what its limits held back at each retention check.
         let check = (self.ticks + 1).is_multiple_of(RETENTION_CHECK_TICKS);
         if self.manual_purge_due || (check && self.manual_purge_to >= self.log.first_index()) {
@@ -706,6 +727,9 @@ impl GroupHost {
                 Command::Reply(r) => self.reply(r),
                 Command::InstallLogStart(start) => self.install_log_start(start)?,
             }
+        }
+        if self.core.log().committed_index() != self.subscribers_seen_commit {
+            self.answer_subscribers(false);
         }
         let s = self.core.status();
         let leader = s.role == Role::Leader;
@@ -1193,6 +1217,23 @@ impl GroupHost {
                 answer(&reply, Response::Status(vec![self.status()]));
                 return Ok(());
             }
+            Request::Subscribe { from, max_bytes, min_bytes, max_wait_ms } => {
+                let max_bytes = if max_bytes == 0 { MAX_READ_BYTES } else { (max_bytes as usize).min(MAX_READ_BYTES) };
+                let wait = Duration::from_millis(max_wait_ms.min(MAX_SUBSCRIBE_WAIT_MS) as u64);
+                let parked = Parked {
+                    client_id,
+                    reply,
+                    from,
+                    max_bytes,
+                    min_bytes: min_bytes as usize,
+                    deadline: Instant::now() + wait,
+                };
+                match self.subscription_answer(&parked, wait.is_zero()) {
+                    Some(response) => answer(&parked.reply, response),
+                    None => self.subscribers.push(parked),
+                }
+                return Ok(());
+            }
             Request::Purge { to } => {
                 let commit = self.core.log().committed_index();
                 if self.role() == Role::Leader && to > commit {
@@ -1270,6 +1311,53 @@ impl GroupHost {
                     (Some(feed), None) => drop(feed.tx.send(ApplyMsg::SnapshotNow { reply })),
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// The answer a subscription gets now, if it is due: entries from its
+    /// index once at least `min_bytes` of them (or any, at its deadline) are
+    /// committed; at the deadline, an empty batch; below the log start, `OutOfRange`.
+    fn subscription_answer(&self, p: &Parked, timed_out: bool) -> Option<Response> {
+        let log = self.core.log();
+        let (commit, first) = (log.committed_index(), log.first_index());
+        if p.from < first {
+            return Some(Response::Error(ServerError::OutOfRange { index: p.from, first, commit }));
+        }
+        let batch = |entries| Response::Batch {
+            entries,
+            commit_index: commit,
+            log_start: first,
+            leader: self.core.status().leader_id,
+        };
+        if p.from > commit {
+            return timed_out.then(|| batch(Vec::new()));
+        }
+        let last = commit.min(p.from.saturating_add(MAX_READ_ENTRIES - 1));
+        match self.committed_entries(p.from, last, p.max_bytes) {
+            Ok(entries) => {
+                let bytes: usize = entries.iter().map(|e| e.payload.len()).sum();
+                let full = bytes >= p.max_bytes || entries.last().is_some_and(|e| e.index == last && last < commit);
+                (timed_out || bytes >= p.min_bytes.max(1) || full).then(|| batch(entries))
+            }
+            Err(e) => Some(Response::Error(ServerError::Internal(format!("reading the log: {e}")))),
+        }
+    }
+
+    /// Answers the parked subscriptions that are due (all whose deadline
+    /// passed, when `ticking`).
+    fn answer_subscribers(&mut self, ticking: bool) {
+        self.subscribers_seen_commit = self.core.log().committed_index();
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let parked = std::mem::take(&mut self.subscribers);
+        for p in parked {
+            let timed_out = ticking && now >= p.deadline;
+            match self.subscription_answer(&p, timed_out) {
+                Some(response) => drop(p.reply.send(Frame::Response { id: p.client_id, response })),
+                None => self.subscribers.push(p),
             }
         }
     }
@@ -1390,6 +1478,9 @@ impl GroupHost {
 
     /// Fails every waiting request (the node is stopping).
     pub fn fail_all(&mut self, error: ServerError) {
+        for p in self.subscribers.drain(..) {
+            let _ = p.reply.send(Frame::Response { id: p.client_id, response: Response::Error(error.clone()) });
+        }
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
             self.respond(id, Response::Error(error.clone()));

@@ -445,7 +445,7 @@ fn answer_budget(request: &Request, max_entry_bytes: usize) -> usize {
     match request {
         Request::Append { payloads } => payloads.iter().map(|p| p.len()).sum::<usize>() + SMALL,
         Request::Get { .. } => max_entry_bytes + SMALL,
-        Request::Read { max_bytes, .. } => {
+        Request::Read { max_bytes, .. } | Request::Subscribe { max_bytes, .. } => {
             let asked = if *max_bytes == 0 { crate::group::MAX_READ_BYTES } else { *max_bytes as usize };
             asked.min(crate::group::MAX_READ_BYTES).max(max_entry_bytes) + SMALL
         }
