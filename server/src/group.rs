@@ -154,6 +154,57 @@ pub(crate) fn refuse_local(request: LocalRequest, error: ServerError) {
     }
 }
 
+/// Serves the inbox of a group whose log failed while the node's other
+/// groups go on: every request is refused naming the failure, a status says
+/// `failed`, messages from peers are dropped; until the node stops.
+pub(crate) async fn serve_failed(
+    group: u64,
+    node: NodeId,
+    reason: String,
+    inbox: &mut tokio::sync::mpsc::UnboundedReceiver<GroupInput>,
+) {
+    let error = ServerError::Internal(format!(
+        "group {group} failed on node {node}: {reason}; restart the node to recover it (its other groups serve)"
+    ));
+    while let Some(input) = inbox.recv().await {
+        match input {
+            GroupInput::Client { id, request: Request::Status, reply } => {
+                let status = GroupStatus {
+                    group,
+                    node,
+                    role: "failed".into(),
+                    term: 0,
+                    leader: None,
+                    last_index: 0,
+                    commit_index: 0,
+                    durable_index: 0,
+                    first_index: 0,
+                    disk_bytes: 0,
+                    followers: Vec::new(),
+                };
+                let _ = reply.send(Frame::Response { id, response: Response::Status(vec![status]) });
+            }
+            // Reads name the failure; what needs a leader is sent elsewhere (the
+            // client library moves on to another node).
+            GroupInput::Client {
+                id,
+                request: Request::Get { .. } | Request::Read { .. } | Request::Subscribe { .. },
+                reply,
+            } => {
+                let _ = reply.send(Frame::Response { id, response: Response::Error(error.clone()) });
+            }
+            GroupInput::Client { id, reply, .. } => {
+                let not_leader = ServerError::NotLeader { leader: None, address: None };
+                let _ = reply.send(Frame::Response { id, response: Response::Error(not_leader) });
+            }
+            GroupInput::Local(request) => refuse_local(request, error.clone()),
+            GroupInput::Metrics(tx) => drop(tx.send(format!("dledger_group_failed{{group=\"{group}\"}} 1\n"))),
+            GroupInput::Shutdown => return,
+            GroupInput::Raft(_) | GroupInput::Snapshot { .. } | GroupInput::Installer(_) => {}
+        }
+    }
+}
+
 /// A peer message this group wants sent: (to, group, message).
 pub(crate) type Outgoing = (NodeId, u64, PeerMessage);
 
@@ -472,6 +523,10 @@ impl GroupHost {
 
     pub fn eventfd(&self) -> std::os::unix::io::RawFd {
         self.log.eventfd()
+    }
+
+    pub(crate) fn node(&self) -> NodeId {
+        self.node_id
     }
 
     pub fn role(&self) -> Role {
@@ -1526,6 +1581,7 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_log_starts_sent_total{{group=\"{g}\"}} {}", self.core.log_starts_sent());
         let _ = writeln!(out, "dledger_log_starts_installed_total{{group=\"{g}\"}} {}", m.log_starts_installed);
         let _ = writeln!(out, "dledger_retention_on{{group=\"{g}\"}} {}", self.retention.is_on() as u8);
+        let _ = writeln!(out, "dledger_group_failed{{group=\"{g}\"}} 0");
         if let Some(feed) = &self.feed {
             let p = &feed.progress;
             let (fetching, done, total) = match &self.install {

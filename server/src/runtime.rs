@@ -182,6 +182,9 @@ pub(crate) struct Shared {
     pub(crate) peer_bytes_in: Arc<std::sync::atomic::AtomicU64>,
     /// Client connections open and refused, accept errors (all cores).
     pub(crate) conns: Arc<crate::transport::ConnCounters>,
+    /// Groups of this node, and those whose log failed (isolated, see `run_group`).
+    pub(crate) groups: usize,
+    pub(crate) failed_groups: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -390,6 +393,8 @@ pub(crate) fn start_with(
         stopping: tokio::sync::watch::Sender::new(false),
         peer_bytes_in: Default::default(),
         conns: Default::default(),
+        groups: cfg.groups as usize,
+        failed_groups: Default::default(),
     });
     let handles: Vec<GroupHandle> = hosts
         .iter()
@@ -817,13 +822,32 @@ async fn run_group(
         // End of the turn: one engine batch, one wake-up per peer.
         let r = r.and_then(|()| host.flush());
         if let Err(e) = r {
-            tracing::error!(group, error = %e, "log failed; the node stops so that a restart recovers it");
-            host.fail_all(ServerError::Internal(e.to_string()));
-            // The log is broken: no final sync; the other groups stop cleanly.
-            shared.fail(Fatal::Log(e));
-            inbox.close();
-            while let Ok(input) = inbox.try_recv() {
-                answer_stopped(input);
+            let reason = e.to_string();
+            host.fail_all(ServerError::Internal(reason.clone()));
+            let failed = shared.failed_groups.fetch_add(1, Ordering::SeqCst) + 1;
+            if failed >= shared.groups {
+                tracing::error!(group, error = %e, "log failed; the node stops so that a restart recovers it");
+                // The log is broken: no final sync; the other groups stop cleanly.
+                shared.fail(Fatal::Log(e));
+                inbox.close();
+                while let Ok(input) = inbox.try_recv() {
+                    answer_stopped(input);
+                }
+                return;
+            }
+            // Other groups are healthy: this one stops serving (no vote, no ack, no
+            // read: nothing of a broken log reaches anyone) and says why; they go on.
+            tracing::error!(
+                group,
+                error = %e,
+                failed,
+                groups = shared.groups,
+                "group failed: it stops serving until the node restarts (which recovers it from its files); the \
+                 node's other groups go on"
+            );
+            // (A node already stopping has sent its one Shutdown: nothing to wait for.)
+            if stopping_since.is_none() && !shared.stop.load(Ordering::SeqCst) {
+                crate::group::serve_failed(group, host.node(), reason, &mut inbox).await;
             }
             return;
         }
@@ -875,6 +899,8 @@ mod tests {
             stopping: tokio::sync::watch::Sender::new(false),
             peer_bytes_in: Default::default(),
             conns: Default::default(),
+            groups: 1,
+            failed_groups: Default::default(),
         });
         let mut rx = shared.stopping.subscribe();
         let running = std::thread::spawn(move || {

@@ -256,3 +256,82 @@ async fn a_leader_with_a_full_disk_refuses_appends_with_disk_full_and_loses_noth
     }
     c.kill(small);
 }
+
+/// Flips a byte in the body of every batch of the first `batches` of segment image `img`.
+fn damage_batches(img: &mut [u8], batches: usize) {
+    let mut at = 4096;
+    for _ in 0..batches {
+        if at + 32 > img.len() {
+            return;
+        }
+        let body_len = u32::from_le_bytes(img[at + 20..at + 24].try_into().unwrap()) as usize;
+        if body_len == 0 {
+            return;
+        }
+        img[at + 32 + body_len / 2] ^= 0x10;
+        at += (32 + body_len).div_ceil(4096) * 4096;
+    }
+}
+
+/// A group whose log fails on a running node (here: the leader must send a
+/// lagging follower entries from batches damaged on its disk) stops serving
+/// and says why, while the node's other group goes on; the failed group goes
+/// on too, on the other two nodes, with a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_group_stops_alone_and_the_nodes_other_groups_go_on() {
+    let mut c = Cluster::start_with_config(3, 2, "segment_mib = 1\nmax_batch_kib = 64\nlog_memory_mib = 1\n");
+    let damaged = c.leader(1).await;
+    let lagging = (1..=3).find(|&id| id != damaged).unwrap();
+    assert!(c.stop(lagging).success());
+    let mut g1 = c.client(1);
+    let mut last = 0;
+    for b in 0..60 {
+        let payloads: Vec<Bytes> = (0..32).map(|k| Bytes::from(format!("{b}-{k}-{}", "z".repeat(1000)))).collect();
+        last = g1.append_batch(payloads).await.unwrap().1;
+    }
+    // Damage the oldest batches of group 1 on one node while it is down (a fresh process
+    // reads them from the disk, not from memory), then make it the leader again.
+    assert!(c.stop(damaged).success());
+    let dir = c.data_dir(damaged).join("group-1");
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let mut img = std::fs::read(&segs[0]).unwrap();
+    damage_batches(&mut img, 8);
+    std::fs::write(&segs[0], &img).unwrap();
+    c.start_node(damaged);
+    c.wait_commit(damaged, 1, last).await;
+    eventually("the damaged node to lead group 1", Duration::from_secs(20), || {
+        let mut g1 = c.client(1);
+        let c = &c;
+        async move {
+            if c.leader(1).await != damaged {
+                let _ = g1.transfer_leader(damaged).await;
+            }
+            (c.leader(1).await == damaged).then_some(())
+        }
+    })
+    .await;
+    // The lagging node returns: the leader must read the damaged batches for it.
+    c.start_node(lagging);
+    let failed = eventually("group 1 to fail on the damaged node", Duration::from_secs(30), || {
+        let c = &c;
+        async move { c.status(damaged).await?.into_iter().find(|g| g.group == 1 && g.role == "failed") }
+    })
+    .await;
+    assert_eq!(failed.node, damaged);
+    assert!(c.log_text(damaged).contains("the node's other groups go on"));
+    // The node is up, and its group 0 still serves.
+    c.client(0).append(Bytes::from_static(b"group 0 goes on")).await.unwrap();
+    assert!(c.status(damaged).await.unwrap().iter().any(|g| g.group == 0 && g.role != "failed"));
+    // Group 1 goes on elsewhere, with a new leader; the failed node names why it refuses.
+    let (i, _) = g1.append(Bytes::from_static(b"group 1 goes on")).await.unwrap();
+    c.wait_commit(lagging, 1, i).await;
+    let ep = c.endpoints()[damaged as usize - 1].clone();
+    let err = g1.read_at(&ep, i, i + 1, 0).await.unwrap_err().to_string();
+    assert!(err.contains("group 1 failed") && err.contains("restart the node"), "{err}");
+}

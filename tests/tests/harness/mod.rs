@@ -302,7 +302,7 @@ impl Cluster {
             cmd.arg("--bootstrap");
         }
         let child = cmd
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("DLEDGER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
