@@ -358,23 +358,41 @@ pub(crate) fn start_with(
     let identity = crate::identity::check(&cfg, bootstrap)?;
 
     // Open every group's log and restore its core (and state machine) before serving anything.
+    // A group that cannot be opened (a corrupt log, a lost vote record) is refused: alone when
+    // the node has other groups (it then serves nothing and says why, see `group::serve_failed`),
+    // with the whole start when it is the only one.
     let mut hosts = Vec::new();
     let mut workers = Vec::new();
+    let mut first_failure = None;
     for group in 0..cfg.groups {
         let mut lc = LogConfig::new(crate::identity::group_dir(&cfg.data_dir, group));
         lc.segment_size_bytes = cfg.segment_mib << 20;
         lc.backend = backend;
         lc.max_batch_bytes = cfg.batch_bytes();
-        let log = Log::open(lc).map_err(|source| StartError::Log { group, source })?;
-        let mut host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
-            .map_err(|message| StartError::Group { group, message })?;
-        host.set_retention(cfg.retention.clone());
-        if let Some(machine) = machines_by_group.remove(&group) {
-            let (feed, worker, rx) = restore_state_machine(&cfg, group, machine)?;
-            host.attach_state_machine(feed).map_err(|message| StartError::Group { group, message })?;
-            workers.push((worker, rx));
+        let opened = Log::open(lc).map_err(|source| StartError::Log { group, source }).and_then(|log| {
+            let mut host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
+                .map_err(|message| StartError::Group { group, message })?;
+            host.set_retention(cfg.retention.clone());
+            if let Some(machine) = machines_by_group.remove(&group) {
+                let (feed, worker, rx) = restore_state_machine(&cfg, group, machine)?;
+                host.attach_state_machine(feed).map_err(|message| StartError::Group { group, message })?;
+                workers.push((worker, rx));
+            }
+            Ok(host)
+        });
+        match opened {
+            Ok(host) => hosts.push(Slot::Running(Box::new(host))),
+            Err(e @ (StartError::Log { .. } | StartError::Group { .. })) if cfg.groups > 1 => {
+                tracing::error!(group, error = %e, "group refused at start: it serves nothing until repaired; the node's other groups start");
+                hosts.push(Slot::Failed { group, reason: e.to_string() });
+                first_failure.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
         }
-        hosts.push(host);
+    }
+    let failed_at_start = hosts.iter().filter(|h| matches!(h, Slot::Failed { .. })).count();
+    if failed_at_start == cfg.groups as usize {
+        return Err(first_failure.expect("a failed group recorded its error"));
     }
     crate::identity::record_groups(&cfg, identity)?;
     // A core without a group would have nothing to run: never more cores than groups.
@@ -398,7 +416,22 @@ pub(crate) fn start_with(
     });
     let handles: Vec<GroupHandle> = hosts
         .iter()
-        .map(|h| GroupHandle::new(h.group, inboxes[h.group as usize].clone(), h.subscribe(), h.has_state_machine()))
+        .map(|slot| match slot {
+            Slot::Running(h) => {
+                GroupHandle::new(h.group, inboxes[h.group as usize].clone(), h.subscribe(), h.has_state_machine())
+            }
+            Slot::Failed { group, .. } => {
+                let event = crate::GroupEvent {
+                    group: *group,
+                    role: dledger_raft::Role::Follower,
+                    term: 0,
+                    leader: None,
+                    voters: cfg.voters(),
+                };
+                let (_, events) = tokio::sync::watch::channel(event);
+                GroupHandle::new(*group, inboxes[*group as usize].clone(), events, false)
+            }
+        })
         .collect();
     let inboxes = Arc::new(inboxes);
     let mut threads = Vec::new();
@@ -428,8 +461,8 @@ pub(crate) fn start_with(
         conn_txs.push(tx);
         conn_rxs.push(Some(rx));
     }
-    let mut per_core: Vec<Vec<(GroupHost, mpsc::UnboundedReceiver<GroupInput>)>> =
-        (0..cores).map(|_| Vec::new()).collect();
+    shared.failed_groups.store(failed_at_start, Ordering::SeqCst);
+    let mut per_core: Vec<Vec<(Slot, mpsc::UnboundedReceiver<GroupInput>)>> = (0..cores).map(|_| Vec::new()).collect();
     for (g, host) in hosts.into_iter().enumerate() {
         per_core[g % cores].push((host, receivers[g].take().expect("one receiver per group")));
     }
@@ -474,6 +507,12 @@ fn abandon_start(shared: &Shared, threads: Vec<std::thread::JoinHandle<()>>, e: 
         let _ = t.join();
     }
     StartError::Runtime(format!("cannot spawn a thread: {e}"))
+}
+
+/// A group as the node starts it: running, or refused at start (with why).
+enum Slot {
+    Running(Box<GroupHost>),
+    Failed { group: u64, reason: String },
 }
 
 /// Restores a group's state machine: the newest whole snapshot if it is
@@ -558,7 +597,7 @@ type Acceptor = (TcpListener, Vec<mpsc::UnboundedSender<std::net::TcpStream>>, O
 async fn run_core(
     core: usize,
     cfg: ServerConfig,
-    groups: Vec<(GroupHost, mpsc::UnboundedReceiver<GroupInput>)>,
+    groups: Vec<(Slot, mpsc::UnboundedReceiver<GroupInput>)>,
     inboxes: Arc<Vec<mpsc::UnboundedSender<GroupInput>>>,
     mut conn_rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
     acceptor: Option<Acceptor>,
@@ -621,7 +660,17 @@ async fn run_core(
         }
     });
     let mut tasks = Vec::new();
-    for (host, inbox) in groups {
+    for (slot, mut inbox) in groups {
+        let host = match slot {
+            Slot::Running(host) => *host,
+            Slot::Failed { group, reason } => {
+                let node = cfg.node_id;
+                tasks.push(tokio::task::spawn_local(async move {
+                    crate::group::serve_failed(group, node, reason, &mut inbox).await;
+                }));
+                continue;
+            }
+        };
         let group = tokio::task::spawn_local(run_group(host, inbox, links.clone(), cfg.tick_ms, shared.clone()));
         // Each group is watched on its own: a panic stops the server at once, not
         // when the groups before it on this core happen to end.

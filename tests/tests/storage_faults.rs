@@ -335,3 +335,46 @@ async fn a_failed_group_stops_alone_and_the_nodes_other_groups_go_on() {
     let err = g1.read_at(&ep, i, i + 1, 0).await.unwrap_err().to_string();
     assert!(err.contains("group 1 failed") && err.contains("restart the node"), "{err}");
 }
+
+/// A node with two groups, one of whose logs is corrupt in the middle (a
+/// sealed segment without its summary, so the open scans it): the node
+/// starts, the corrupt group is refused alone and says why, the other serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_corrupt_at_start_is_refused_alone() {
+    let mut c = Cluster::start_with_config(3, 2, "segment_mib = 1\nmax_batch_kib = 64\n");
+    c.leader(1).await;
+    let mut g1 = c.client(1);
+    for b in 0..60 {
+        let payloads: Vec<Bytes> = (0..32).map(|k| Bytes::from(format!("{b}-{k}-{}", "w".repeat(1000)))).collect();
+        g1.append_batch(payloads).await.unwrap();
+    }
+    let victim = c.leader(0).await % 3 + 1;
+    c.wait_commit(victim, 1, g1.append(Bytes::from_static(b"x")).await.unwrap().0).await;
+    assert!(c.stop(victim).success());
+    let dir = c.data_dir(victim).join("group-1");
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let mut img = std::fs::read(&segs[0]).unwrap();
+    damage_batches(&mut img, 1);
+    std::fs::write(&segs[0], &img).unwrap();
+    let _ = std::fs::remove_file(format!("{}.idx", segs[0].display()));
+    c.start_node(victim);
+    let failed = eventually("the node to start with group 1 refused", Duration::from_secs(20), || {
+        let c = &c;
+        async move { c.status(victim).await?.into_iter().find(|g| g.group == 1 && g.role == "failed") }
+    })
+    .await;
+    assert_eq!(failed.node, victim);
+    assert!(c.log_text(victim).contains("group refused at start"));
+    let ep = c.endpoints()[victim as usize - 1].clone();
+    let err = g1.read_at(&ep, 1, 2, 0).await.unwrap_err().to_string();
+    assert!(err.contains("corrupt log"), "{err}");
+    // Its group 0 serves and follows the cluster.
+    let (i, _) = c.client(0).append(Bytes::from_static(b"group 0")).await.unwrap();
+    c.wait_commit(victim, 0, i).await;
+}
