@@ -386,11 +386,45 @@ impl Client {
         }
         let id = self.next_id;
         self.next_id += 1;
+        // A pooled connection may have been closed by a node that restarted since:
+        // a request that changes nothing is sent once more over a fresh one.
+        let pooled = self.conns.iter().any(|c| c.endpoint == endpoint);
+        let retry_on_fresh = pooled
+            && matches!(
+                request,
+                Request::Get { .. }
+                    | Request::Read { .. }
+                    | Request::Status
+                    | Request::Subscribe { .. }
+                    | Request::Query { .. }
+                    | Request::ReadBarrier
+            );
+        let started = Instant::now();
         let r = tokio::time::timeout(limit, async {
             let c = self.conn(endpoint).await?;
-            c.call(id, group, request).await
+            c.call(id, group, request.clone()).await
         })
         .await;
+        if retry_on_fresh && matches!(r, Ok(Err(ClientError::Unreachable { .. }))) {
+            self.conns.retain(|c| c.endpoint != endpoint);
+            let left = limit.saturating_sub(started.elapsed());
+            let r = tokio::time::timeout(left, async {
+                let c = self.conn(endpoint).await?;
+                c.call(id, group, request).await
+            })
+            .await;
+            return match r {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) => {
+                    self.conns.retain(|c| c.endpoint != endpoint);
+                    Err(e)
+                }
+                Err(_) => {
+                    self.conns.retain(|c| c.endpoint != endpoint);
+                    Err(ClientError::Timeout(limit))
+                }
+            };
+        }
         match r {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {

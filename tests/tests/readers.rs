@@ -158,3 +158,20 @@ async fn dledger_tail_prints_the_log() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.ends_with("line-4\n"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_over_a_pooled_connection_to_a_restarted_node_is_sent_again_on_a_fresh_one() {
+    let mut c = Cluster::start(3, 1, 1);
+    let leader = c.leader(0).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let (i, _) = c.client(0).append(Bytes::from_static(b"kept")).await.unwrap();
+    c.wait_commit(follower, 0, i).await;
+    let ep = c.endpoints()[follower as usize - 1].clone();
+    let mut client = c.client(0);
+    assert_eq!(&client.read_at(&ep, i, i + 1, 0).await.unwrap()[0].payload[..], b"kept");
+    assert!(c.stop(follower).success());
+    c.start_node(follower);
+    c.wait_commit(follower, 0, i).await;
+    // The client's connection to the follower belongs to the old process.
+    assert_eq!(&client.read_at(&ep, i, i + 1, 0).await.unwrap()[0].payload[..], b"kept");
+}
