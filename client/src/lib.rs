@@ -399,32 +399,32 @@ impl Client {
                     | Request::Query { .. }
                     | Request::ReadBarrier
             );
+        if !retry_on_fresh {
+            return self.call_once(endpoint, id, request, limit).await;
+        }
         let started = Instant::now();
+        let r = self.call_once(endpoint, id, request.clone(), limit).await;
+        if matches!(r, Err(ClientError::Unreachable { .. })) {
+            return self.call_once(endpoint, id, request, limit.saturating_sub(started.elapsed())).await;
+        }
+        r
+    }
+
+    /// One request over this client's connection to `endpoint` (opened if
+    /// needed, dropped after a failure or a timeout), bounded by `limit`.
+    async fn call_once(
+        &mut self,
+        endpoint: &str,
+        id: u64,
+        request: Request,
+        limit: Duration,
+    ) -> Result<Response, ClientError> {
+        let group = self.group;
         let r = tokio::time::timeout(limit, async {
             let c = self.conn(endpoint).await?;
-            c.call(id, group, request.clone()).await
+            c.call(id, group, request).await
         })
         .await;
-        if retry_on_fresh && matches!(r, Ok(Err(ClientError::Unreachable { .. }))) {
-            self.conns.retain(|c| c.endpoint != endpoint);
-            let left = limit.saturating_sub(started.elapsed());
-            let r = tokio::time::timeout(left, async {
-                let c = self.conn(endpoint).await?;
-                c.call(id, group, request).await
-            })
-            .await;
-            return match r {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) => {
-                    self.conns.retain(|c| c.endpoint != endpoint);
-                    Err(e)
-                }
-                Err(_) => {
-                    self.conns.retain(|c| c.endpoint != endpoint);
-                    Err(ClientError::Timeout(limit))
-                }
-            };
-        }
         match r {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {

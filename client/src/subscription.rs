@@ -21,7 +21,8 @@ use crate::{Client, ClientError};
 pub enum StartAt {
     /// The first entry the log still holds.
     Earliest,
-    /// The next entry to commit (none of the existing ones).
+    /// The next entry to commit (none of those the cluster has committed
+    /// when the subscription starts: it asks the leader where that is).
     Latest,
     /// This index.
     Index(u64),
@@ -102,6 +103,14 @@ impl Subscription {
         loop {
             if Instant::now() >= deadline {
                 return Err(last_error.unwrap_or(ClientError::Timeout(self.client.timeout)));
+            }
+            if self.next.is_none() && self.start == StartAt::Latest {
+                // The end of the log as the cluster has committed it (a replica may lag behind).
+                if let Ok(commit) = self.client.read_barrier().await {
+                    self.next = Some(commit + 1);
+                    self.commit_index = self.commit_index.max(commit);
+                    return Ok(Vec::new());
+                }
             }
             let endpoints = &self.client.endpoints;
             let endpoint = endpoints[self.replica % endpoints.len()].clone();

@@ -113,7 +113,8 @@ enum Cmd {
     /// Print committed entries in order as `index<TAB>term<TAB>payload`, read
     /// from any replica (like `tail -f` with `--follow`): from `--from N`,
     /// `--earliest` (the log start; the default) or `--latest` (only new
-    /// entries). Without `--follow` it stops at the commit index it first saw.
+    /// entries). Without `--follow` it stops at the cluster's commit index
+    /// when it started (the leader's read point).
     Tail {
         #[command(flatten)]
         target: Target,
@@ -354,8 +355,12 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
                 (None, true) => StartAt::Latest,
                 (None, false) => StartAt::Earliest,
             };
-            let mut sub = client(&target).subscribe(start, OnPurged::Earliest);
-            let mut until: Option<u64> = None;
+            let mut c = client(&target);
+            let mut sub = c.subscribe(start, OnPurged::Earliest);
+            // Without --follow: up to what the cluster has committed now (the leader's read
+            // point, so an append acknowledged before the command shows), else what the
+            // first replica answering knows.
+            let mut until: Option<u64> = if follow { None } else { c.read_barrier().await.ok() };
             loop {
                 let batch = sub.poll().await.map_err(|e| e.to_string())?;
                 let stop_at = *until.get_or_insert(sub.commit_index);

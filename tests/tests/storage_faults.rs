@@ -47,13 +47,7 @@ async fn corrupt_sealed_segment_on_a_follower_serves_nothing_wrong() {
     let follower = if leader == 3 { 2 } else { 3 };
     assert!(c.stop(follower).success());
     let dir = c.data_dir(follower).join("group-0");
-    let mut segs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segs.sort();
+    let segs = segments(&dir);
     assert!(segs.len() >= 2, "a sealed segment exists: {segs:?}");
     let mut img = std::fs::read(&segs[0]).unwrap();
     // Flip a bit inside the entries of the segment's first batch (not its padding, which
@@ -257,6 +251,18 @@ async fn a_leader_with_a_full_disk_refuses_appends_with_disk_full_and_loses_noth
     c.kill(small);
 }
 
+/// The segment files of a group directory, oldest first.
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
 /// Flips a byte in the body of every batch of the first `batches` of segment image `img`.
 fn damage_batches(img: &mut [u8], batches: usize) {
     let mut at = 4096;
@@ -293,13 +299,7 @@ async fn a_failed_group_stops_alone_and_the_nodes_other_groups_go_on() {
     // reads them from the disk, not from memory), then make it the leader again.
     assert!(c.stop(damaged).success());
     let dir = c.data_dir(damaged).join("group-1");
-    let mut segs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segs.sort();
+    let segs = segments(&dir);
     let mut img = std::fs::read(&segs[0]).unwrap();
     damage_batches(&mut img, 8);
     std::fs::write(&segs[0], &img).unwrap();
@@ -352,13 +352,7 @@ async fn a_group_corrupt_at_start_is_refused_alone() {
     c.wait_commit(victim, 1, g1.append(Bytes::from_static(b"x")).await.unwrap().0).await;
     assert!(c.stop(victim).success());
     let dir = c.data_dir(victim).join("group-1");
-    let mut segs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segs.sort();
+    let segs = segments(&dir);
     let mut img = std::fs::read(&segs[0]).unwrap();
     damage_batches(&mut img, 1);
     std::fs::write(&segs[0], &img).unwrap();
