@@ -893,10 +893,11 @@ impl Log {
         if b.seal {
             // The segment is final: summarize it for the next open, off this thread.
             if let Some(seg) = self.segments.iter().find(|s| s.id == b.segment_id) {
-                let bytes = summary::encode(seg, self.terms.runs());
+                // A memcpy of the entry locations here; the encoding runs on the spare thread.
+                let parts = summary::Parts::of(seg, self.terms.runs());
                 let path = summary::path_of(&seg.path);
                 if let Some(spares) = self.spares.as_mut() {
-                    spares.summarize(path, bytes);
+                    spares.summarize(path, parts);
                 }
             }
         }

@@ -189,8 +189,8 @@ pub fn recycle_spare(dir: &Path, seq: u64, old: File, old_path: &Path, direct: b
 enum Job {
     Fill,
     Recycle(File, PathBuf),
-    /// Write a sealed segment's summary (no answer: see `summary`).
-    Summary(PathBuf, Vec<u8>),
+    /// Encode and write a sealed segment's summary (no answer: see `summary`).
+    Summary(PathBuf, Box<crate::summary::Parts>),
 }
 
 /// At most this many spares are kept or in the making; more purged segments are deleted.
@@ -217,7 +217,7 @@ impl std::fmt::Debug for Job {
         match self {
             Job::Fill => f.write_str("Fill"),
             Job::Recycle(_, p) => write!(f, "Recycle({})", p.display()),
-            Job::Summary(p, b) => write!(f, "Summary({}, {} bytes)", p.display(), b.len()),
+            Job::Summary(p, parts) => write!(f, "Summary({}, {} entries)", p.display(), parts.entries.len()),
         }
     }
 }
@@ -233,7 +233,8 @@ impl SpareMaker {
                     let spare = match job {
                         Job::Fill => make_spare(&dir, seq as u64, size_bytes, direct, &faults),
                         Job::Recycle(file, path) => recycle_spare(&dir, seq as u64, file, &path, direct, &faults),
-                        Job::Summary(path, bytes) => {
+                        Job::Summary(path, parts) => {
+                            let bytes = crate::summary::encode_parts(&parts);
                             if let Err(error) = crate::summary::write(&path, &bytes) {
                                 // Only the next open's speed depends on it.
                                 tracing::warn!(path = %path.display(), %error, "cannot write a segment summary");
@@ -302,9 +303,9 @@ impl SpareMaker {
     }
 
     /// Has the spare thread write a sealed segment's summary (best effort).
-    pub fn summarize(&mut self, path: PathBuf, bytes: Vec<u8>) {
+    pub fn summarize(&mut self, path: PathBuf, parts: crate::summary::Parts) {
         if let Some(tx) = &self.requests {
-            let _ = tx.send(Job::Summary(path, bytes));
+            let _ = tx.send(Job::Summary(path, Box::new(parts)));
         }
     }
 

@@ -49,35 +49,70 @@ pub struct Summary {
     pub runs: Vec<(u64, u64)>,
 }
 
+/// What a summary is made of, copied out of a sealed segment's index (a
+/// memcpy of its entry locations) so that the encoding runs elsewhere.
+#[derive(Debug)]
+pub struct Parts {
+    pub header: SegmentHeader,
+    pub first_index: u64,
+    pub write_offset: u64,
+    pub batches: Vec<BatchLoc>,
+    pub entries: Vec<EntryLoc>,
+    /// The segment's own term runs.
+    pub runs: Vec<(u64, u64)>,
+}
+
+impl Parts {
+    /// The parts of sealed segment `seg`, whose entries' terms are among `runs`
+    /// (the log's runs; those of the segment's range are taken).
+    pub fn of(seg: &SegmentIndex, runs: &[(u64, u64)]) -> Parts {
+        let (first, end) = (seg.first_index, seg.end_index());
+        let mut own: Vec<(u64, u64)> = Vec::new();
+        if end > first {
+            let covering = runs.partition_point(|&(start, _)| start <= first);
+            if covering > 0 {
+                own.push((first, runs[covering - 1].1));
+            }
+            own.extend(runs[covering..].iter().copied().filter(|&(start, _)| start < end));
+        }
+        Parts {
+            header: seg.header,
+            first_index: first,
+            write_offset: seg.write_offset,
+            batches: seg.batches.clone(),
+            entries: seg.entries.clone(),
+            runs: own,
+        }
+    }
+}
+
 /// The summary of sealed segment `seg`, whose entries' terms are `runs`
 /// (the log's runs; those of the segment's range are taken).
 pub fn encode(seg: &SegmentIndex, runs: &[(u64, u64)]) -> Vec<u8> {
-    let (first, end) = (seg.first_index, seg.end_index());
-    let mut own: Vec<(u64, u64)> = Vec::new();
-    if end > first {
-        let covering = runs.partition_point(|&(start, _)| start <= first);
-        if covering > 0 {
-            own.push((first, runs[covering - 1].1));
-        }
-        own.extend(runs[covering..].iter().copied().filter(|&(start, _)| start < end));
-    }
-    let mut b = Vec::with_capacity(HEAD + seg.batches.len() * 12 + seg.entries.len() * 8 + own.len() * 16 + 4);
+    encode_parts(&Parts::of(seg, runs))
+}
+
+/// The summary bytes of `p`.
+pub fn encode_parts(p: &Parts) -> Vec<u8> {
+    let own = &p.runs;
+    let (first, header) = (p.first_index, p.header);
+    let mut b = Vec::with_capacity(HEAD + p.batches.len() * 12 + p.entries.len() * 8 + own.len() * 16 + 4);
     b.extend_from_slice(MAGIC);
-    for v in [seg.header.salt, seg.header.size_bytes, first, seg.write_offset] {
+    for v in [header.salt, header.size_bytes, first, p.write_offset] {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    for n in [seg.batches.len(), seg.entries.len(), own.len()] {
+    for n in [p.batches.len(), p.entries.len(), own.len()] {
         b.extend_from_slice(&(n as u32).to_le_bytes());
     }
-    for bl in &seg.batches {
+    for bl in &p.batches {
         b.extend_from_slice(&bl.first_index.to_le_bytes());
         b.extend_from_slice(&bl.file_offset.to_le_bytes());
     }
-    for e in &seg.entries {
+    for e in &p.entries {
         b.extend_from_slice(&e.offset.to_le_bytes());
         b.extend_from_slice(&e.payload_len.to_le_bytes());
     }
-    for (start, term) in &own {
+    for (start, term) in own {
         b.extend_from_slice(&start.to_le_bytes());
         b.extend_from_slice(&term.to_le_bytes());
     }
