@@ -24,6 +24,7 @@
 //! snapshots_kept = 2                # and keep the newest this many
 //! # peer_secret_file = "secret"     # the cluster's shared secret: peers must prove they hold it
 //! max_frame_mib = 64                # largest frame from a peer or client
+//! max_read_mib = 8                  # the most payload one read answer carries (at least one entry)
 //! max_client_connections = 4096     # client connections at once (peers aside); more are refused
 //! client_idle_timeout_secs = 600    # a client connection idle this long is closed (0 = never)
 //!
@@ -75,6 +76,10 @@ fn default_heartbeat() -> u64 {
 fn default_segment_mib() -> u64 {
     64
 }
+fn default_max_read_mib() -> u64 {
+    8
+}
+
 fn default_max_client_connections() -> usize {
     4096
 }
@@ -234,6 +239,11 @@ pub struct ServerConfig {
     /// Largest frame accepted from a peer or client.
     #[serde(default = "default_max_frame_mib")]
     pub max_frame_mib: u64,
+    /// The most payload one read answer carries (`get`, `read`, a
+    /// subscription's batch; at least one entry), in MiB; capped at half of
+    /// `max_frame_mib`, so an answer always fits in a frame.
+    #[serde(default = "default_max_read_mib")]
+    pub max_read_mib: u64,
     /// Client connections served at once (peers are not counted); one more
     /// is answered `TooManyConnections` and closed.
     #[serde(default = "default_max_client_connections")]
@@ -323,6 +333,7 @@ impl ServerConfig {
             segment_mib: default_segment_mib(),
             backend: None,
             max_frame_mib: default_max_frame_mib(),
+            max_read_mib: default_max_read_mib(),
             max_client_connections: default_max_client_connections(),
             client_idle_timeout_secs: default_client_idle_timeout_secs(),
             max_batch_kib: default_max_batch_kib(),
@@ -343,6 +354,12 @@ impl ServerConfig {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
             e => e,
         })
+    }
+
+    /// The most payload bytes one read answer carries: `max_read_mib`, at
+    /// most half a frame.
+    pub fn max_read_bytes(&self) -> usize {
+        (self.max_read_mib.min(self.max_frame_mib / 2).max(1) << 20) as usize
     }
 
     /// Parses and validates TOML text.
@@ -394,6 +411,9 @@ impl ServerConfig {
         }
         if self.election_timeout_max_ticks <= self.election_timeout_min_ticks {
             return bad("election_timeout_max_ticks must exceed election_timeout_min_ticks".into());
+        }
+        if self.max_read_mib == 0 {
+            return bad("max_read_mib must be at least 1".into());
         }
         if self.max_client_connections == 0 {
             return bad("max_client_connections must be at least 1".into());

@@ -81,7 +81,7 @@ const RETENTION_CHECK_TICKS: u64 = 10;
 /// (500 ms at the default tick; a chunk being written does not count).
 const INSTALL_RETRY_TICKS: u32 = 50;
 
-/// The most payload bytes one read answer carries (well below any frame limit).
+/// The most payload bytes one read answer carries by default (`max_read_mib`).
 pub const MAX_READ_BYTES: usize = 8 << 20;
 
 /// The most entries one read answer carries: empty entries (no-ops) count no
@@ -377,6 +377,8 @@ pub(crate) struct GroupHost {
     manual_purge_due: bool,
     /// Subscriptions waiting for entries or for their deadline.
     subscribers: Vec<Parked>,
+    /// The most payload one read answer carries (`max_read_mib`).
+    max_read_bytes: usize,
     /// The commit index the parked subscriptions were last checked at.
     subscribers_seen_commit: u64,
 }
@@ -477,6 +479,7 @@ impl GroupHost {
             manual_purge_to: 0,
             manual_purge_due: false,
             subscribers: Vec::new(),
+            max_read_bytes: MAX_READ_BYTES,
             subscribers_seen_commit: 0,
         })
     }
@@ -484,6 +487,11 @@ impl GroupHost {
     /// How much log this group keeps.
     pub(crate) fn set_retention(&mut self, retention: Retention) {
         self.retention = retention;
+    }
+
+    /// The most payload one read answer carries.
+    pub(crate) fn set_max_read_bytes(&mut self, bytes: usize) {
+        self.max_read_bytes = bytes.max(1);
     }
 
     /// Feeds a state machine that has applied up to `feed.fed` (restored).
@@ -1273,7 +1281,8 @@ impl GroupHost {
                 return Ok(());
             }
             Request::Subscribe { from, max_bytes, min_bytes, max_wait_ms } => {
-                let max_bytes = if max_bytes == 0 { MAX_READ_BYTES } else { (max_bytes as usize).min(MAX_READ_BYTES) };
+                let cap = self.max_read_bytes;
+                let max_bytes = if max_bytes == 0 { cap } else { (max_bytes as usize).min(cap) };
                 let wait = Duration::from_millis(max_wait_ms.min(MAX_SUBSCRIBE_WAIT_MS) as u64);
                 let parked = Parked {
                     client_id,
@@ -1453,7 +1462,8 @@ impl GroupHost {
     /// Committed entries `[lo, hi)`, up to `max_bytes` of payload (0: the cap), never
     /// more than [`MAX_READ_BYTES`] so that an answer always fits in a frame.
     fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Response {
-        let max_bytes = if max_bytes == 0 { MAX_READ_BYTES } else { max_bytes.min(MAX_READ_BYTES) };
+        let cap = self.max_read_bytes;
+        let max_bytes = if max_bytes == 0 { cap } else { max_bytes.min(cap) };
         let commit = self.core.log().committed_index();
         let first = self.core.log().first_index();
         if lo < first || lo > commit || hi <= lo {

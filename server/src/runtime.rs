@@ -373,6 +373,7 @@ pub(crate) fn start_with(
             let mut host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
                 .map_err(|message| StartError::Group { group, message })?;
             host.set_retention(cfg.retention.clone());
+            host.set_max_read_bytes(cfg.max_read_bytes());
             if let Some(machine) = machines_by_group.remove(&group) {
                 let (feed, worker, rx) = restore_state_machine(&cfg, group, machine)?;
                 host.attach_state_machine(feed).map_err(|message| StartError::Group { group, message })?;
@@ -639,6 +640,7 @@ async fn run_core(
         peer_bytes_in: shared.peer_bytes_in.clone(),
         conns: shared.conns.clone(),
         max_clients: cfg.max_client_connections,
+        max_read_bytes: cfg.max_read_bytes(),
         client_idle: (cfg.client_idle_timeout_secs > 0).then(|| Duration::from_secs(cfg.client_idle_timeout_secs)),
     });
     if let Some((listener, conn_txs, metrics)) = acceptor {

@@ -216,6 +216,8 @@ pub(crate) struct ConnContext {
     pub(crate) conns: Arc<ConnCounters>,
     /// The most client connections at once.
     pub(crate) max_clients: usize,
+    /// The most payload one read answer carries.
+    pub(crate) max_read_bytes: usize,
     /// Close a client connection idle this long.
     pub(crate) client_idle: Option<Duration>,
     /// The largest entry a group's log takes (a `Get` may return one).
@@ -440,14 +442,14 @@ pub const MAX_ANSWER_BYTES_PER_CONNECTION: usize = 256 << 20;
 /// What `request` may hold of the node's memory until it is answered: what a
 /// read may return (its byte budget, or one whole entry if that is larger),
 /// an append's payloads (held until committed), a little for the rest.
-fn answer_budget(request: &Request, max_entry_bytes: usize) -> usize {
+fn answer_budget(request: &Request, max_entry_bytes: usize, max_read_bytes: usize) -> usize {
     const SMALL: usize = 256;
     match request {
         Request::Append { payloads } => payloads.iter().map(|p| p.len()).sum::<usize>() + SMALL,
         Request::Get { .. } => max_entry_bytes + SMALL,
         Request::Read { max_bytes, .. } | Request::Subscribe { max_bytes, .. } => {
-            let asked = if *max_bytes == 0 { crate::group::MAX_READ_BYTES } else { *max_bytes as usize };
-            asked.min(crate::group::MAX_READ_BYTES).max(max_entry_bytes) + SMALL
+            let asked = if *max_bytes == 0 { max_read_bytes } else { *max_bytes as usize };
+            asked.min(max_read_bytes).max(max_entry_bytes) + SMALL
         }
         _ => SMALL,
     }
@@ -533,7 +535,7 @@ async fn serve_client(
             return;
         };
         // Every path below sends exactly one answer for this request, charged its worst case.
-        let budget = answer_budget(&request, ctx.max_entry_bytes);
+        let budget = answer_budget(&request, ctx.max_entry_bytes, ctx.max_read_bytes);
         in_flight.count.set(in_flight.count.get() + 1);
         in_flight.bytes.set(in_flight.bytes.get() + budget);
         let tx = ReplyTo::new(answers.clone(), budget);
@@ -605,6 +607,7 @@ mod tests {
             peer_bytes_in: Default::default(),
             conns: Default::default(),
             max_clients: 2,
+            max_read_bytes: crate::group::MAX_READ_BYTES,
             client_idle: None,
             max_entry_bytes: 4 << 20,
             voters: vec![1, 2],

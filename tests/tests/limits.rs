@@ -152,3 +152,20 @@ async fn a_node_out_of_file_descriptors_pauses_accepting_and_goes_on() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answer_carries_at_most_max_read_mib() {
+    let c = Cluster::start_with_config(1, 1, "segment_mib = 8\nmax_read_mib = 1\n");
+    c.leader(0).await;
+    let mut client = c.client(0);
+    // Thirty entries of 100 KiB: 3 MiB in all.
+    let (first, last, _) =
+        client.append_batch((0..30).map(|k| Bytes::from(vec![k as u8; 100 << 10])).collect()).await.unwrap();
+    let entries = client.read(first, last + 1, 0).await.unwrap();
+    let bytes: usize = entries.iter().map(|e| e.payload.len()).sum();
+    assert!(!entries.is_empty() && bytes <= (1 << 20) + (100 << 10), "{} entries, {bytes} bytes", entries.len());
+    assert!(entries.len() < 30, "the read was cut at the cap");
+    // One entry larger than the cap still comes back whole.
+    let (big, _) = client.append(Bytes::from(vec![7u8; 3 << 19])).await.unwrap();
+    assert_eq!(client.read(big, big + 1, 0).await.unwrap()[0].payload.len(), 3 << 19);
+}
