@@ -210,7 +210,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Quick {
-    /// Start three nodes on 127.0.0.1 and wait for a leader.
+    /// Start three nodes on 127.0.0.1 and wait for a leader; on a directory
+    /// whose quick start is partly running, start only the missing nodes
+    /// (with their configs as written, and the same `--state-machine`).
     Start {
         #[arg(long, default_value = "./dledger-quickstart")]
         dir: PathBuf,
@@ -621,15 +623,59 @@ async fn quick_start(
     machine: Option<BuiltinMachine>,
     config_extra: &str,
 ) -> Result<(), String> {
-    for n in 1..=3 {
-        if let Ok(pid) = std::fs::read_to_string(dir.join(format!("n{n}.pid"))) {
-            if pid.trim().parse().is_ok_and(pid_alive) {
-                return Err(format!(
-                    "a quick start is already running in {} (dledger quickstart stop --dir {0})",
-                    dir.display()
-                ));
+    let running: Vec<usize> = (1..=3)
+        .filter(|n| {
+            let pid = std::fs::read_to_string(dir.join(format!("n{n}.pid"))).ok();
+            pid.and_then(|p| p.trim().parse().ok()).is_some_and(|p: i32| pid_alive(p) && is_our_node(p, dir))
+        })
+        .collect();
+    if running.len() == 3 {
+        return Err(format!(
+            "the quick start in {} already runs all three nodes (dledger quickstart stop --dir {0})",
+            dir.display()
+        ));
+    }
+    if !running.is_empty() {
+        // Partly running: start only the missing nodes, as they were configured.
+        let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let endpoints = endpoints_of(&dir)?;
+        for n in (1..=3).filter(|n| !running.contains(n)) {
+            let mut child = spawn_quick_node(&dir, n, &exe, machine, false)?;
+            // Listening, or say why not (a port still held by the process it replaces, say).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let ep = endpoints[n - 1].clone();
+            loop {
+                // Answering, and still running: the socket of a dying predecessor may accept a moment.
+                let answered = Client::new(vec![ep.clone()], "dledger", 0, Duration::from_millis(500))
+                    .node_status(&ep)
+                    .await
+                    .is_ok();
+                if answered && child.try_wait().is_ok_and(|s| s.is_none()) {
+                    break;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(dir.join(format!("n{n}.log"))).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or("").to_string();
+                    // The process it replaces may still hold its port for a moment after
+                    // dying (the kernel releases a dead process's files asynchronously).
+                    if last.contains("Address already in use") && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        child = spawn_quick_node(&dir, n, &exe, machine, false)?;
+                        continue;
+                    }
+                    return Err(format!("node {n} exited ({status}) at start: {last}"));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("node {n} did not listen within 20 s; see {}", dir.display()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            println!("started node {n} (nodes {running:?} were running)");
         }
+        wait_for_leader(&endpoints, &dir).await?;
+        print_rows(&cluster_rows(&endpoints, "dledger").await, false);
+        return Ok(());
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
@@ -663,38 +709,11 @@ async fn quick_start(
         if !parsed.data_dir.join(dledger_server::IDENTITY_FILE).exists() {
             dledger_server::init(&parsed).map_err(|e| e.to_string())?;
         }
-        let log = std::fs::File::create(dir.join(format!("n{n}.log"))).map_err(|e| e.to_string())?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("server").arg("--config").arg(&cfg_path);
-        match machine {
-            Some(BuiltinMachine::Checksum) => drop(cmd.args(["--state-machine", "checksum"])),
-            Some(BuiltinMachine::Kv) => drop(cmd.args(["--state-machine", "kv"])),
-            None => {}
-        }
-        let child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("starting node {n}: {e}"))?;
-        std::fs::write(dir.join(format!("n{n}.pid")), child.id().to_string()).map_err(|e| e.to_string())?;
+        spawn_quick_node(&dir, n, &exe, machine, true)?;
     }
     std::fs::write(dir.join("endpoints"), endpoints.join(",")).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("metrics"), metrics.join(",")).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let rows = cluster_rows(&endpoints, "dledger").await;
-        if rows.iter().any(|r| r.role == "leader") {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no leader within 20 s; see the logs in {}", dir.display()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_leader(&endpoints, &dir).await?;
     let eps = endpoints.join(",");
     println!("dledger quick start: 3 nodes on {eps}, data and logs in {}", dir.display());
     print_rows(&cluster_rows(&endpoints, "dledger").await, false);
@@ -706,6 +725,61 @@ async fn quick_start(
     println!("  curl -s http://{}/metrics", metrics[0]);
     println!("  dledger quickstart stop --dir {}", dir.display());
     Ok(())
+}
+
+/// Starts quick-start node `n` from its config in `dir` (a fresh log file
+/// when `fresh_log`, else appended to), and records its pid.
+fn spawn_quick_node(
+    dir: &Path,
+    n: usize,
+    exe: &Path,
+    machine: Option<BuiltinMachine>,
+    fresh_log: bool,
+) -> Result<std::process::Child, String> {
+    use std::os::unix::process::CommandExt;
+    let cfg_path = dir.join(format!("n{n}.toml"));
+    if !cfg_path.exists() {
+        return Err(format!("{} is missing: not a quick start directory", cfg_path.display()));
+    }
+    let log_path = dir.join(format!("n{n}.log"));
+    let log = if fresh_log {
+        std::fs::File::create(&log_path)
+    } else {
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_path)
+    }
+    .map_err(|e| e.to_string())?;
+    let err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("server").arg("--config").arg(&cfg_path);
+    match machine {
+        Some(BuiltinMachine::Checksum) => drop(cmd.args(["--state-machine", "checksum"])),
+        Some(BuiltinMachine::Kv) => drop(cmd.args(["--state-machine", "kv"])),
+        None => {}
+    }
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting node {n}: {e}"))?;
+    std::fs::write(dir.join(format!("n{n}.pid")), child.id().to_string()).map_err(|e| e.to_string())?;
+    Ok(child)
+}
+
+/// Waits (up to 20 s) until some node of `endpoints` leads a group.
+async fn wait_for_leader(endpoints: &[String], dir: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = cluster_rows(endpoints, "dledger").await;
+        if rows.iter().any(|r| r.role == "leader") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no leader within 20 s; see the logs in {}", dir.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The quick start's cluster secret (made once, readable by this user only):

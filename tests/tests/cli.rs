@@ -77,6 +77,48 @@ fn quickstart_start_status_append_get_cluster_stop() {
     }
 }
 
+#[test]
+fn quickstart_start_on_a_partly_running_cluster_starts_only_the_missing_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("qs");
+    let d = d.to_str().unwrap();
+    let start = run(&["quickstart", "start", "--dir", d, "--base-port", "0"]);
+    assert!(start.status.success(), "start: {}", text(&start));
+    let endpoints = std::fs::read_to_string(Path::new(d).join("endpoints")).unwrap();
+    let pid = |n: u64| -> i32 {
+        std::fs::read_to_string(Path::new(d).join(format!("n{n}.pid"))).unwrap().trim().parse().unwrap()
+    };
+    let (first, third) = (pid(1), pid(3));
+    let killed = pid(2);
+    // SAFETY: signalling a child process this test started (through the quick start).
+    unsafe { libc::kill(killed, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{killed}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_none_or(|(_, r)| r.trim_start().starts_with(['Z', 'X'])) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 2 did not die");
+        std::thread::yield_now();
+    }
+    let again = run(&["quickstart", "start", "--dir", d, "--base-port", "0"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("started node 2"), "{}", text(&again));
+    assert_eq!((pid(1), pid(3)), (first, third), "the running nodes were left alone");
+    assert_eq!(std::fs::read_to_string(Path::new(d).join("endpoints")).unwrap(), endpoints, "same ports");
+    let status = run(&["quickstart", "status", "--dir", d]);
+    let log2 = std::fs::read_to_string(Path::new(d).join("n2.log")).unwrap_or_default();
+    assert_eq!(text(&status).matches(": running").count(), 3, "{}\n{log2}", text(&status));
+    let append = run(&["append", "--endpoints", &endpoints, "after"]);
+    assert!(append.status.success(), "{}", text(&append));
+    // All three running: refused, naming how to stop.
+    let third_time = run(&["quickstart", "start", "--dir", d, "--base-port", "0"]);
+    assert!(!third_time.status.success());
+    assert!(text(&third_time).contains("already runs all three nodes"), "{}", text(&third_time));
+    let stop = run(&["quickstart", "stop", "--dir", d]);
+    assert_eq!(text(&stop).matches("stopped node").count(), 3, "{}", text(&stop));
+}
+
 fn write_config(dir: &Path, node: u64, listen: &str, data: &Path, peers: &[(u64, String)]) -> std::path::PathBuf {
     let peers: String = peers.iter().map(|(id, a)| format!("[[peers]]\nid = {id}\naddress = \"{a}\"\n")).collect();
     let p = dir.join(format!("bad-{node}.toml"));
