@@ -54,6 +54,22 @@ pub struct SegmentIndex {
 }
 
 impl SegmentIndex {
+    /// A segment found on disk at open, before its batches are known.
+    pub fn on_disk(id: u64, first_index: u64, path: PathBuf, file: File, header: SegmentHeader) -> Self {
+        SegmentIndex {
+            id,
+            first_index,
+            path,
+            unnamed_spare: None,
+            file,
+            header,
+            entries: Vec::new(),
+            batches: Vec::new(),
+            write_offset: 0,
+            sealed: false,
+        }
+    }
+
     /// One past the last live index.
     pub fn end_index(&self) -> u64 {
         self.first_index + self.entries.len() as u64

@@ -385,18 +385,9 @@ impl Log {
                 expected_next = first + s.entries.len() as u64;
                 let id = self.next_segment_id;
                 self.next_segment_id += 1;
-                self.segments.push_back(SegmentIndex {
-                    id,
-                    first_index: first,
-                    path: path.clone(),
-                    unnamed_spare: None,
-                    file,
-                    header,
-                    entries: s.entries,
-                    batches: s.batches,
-                    write_offset: s.end_offset,
-                    sealed: true,
-                });
+                let mut seg = SegmentIndex::on_disk(id, first, path.clone(), file, header);
+                (seg.entries, seg.batches, seg.write_offset, seg.sealed) = (s.entries, s.batches, s.end_offset, true);
+                self.segments.push_back(seg);
                 self.recovery.summarized += 1;
                 continue;
             }
@@ -413,18 +404,7 @@ impl Log {
             }
             let id = self.next_segment_id;
             self.next_segment_id += 1;
-            let mut seg = SegmentIndex {
-                id,
-                first_index: first,
-                path: path.clone(),
-                unnamed_spare: None,
-                file,
-                header,
-                entries: Vec::new(),
-                batches: Vec::new(),
-                write_offset: 0,
-                sealed,
-            };
+            let mut seg = SegmentIndex::on_disk(id, first, path.clone(), file, header);
             let segments = &mut self.segments;
             let terms = &mut self.terms;
             let image = SegmentImage { path: &path, data, salt: header.salt, segment_first: first, log_first, sealed };

@@ -786,33 +786,43 @@ fn failed_write_makes_log_fatal(b: BackendChoice) {
     check_entries(&log, 1..5, 1);
 }
 
-fn no_space_for_segment_is_not_fatal(b: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut log) = open(dir.path(), b) else { return };
-    let faults = log.config().faults.clone();
-    // The first spare is already made; the next preparation fails.
-    faults.arm(FailPoint::Prefill, libc::ENOSPC);
-    let mut i = 1;
-    let err = loop {
+/// Appends (term 1, flushing each) from index `i` until an append fails;
+/// returns the index that failed and the error.
+fn append_until_an_error(log: &mut Log, mut i: u64) -> (u64, Error) {
+    loop {
         match log.append(1, &payload(i)) {
             Ok(_) => {
                 i += 1;
                 log.flush().unwrap();
             }
             Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
-            Err(e) => break e,
+            Err(e) => return (i, e),
         }
         assert!(i < 10_000, "the failure never surfaced");
-    };
+    }
+}
+
+/// Appends `payload(i)` in `term`, waiting out backpressure.
+fn append_waiting(log: &mut Log, term: u64, i: u64) -> Result<u64, Error> {
+    loop {
+        match log.append(term, &payload(i)) {
+            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
+            r => return r,
+        }
+    }
+}
+
+fn no_space_for_segment_is_not_fatal(b: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut log) = open(dir.path(), b) else { return };
+    let faults = log.config().faults.clone();
+    // The first spare is already made; the next preparation fails.
+    faults.arm(FailPoint::Prefill, libc::ENOSPC);
+    let (i, err) = append_until_an_error(&mut log, 1);
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
     assert!(!err.is_fatal());
     // Space "returns": the next append gets a fresh spare.
-    let got = loop {
-        match log.append(1, &payload(i)) {
-            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
-            r => break r.unwrap(),
-        }
-    };
+    let got = append_waiting(&mut log, 1, i).unwrap();
     assert_eq!(got, i);
     log.wait_durable(i).unwrap();
     check_entries(&log, 1..i + 1, 1);
@@ -903,18 +913,7 @@ fn a_truncation_on_a_full_disk_is_not_fatal(b: BackendChoice) {
     assert!(log.segment_paths().len() >= 3);
     let faults = log.config().faults.clone();
     faults.arm(FailPoint::Prefill, libc::ENOSPC);
-    let mut i = 600;
-    let err = loop {
-        match log.append(1, &payload(i)) {
-            Ok(_) => {
-                i += 1;
-                log.flush().unwrap();
-            }
-            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
-            Err(e) => break e,
-        }
-        assert!(i < 10_000, "the failure never surfaced");
-    };
+    let (_, err) = append_until_an_error(&mut log, 600);
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
     log.wait_durable(log.last_index()).unwrap();
     // Still full: the next segment preparation fails too. A leader's truncation into
@@ -927,12 +926,7 @@ fn a_truncation_on_a_full_disk_is_not_fatal(b: BackendChoice) {
     let e = log.sync_all().unwrap_err();
     assert!(matches!(e, Error::NoSpace { .. }) && !e.is_fatal(), "{e}");
     assert_eq!(log.last_index(), 19);
-    let got = loop {
-        match log.append(2, &payload(20)) {
-            Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
-            r => break r,
-        }
-    };
+    let got = append_waiting(&mut log, 2, 20);
     match got {
         Ok(20) => {}
         Err(e) => assert!(matches!(e, Error::NoSpace { .. }) && !e.is_fatal(), "{e}"),
@@ -940,13 +934,7 @@ fn a_truncation_on_a_full_disk_is_not_fatal(b: BackendChoice) {
     }
     // Space returns: the append goes through, and the log reopens as written.
     if log.last_index() < 20 {
-        let r = loop {
-            match log.append(2, &payload(20)) {
-                Err(Error::Backpressure { .. }) => log.wait_durable(log.durable_index() + 1).unwrap(),
-                r => break r,
-            }
-        };
-        assert_eq!(r.unwrap(), 20);
+        assert_eq!(append_waiting(&mut log, 2, 20).unwrap(), 20);
     }
     log.wait_durable(20).unwrap();
     drop(log);

@@ -40,6 +40,18 @@ fn next_frame(s: &mut TcpStream) -> Option<Frame> {
     }
 }
 
+/// Waits until a new client's append through `ep` succeeds.
+async fn served_again(ep: &str, limit: Duration) {
+    eventually("a client served again", limit, || {
+        let ep = ep.to_string();
+        async move {
+            let mut client = dledger_client::Client::new(vec![ep], "dledger", 0, Duration::from_millis(500));
+            client.append(Bytes::from_static(b"again")).await.ok()
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_connection_cap_refuses_clearly_and_serves_the_rest() {
     let c = Cluster::start_with_config(1, 1, "segment_mib = 8\nmax_client_connections = 2\n");
@@ -78,14 +90,7 @@ async fn the_client_connection_cap_refuses_clearly_and_serves_the_rest() {
     assert!(err.contains("max_client_connections"), "{err}");
     drop(_held);
     // With the slots free again, clients are served.
-    eventually("a client served again", Duration::from_secs(10), || {
-        let ep = ep.clone();
-        async move {
-            let mut client = dledger_client::Client::new(vec![ep], "dledger", 0, Duration::from_millis(500));
-            client.append(Bytes::from_static(b"y")).await.ok()
-        }
-    })
-    .await;
+    served_again(&ep, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,14 +148,7 @@ async fn a_node_out_of_file_descriptors_pauses_accepting_and_goes_on() {
     }
     drop(flood);
     // Descriptors free again: a client is served.
-    eventually("a client served again", Duration::from_secs(20), || {
-        let ep = ep.clone();
-        async move {
-            let mut client = dledger_client::Client::new(vec![ep], "dledger", 0, Duration::from_millis(500));
-            client.append(Bytes::from_static(b"after")).await.ok()
-        }
-    })
-    .await;
+    served_again(&ep, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

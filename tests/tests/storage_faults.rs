@@ -263,6 +263,14 @@ fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     segs
 }
 
+/// Waits until node `id` reports group 1 as failed; its status row.
+async fn group_failed_on(c: &Cluster, id: u64, limit: Duration) -> dledger_proto::GroupStatus {
+    eventually(&format!("group 1 to be failed on node {id}"), limit, || async move {
+        c.status(id).await?.into_iter().find(|g| g.group == 1 && g.role == "failed")
+    })
+    .await
+}
+
 /// Flips a byte in the body of every batch of the first `batches` of segment image `img`.
 fn damage_batches(img: &mut [u8], batches: usize) {
     let mut at = 4096;
@@ -318,11 +326,7 @@ async fn a_failed_group_stops_alone_and_the_nodes_other_groups_go_on() {
     .await;
     // The lagging node returns: the leader must read the damaged batches for it.
     c.start_node(lagging);
-    let failed = eventually("group 1 to fail on the damaged node", Duration::from_secs(30), || {
-        let c = &c;
-        async move { c.status(damaged).await?.into_iter().find(|g| g.group == 1 && g.role == "failed") }
-    })
-    .await;
+    let failed = group_failed_on(&c, damaged, Duration::from_secs(30)).await;
     assert_eq!(failed.node, damaged);
     assert!(c.log_text(damaged).contains("the node's other groups go on"));
     // The node is up, and its group 0 still serves.
@@ -358,11 +362,7 @@ async fn a_group_corrupt_at_start_is_refused_alone() {
     std::fs::write(&segs[0], &img).unwrap();
     let _ = std::fs::remove_file(format!("{}.idx", segs[0].display()));
     c.start_node(victim);
-    let failed = eventually("the node to start with group 1 refused", Duration::from_secs(20), || {
-        let c = &c;
-        async move { c.status(victim).await?.into_iter().find(|g| g.group == 1 && g.role == "failed") }
-    })
-    .await;
+    let failed = group_failed_on(&c, victim, Duration::from_secs(20)).await;
     assert_eq!(failed.node, victim);
     assert!(c.log_text(victim).contains("group refused at start"));
     let ep = c.endpoints()[victim as usize - 1].clone();
