@@ -13,6 +13,7 @@
 //!   with a state machine must restore it from its own storage up to there
 //!   (`RaftLog::applied_index` says how far the core got).
 
+use super::membership::{ConfigRecord, MembershipRefusal};
 use super::message::{Entry, HardState, LogIndex, LogStart, Message, NodeId, RequestId, Term};
 
 /// One output of the core.
@@ -30,6 +31,10 @@ pub enum Command {
     },
     /// Send this message to `message.to` (best effort; loss is tolerated).
     Send(Message),
+    /// Durably append this configuration record to the host's file before
+    /// the next command (the entry or log start it describes follows; see
+    /// `membership` for the file's rules).
+    SaveConfig(ConfigRecord),
     /// These entries are committed; apply them to the state machine.
     Apply(Vec<Entry>),
     /// Answer a client request.
@@ -119,6 +124,9 @@ pub enum ClientError {
     /// A proposal must carry at least one payload.
     #[error("empty proposal")]
     EmptyProposal,
+    /// A membership change was refused; nothing changed.
+    #[error("membership change refused: {0}")]
+    MembershipRefused(MembershipRefusal),
 }
 
 /// Why a leadership transfer failed.

@@ -38,6 +38,11 @@ pub struct InjectedBugs {
     /// A follower told of the leader's log start takes any entry it holds at
     /// that index as the leader's, whatever its term, and keeps its log.
     pub log_start_skips_term_check: bool,
+    /// A leader proposes a membership change before it has committed an
+    /// entry of its own term (the single-server change bug).
+    pub change_before_own_term_commit: bool,
+    /// A leader proposes a membership change while another is uncommitted.
+    pub concurrent_membership_changes: bool,
 }
 
 /// Configuration of a [`RaftCore`](super::RaftCore).
@@ -69,6 +74,11 @@ pub struct Config {
     pub lease: Option<LeaseConfig>,
     /// Hand leadership over to this node whenever it is caught up.
     pub preferred_leader: Option<NodeId>,
+    /// A learner is promoted only if it lags the leader by at most this
+    /// many entries...
+    pub promote_max_lag_entries: u64,
+    /// ...and this many bytes (`u64::MAX`: no byte bound).
+    pub promote_max_lag_bytes: u64,
     /// Bug injection for the simulation; leave at the default.
     #[cfg(any(test, feature = "sim"))]
     pub injected_bugs: InjectedBugs,
@@ -84,6 +94,8 @@ impl InjectedBugs {
         read_without_quorum_round: false,
         purge_above_commit: false,
         log_start_skips_term_check: false,
+        change_before_own_term_commit: false,
+        concurrent_membership_changes: false,
     };
 }
 
@@ -101,6 +113,8 @@ impl Default for Config {
             check_quorum: true,
             lease: None,
             preferred_leader: None,
+            promote_max_lag_entries: 10_000,
+            promote_max_lag_bytes: 64 << 20,
             #[cfg(any(test, feature = "sim"))]
             injected_bugs: InjectedBugs::default(),
         }

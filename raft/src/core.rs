@@ -20,7 +20,8 @@ use rand_chacha::ChaCha8Rng;
 use super::command::{ClientError, ClientReply, Command};
 use super::config::{Config, ConfigError};
 use super::event::Event;
-use super::message::{Entry, HardState, LogIndex, LogStart, Message, MessageBody, NodeId, RequestId, Term};
+use super::membership::{ConfigHistory, ConfigRecord, Membership};
+use super::message::{Entry, EntryKind, HardState, LogIndex, LogStart, Message, MessageBody, NodeId, RequestId, Term};
 use super::progress::Progress;
 use super::raft_log::RaftLog;
 use super::read_index::ReadIndexState;
@@ -54,13 +55,31 @@ pub struct RestoredState {
     /// The last entries of the log, as many as the host wants in memory
     /// (older ones are read from storage when a follower needs them).
     pub tail: Vec<Entry>,
+    /// The host's configuration records, as written (see `membership`);
+    /// empty for a log created before there were any: the bootstrap voters
+    /// given to [`RaftCore::new`] are its configuration.
+    pub configs: Vec<ConfigRecord>,
 }
 
 impl RestoredState {
     /// A restart with the whole log `entries` (from index 1) in memory.
     pub fn whole(meta: HardState, entries: Vec<Entry>) -> RestoredState {
         let terms = RaftLog::term_runs_of(&entries);
-        RestoredState { meta, start: LogStart::default(), terms, last_index: entries.len() as LogIndex, tail: entries }
+        let configs = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Config)
+            .filter_map(|e| {
+                Some(ConfigRecord { index: e.index, term: e.term, membership: Membership::decode(&e.payload)? })
+            })
+            .collect();
+        RestoredState {
+            meta,
+            start: LogStart::default(),
+            terms,
+            last_index: entries.len() as LogIndex,
+            tail: entries,
+            configs,
+        }
     }
 }
 
@@ -100,11 +119,15 @@ pub struct Status {
     pub durable_index: LogIndex,
     /// Last index.
     pub last_index: LogIndex,
+    /// Version of the configuration in force.
+    pub config_version: u64,
+    /// Whether this node is a voter of the configuration in force.
+    pub voter: bool,
 }
 
 /// A proposal accepted by this leader, waiting for commit.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct PendingProposal {
+pub(crate) struct PendingProposal {
     pub request_id: RequestId,
     pub first_index: LogIndex,
     pub last_index: LogIndex,
@@ -115,8 +138,13 @@ pub(super) struct PendingProposal {
 #[derive(Debug)]
 pub struct RaftCore {
     pub(super) id: NodeId,
-    /// All voters, sorted, including `id`.
+    /// The configurations in the log: the latest committed one and later.
+    pub(super) configs: ConfigHistory,
+    /// The latest configuration's voters, sorted (`id` among them or not).
     pub(super) voters: Vec<NodeId>,
+    /// Every member of a configuration in `configs` but `id`, sorted: whom
+    /// a leader replicates to.
+    pub(super) targets: Vec<NodeId>,
     pub(super) config: Config,
     pub(super) rng: ChaCha8Rng,
 
@@ -165,7 +193,11 @@ pub struct RaftCore {
 }
 
 impl RaftCore {
-    /// A core for node `id` among `voters`, restarting from `restored`.
+    /// A core for node `id`, restarting from `restored`. `voters` is the
+    /// bootstrap configuration, used when `restored` holds no record of
+    /// the configuration at its log start (a new cluster, or a log from
+    /// before records); a node joining a cluster passes none, and waits
+    /// for a leader to send it the log.
     ///
     /// If the restored log holds entries of a term newer than the saved
     /// metadata (entries were persisted, the metadata save was lost), the
@@ -182,7 +214,7 @@ impl RaftCore {
         config.validate()?;
         voters.sort_unstable();
         let unique = voters.windows(2).all(|w| w[0] != w[1]);
-        if !unique || !voters.contains(&id) {
+        if !unique || (!voters.is_empty() && !voters.contains(&id)) {
             return Err(ConfigError::Voters { id, voters });
         }
         let start = restored.start;
@@ -195,6 +227,14 @@ impl RaftCore {
         if restored.meta.term > crate::MAX_TERM || log.last_term() > crate::MAX_TERM {
             return Err(ConfigError::RestoredTerm(restored.meta.term.max(log.last_term())));
         }
+        let mut configs = ConfigHistory::restore(&restored.configs, start, |i| log.term_at(i));
+        if configs.records().first().is_none_or(|r| r.index > start.prev_index) && !voters.is_empty() {
+            let bootstrap = Membership::bootstrap(voters.iter().map(|&v| (v, String::new())));
+            let mut records =
+                vec![ConfigRecord { index: start.prev_index, term: start.prev_term, membership: bootstrap }];
+            records.extend(configs.records().iter().cloned());
+            configs = ConfigHistory::from_records(records);
+        }
         let (term, voted_for) = if log.last_term() > restored.meta.term {
             (log.last_term(), None)
         } else {
@@ -202,7 +242,9 @@ impl RaftCore {
         };
         let mut core = RaftCore {
             id,
-            voters,
+            configs,
+            voters: Vec::new(),
+            targets: Vec::new(),
             config,
             rng,
             term,
@@ -232,6 +274,7 @@ impl RaftCore {
             log_starts_sent: 0,
             campaigns_suspended: false,
         };
+        core.refresh_config();
         core.reset_election_timer();
         Ok(core)
     }
@@ -256,6 +299,9 @@ impl RaftCore {
                 self.on_propose_kind(vec![(request_id, vec![payload])], super::message::EntryKind::Admin)
             }
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
+            Event::ChangeMembership { request_id, change, expected_version, force } => {
+                self.on_change_membership(request_id, change, expected_version, force)
+            }
             Event::TransferLeadership { request_id, target } => self.on_transfer_request(Some(request_id), target),
             Event::EntriesDurable { index, term } => self.on_entries_durable(index, term),
             Event::MetaSaved(hard_state) => self.on_meta_saved(hard_state),
@@ -304,6 +350,8 @@ impl RaftCore {
             committed_index: self.log.committed_index(),
             durable_index: self.log.durable_index(),
             last_index: self.log.last_index(),
+            config_version: self.membership().version,
+            voter: self.is_voter(self.id),
         }
     }
 
@@ -348,9 +396,14 @@ impl RaftCore {
         self.voters.len() / 2 + 1
     }
 
-    pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let id = self.id;
-        self.voters.iter().copied().filter(move |&p| p != id)
+    /// Whom a leader replicates to: every member but itself (see `targets`).
+    pub(super) fn peers(&self) -> Vec<NodeId> {
+        self.targets.clone()
+    }
+
+    /// The other voters: whom a candidate asks.
+    pub(super) fn voter_peers(&self) -> Vec<NodeId> {
+        self.voters.iter().copied().filter(|&p| p != self.id).collect()
     }
 
     pub(super) fn reset_election_timer(&mut self) {
@@ -459,6 +512,7 @@ impl RaftCore {
             }
         }
         self.transfer_tick();
+        self.leave_if_not_voter();
         self.replication_tick();
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed_ticks = 0;
@@ -470,7 +524,11 @@ impl RaftCore {
     /// Check-quorum: step down if a quorum has not been heard from since the
     /// last round. Returns whether we are still leader.
     fn check_quorum_round(&mut self) -> bool {
-        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        let active = self
+            .voters
+            .iter()
+            .filter(|&&v| v == self.id || self.progress.get(&v).is_some_and(|p| p.recent_active))
+            .count();
         for pr in self.progress.values_mut() {
             pr.recent_active = false;
         }
@@ -542,6 +600,7 @@ impl RaftCore {
         if !entries.is_empty() {
             self.out.push(Command::Apply(entries));
         }
+        self.compact_configs();
         let committed_index = self.log.committed_index();
         while let Some(proposal) = self.proposals.front().copied() {
             if proposal.last_index > committed_index {
@@ -566,7 +625,7 @@ impl RaftCore {
         if message.to != self.id || message.from == self.id {
             return;
         }
-        if !self.voters.contains(&message.from) || !message.is_well_formed() {
+        if !self.accepts_from(message.from, &message.body) || !message.is_well_formed() {
             // Malformed input from the network is dropped, never a panic.
             return;
         }
@@ -585,6 +644,16 @@ impl RaftCore {
                 | MessageBody::TimeoutNow
                 | MessageBody::LogStart { .. } => {
                     self.become_follower(message.term, Some(message.from));
+                }
+                MessageBody::VoteRequest { .. } if self.role == Role::Follower => {
+                    // Raft Figure 2: the election timer restarts on a leader's
+                    // append or a granted vote, not on a candidate's higher
+                    // term. Restarting it here let a candidate whose log can
+                    // never win hold back, round after round, the only node
+                    // that could (simulation seed 671 with a wiped third node).
+                    let timer = (self.election_elapsed_ticks, self.election_timeout_ticks);
+                    self.become_follower(message.term, None);
+                    (self.election_elapsed_ticks, self.election_timeout_ticks) = timer;
                 }
                 _ => self.become_follower(message.term, None),
             }
@@ -612,8 +681,8 @@ impl RaftCore {
                 self.on_heartbeat_response(message.from, round, match_index)
             }
             MessageBody::TimeoutNow => self.on_timeout_now(message.from),
-            MessageBody::LogStart { start, leader_commit_index } => {
-                self.on_log_start(message.from, start, leader_commit_index)
+            MessageBody::LogStart { start, leader_commit_index, membership } => {
+                self.on_log_start(message.from, start, leader_commit_index, membership)
             }
         }
     }
@@ -654,6 +723,12 @@ impl RaftCore {
         debug_assert!(self.role == Role::Leader || (self.proposals.is_empty() && self.transfer.is_none()));
         debug_assert!(self.log.committed_index() <= self.log.last_index());
         debug_assert!(self.log.applied_index() == self.log.committed_index());
+        debug_assert!(self.role != Role::Leader || self.progress.keys().copied().eq(self.targets.iter().copied()));
+        debug_assert!(self
+            .configs
+            .records()
+            .first()
+            .is_none_or(|r| r.index <= self.log.committed_index().max(self.log.start().prev_index)));
         for pr in self.progress.values() {
             debug_assert!(pr.match_index < pr.next_index, "{pr:?}");
             debug_assert!(pr.next_index <= self.log.last_index() + 1, "{pr:?}");

@@ -28,8 +28,9 @@ impl RaftCore {
     }
 
     fn campaign_pre_vote(&mut self) {
-        if self.term >= MAX_TERM || self.campaigns_suspended {
+        if self.term >= MAX_TERM || self.campaigns_suspended || !self.may_campaign() {
             // Unreachable by counting elections; never wrap (see MAX_TERM).
+            // A learner, or a node not (or no longer) a member, never campaigns.
             self.reset_election_timer();
             return;
         }
@@ -44,8 +45,7 @@ impl RaftCore {
         }
         let proposed_term = self.term + 1;
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        let peers: Vec<NodeId> = self.peers().collect();
-        for peer in peers {
+        for peer in self.voter_peers() {
             let message = super::message::Message {
                 from: self.id,
                 to: peer,
@@ -58,7 +58,7 @@ impl RaftCore {
 
     /// Starts a real election in the next term.
     pub(super) fn campaign(&mut self, leadership_transfer: bool) {
-        if self.term >= MAX_TERM || self.campaigns_suspended {
+        if self.term >= MAX_TERM || self.campaigns_suspended || !self.may_campaign() {
             if self.role == Role::PreCandidate {
                 let term = self.term;
                 self.become_follower(term, None);
@@ -75,8 +75,7 @@ impl RaftCore {
         self.votes.insert(self.id, true);
         self.reset_election_timer();
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        let peers: Vec<NodeId> = self.peers().collect();
-        for peer in peers {
+        for peer in self.voter_peers() {
             self.send(peer, MessageBody::VoteRequest { last_log_index, last_log_term, leadership_transfer });
         }
         self.maybe_win_election();
@@ -140,8 +139,10 @@ impl RaftCore {
         }
     }
 
+    /// Votes of the voters in force (a vote from a node that has since
+    /// left the configuration counts for nothing).
     fn count_votes(&self, granted: bool) -> usize {
-        self.votes.values().filter(|&&g| g == granted).count()
+        self.votes.iter().filter(|&(&id, &g)| g == granted && self.is_voter(id)).count()
     }
 
     /// A candidate with a quorum of votes and its own vote saved becomes leader.
@@ -164,7 +165,7 @@ impl RaftCore {
         self.preferred_cooldown_ticks = 0;
         self.reads = Default::default();
         let last_index = self.log.last_index();
-        self.progress = self.peers().map(|p| (p, Progress::new(last_index))).collect();
+        self.progress = self.peers().into_iter().map(|p| (p, Progress::new(last_index))).collect();
         // The no-op lets this leader commit entries of earlier terms (§5.4.2)
         // and tells it when its commit index is current (for ReadIndex).
         let noop = super::message::Entry {

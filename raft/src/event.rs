@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::membership::MembershipChange;
 use super::message::{HardState, LogIndex, Message, NodeId, RequestId, Term};
 
 /// One input to the core. The core handles it completely before returning.
@@ -38,6 +39,19 @@ pub enum Event {
     ReadIndex {
         /// Echoed in the reply.
         request_id: RequestId,
+    },
+    /// Change the membership by one server; replied to like a `Propose`
+    /// once the configuration entry commits (it is in force on the leader
+    /// at once).
+    ChangeMembership {
+        /// Echoed in the reply.
+        request_id: RequestId,
+        /// The change.
+        change: MembershipChange,
+        /// Refuse unless the configuration in force has this version.
+        expected_version: Option<u64>,
+        /// Propose even if the new configuration's quorum is not reachable now.
+        force: bool,
     },
     /// Hand leadership to `target`.
     TransferLeadership {

@@ -656,6 +656,7 @@ fn a_restart_with_no_entries_in_memory_still_knows_every_term() {
         terms: vec![(1, 1), (3, 2)],
         last_index: 4,
         tail: vec![],
+        configs: vec![],
     };
     let mut core = RaftCore::new(2, VOTERS.to_vec(), config(), restored, rand::SeedableRng::seed_from_u64(2)).unwrap();
     core.step(recv(1, 2, 3, append((4, 3), vec![], 0)));
@@ -677,7 +678,14 @@ fn a_restored_log_that_disagrees_with_itself_is_refused() {
         (vec![(1, 1)], 2, vec![entry(2, 2)], "entry term differs from the term runs"),
     ];
     for (terms, last_index, tail, want) in cases {
-        let restored = RestoredState { meta: HardState::default(), start: Default::default(), terms, last_index, tail };
+        let restored = RestoredState {
+            meta: HardState::default(),
+            start: Default::default(),
+            terms,
+            last_index,
+            tail,
+            configs: vec![],
+        };
         let err = RaftCore::new(1, VOTERS.to_vec(), config(), restored, rand::SeedableRng::seed_from_u64(1));
         assert!(err.as_ref().is_err_and(|e| e.to_string().contains(want)), "{want}: {:?}", err.err());
     }
@@ -693,18 +701,31 @@ fn a_follower_behind_the_leaders_log_start_is_sent_the_start_and_resets_to_it() 
     leader.step(Event::LogPurged { first_index: 3 });
     let start = LogStart { prev_index: 2, prev_term: 1 };
     assert_eq!(leader.log().start(), start);
+    let membership = Membership::bootstrap(VOTERS.map(|v| (v, String::new())));
     // Follower 3 holds only index 1: the probe's back-off reaches below the start.
     let hint = ConflictHint { rejected_prev_log_index: 2, conflict_term: None, conflict_first_index: 2 };
     let out = leader.step(recv(3, 1, 2, MessageBody::AppendResponse { result: Err(hint) }));
-    assert_eq!(out, vec![send(1, 3, 2, MessageBody::LogStart { start, leader_commit_index: 3 })]);
+    assert_eq!(
+        out,
+        vec![send(1, 3, 2, MessageBody::LogStart { start, leader_commit_index: 3, membership: membership.clone() })]
+    );
     assert_eq!(leader.log_starts_sent(), 1);
 
     // The follower drops its log, counts the start committed and acknowledges it.
     let mut follower = node(3, &VOTERS, 2, &[1]);
-    let out = follower.step(recv(1, 3, 2, MessageBody::LogStart { start, leader_commit_index: 3 }));
+    let out = follower.step(recv(
+        1,
+        3,
+        2,
+        MessageBody::LogStart { start, leader_commit_index: 3, membership: membership.clone() },
+    ));
     assert_eq!(
         out,
-        vec![Command::InstallLogStart(start), send(3, 1, 2, MessageBody::AppendResponse { result: Ok(2) })]
+        vec![
+            Command::SaveConfig(ConfigRecord { index: 2, term: 1, membership: membership.clone() }),
+            Command::InstallLogStart(start),
+            send(3, 1, 2, MessageBody::AppendResponse { result: Ok(2) })
+        ]
     );
     let log = follower.log();
     assert_eq!((log.first_index(), log.last_index(), log.committed_index(), log.term_at(2)), (3, 2, 2, Some(1)));
@@ -716,7 +737,12 @@ fn a_follower_behind_the_leaders_log_start_is_sent_the_start_and_resets_to_it() 
 
     // A follower that holds the entry at the start, with its term, keeps its log.
     let mut caught_up = node(2, &VOTERS, 2, &[1, 1, 2]);
-    let out = caught_up.step(recv(1, 2, 2, MessageBody::LogStart { start, leader_commit_index: 3 }));
+    let out = caught_up.step(recv(
+        1,
+        2,
+        2,
+        MessageBody::LogStart { start, leader_commit_index: 3, membership: membership.clone() },
+    ));
     let ack = send(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) });
     assert_eq!(out, vec![Command::Apply(vec![entry(1, 1), entry(2, 1)]), ack], "it commits up to the start");
     assert_eq!(caught_up.log().last_index(), 3);

@@ -86,7 +86,8 @@ fn body_strategy() -> impl Strategy<Value = MessageBody> {
         Just(MessageBody::TimeoutNow),
         (value(), value(), value()).prop_map(|(i, t, c)| MessageBody::LogStart {
             start: LogStart { prev_index: i, prev_term: t },
-            leader_commit_index: c
+            leader_commit_index: c,
+            membership: Membership::bootstrap([(1, String::new()), (2, String::new())]),
         }),
     ]
 }
@@ -190,7 +191,11 @@ fn out_of_range_terms_and_indexes_are_dropped_whole() {
                 entries: vec![entry(MAX_INDEX.wrapping_add(1), 1)],
                 leader_commit_index: 0,
             },
-            MessageBody::LogStart { start: LogStart { prev_index: x, prev_term: 1 }, leader_commit_index: x },
+            MessageBody::LogStart {
+                start: LogStart { prev_index: x, prev_term: 1 },
+                leader_commit_index: x,
+                membership: Membership::bootstrap([(1, String::new())]),
+            },
             MessageBody::VoteRequest { last_log_index: x, last_log_term: 1, leadership_transfer: true },
             MessageBody::HeartbeatResponse { round: 1, match_index: x },
         ]

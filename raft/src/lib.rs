@@ -20,6 +20,7 @@
 //! | `Apply(entries)` | apply to the state machine, in order, once (see `Command`) |
 //! | `Reply(r)` | answer the client named by `r`'s `request_id` |
 //! | `InstallLogStart(start)` | durably drop the whole log and start it after `start` (before the next command) |
+//! | `SaveConfig(record)` | durably append a configuration record to the host's side file, before the next command (see [`Membership`]) |
 //!
 //! **Log start.** A host purges a prefix of its storage up to at most
 //! [`RaftCore::purge_limit`] (committed, applied and durable) and then steps
@@ -58,10 +59,14 @@
 //! up to the commit index, so a host that applies synchronously can serve at
 //! once).
 //!
-//! **Not yet.** State-machine snapshot transfer (a follower that receives a
-//! log start has the log from there on, not the state before it),
-//! membership changes, and repairing entries the engine reports corrupt in
-//! mid-log.
+//! **Membership.** The configuration in force is the latest in the log
+//! (see [`Membership`] for single-server changes, learners, and the side
+//! file a host keeps so that a restart finds it without reading the log);
+//! [`Event::ChangeMembership`] proposes a change, which the leader checks
+//! first (one at a time, after its own term's first commit, a learner only
+//! once caught up, a reachable quorum unless forced).
+//!
+//! **Not yet.** Repairing entries the engine reports corrupt in mid-log.
 //!
 //! # Example: a one-node host
 //!
@@ -92,7 +97,9 @@
 //!                 }
 //!                 Command::Apply(entries) => applied.extend(entries),
 //!                 Command::Reply(r) => replies.push(r),
-//!                 Command::Send(_) | Command::InstallLogStart(_) => unreachable!("a one-node group sends nothing"),
+//!                 Command::Send(_) | Command::InstallLogStart(_) | Command::SaveConfig(_) => {
+//!                     unreachable!("a one-node group sends nothing and changes no configuration")
+//!                 }
 //!             }
 //!         }
 //!     }
@@ -122,7 +129,8 @@
 //! * `raft_log`: the in-memory log and its durable/commit/apply positions.
 //! * `progress`: a leader's per-follower state and replication window.
 //! * `core`: the [`RaftCore`] state, dispatch, role changes, the send gate.
-//! * `election`, `replication`, `read_index`, `transfer`: the handlers.
+//! * `membership`: configurations, changes, the records a host keeps.
+//! * `election`, `replication`, `read_index`, `transfer`, `reconfig`: the handlers.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -131,10 +139,12 @@ mod config;
 mod core;
 mod election;
 mod event;
+mod membership;
 mod message;
 mod progress;
 mod raft_log;
 mod read_index;
+mod reconfig;
 mod replication;
 mod snapshot_pull;
 mod transfer;
@@ -155,6 +165,10 @@ pub use self::command::{ClientError, ClientReply, Command, TransferFailure};
 pub use self::config::{Config, ConfigError, InjectedBugs, LeaseConfig};
 pub use self::core::{LogStorage, NoStorage, RaftCore, RestoredState, Role, Status};
 pub use self::event::Event;
+pub use self::membership::{
+    ConfigHistory, ConfigRecord, Member, MemberRole, Membership, MembershipChange, MembershipRefusal,
+    MAX_ADDRESS_BYTES, MAX_MEMBERS,
+};
 pub use self::message::{
     ConflictHint, Entry, EntryKind, HardState, LogIndex, LogStart, Message, MessageBody, NodeId, RequestId, Term,
     MAX_INDEX, MAX_TERM,

@@ -31,6 +31,9 @@ pub enum EntryKind {
     /// core replicates and commits it like a command; the host acts on it
     /// and never hands it to an application.
     Admin,
+    /// A cluster configuration ([`Membership`](crate::Membership), in its
+    /// encoding): in force on a node from the moment it is in its log.
+    Config,
 }
 
 /// One entry of the replicated log.
@@ -146,6 +149,8 @@ pub enum MessageBody {
         start: LogStart,
         /// The leader's commit index (at least `start.prev_index`).
         leader_commit_index: LogIndex,
+        /// The configuration in force at the start.
+        membership: crate::Membership,
     },
 }
 
@@ -216,8 +221,9 @@ impl Message {
                 }
                 true
             }
-            MessageBody::LogStart { start, leader_commit_index } => {
-                start.prev_index >= 1
+            MessageBody::LogStart { start, leader_commit_index, membership } => {
+                membership.voters().next().is_some()
+                    && start.prev_index >= 1
                     && start.prev_term >= 1
                     && start.prev_term <= self.term
                     && *leader_commit_index >= start.prev_index
@@ -246,7 +252,9 @@ impl Message {
             }
             MessageBody::Heartbeat { leader_commit_index, .. } => ok(leader_commit_index),
             MessageBody::HeartbeatResponse { match_index, .. } => ok(match_index),
-            MessageBody::LogStart { start, leader_commit_index } => ok(&start.prev_index) && ok(leader_commit_index),
+            MessageBody::LogStart { start, leader_commit_index, .. } => {
+                ok(&start.prev_index) && ok(leader_commit_index)
+            }
             MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } | MessageBody::TimeoutNow => true,
         }
     }

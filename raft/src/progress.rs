@@ -45,6 +45,8 @@ pub struct Progress {
     inflight_bytes: u64,
     /// Heard from this follower since the last check-quorum round.
     pub recent_active: bool,
+    /// The leader's tick when it last heard from this follower.
+    pub heard_at_ticks: Option<u64>,
     /// Highest heartbeat round this follower acknowledged in this term.
     pub acked_round: u64,
     /// Ticks since `match_index` last moved while entries were in flight.
@@ -62,9 +64,16 @@ impl Progress {
             inflight: VecDeque::new(),
             inflight_bytes: 0,
             recent_active: false,
+            heard_at_ticks: None,
             acked_round: 0,
             stalled_ticks: 0,
         }
+    }
+
+    /// An answer came from this follower at tick `now`.
+    pub fn heard(&mut self, now: u64) {
+        self.recent_active = true;
+        self.heard_at_ticks = Some(now);
     }
 
     /// Entries sent and not yet acknowledged.

@@ -133,8 +133,12 @@ impl RaftCore {
     /// A peer acknowledged a round: serve the reads a quorum now covers and
     /// extend the lease.
     pub(super) fn on_round_acked(&mut self) {
-        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.acked_round).collect();
-        rounds.push(self.reads.round);
+        let own = self.reads.round;
+        let mut rounds: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|&v| if v == self.id { own } else { self.progress.get(&v).map_or(0, |p| p.acked_round) })
+            .collect();
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_round = rounds[self.quorum() - 1];
         if quorum_round <= self.reads.quorum_round {

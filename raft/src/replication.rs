@@ -53,9 +53,9 @@ impl RaftCore {
     pub(super) fn append_as_leader(&mut self, entries: Vec<Entry>) {
         assert_eq!(self.role, Role::Leader);
         self.log.append(&entries);
+        self.note_config_entries(&entries);
         self.out.push(Command::PersistEntries { truncate_from: None, entries });
-        let peers: Vec<NodeId> = self.peers().collect();
-        for peer in peers {
+        for peer in self.peers() {
             self.send_appends(peer, false);
         }
         // A single-node cluster commits as soon as its own disk reports.
@@ -122,6 +122,7 @@ impl RaftCore {
         let (max_inflight_entries, max_inflight_bytes) =
             (self.config.max_inflight_entries, self.config.max_inflight_bytes);
         let start = self.log.start();
+        let membership = self.config_record_at(start.prev_index).expect("the start has a term").membership;
         let pr = self.progress.get_mut(&peer).expect("progress for every peer");
         if pr.state == ProgressState::Replicate {
             let next_index = pr.next_index;
@@ -134,11 +135,17 @@ impl RaftCore {
         pr.on_sent(sent_upto, 0);
         let leader_commit_index = self.log.committed_index();
         self.log_starts_sent += 1;
-        self.send(peer, MessageBody::LogStart { start, leader_commit_index });
+        self.send(peer, MessageBody::LogStart { start, leader_commit_index, membership });
     }
 
     /// Follower: the leader's log starts after `start`.
-    pub(super) fn on_log_start(&mut self, from: NodeId, start: LogStart, leader_commit_index: LogIndex) {
+    pub(super) fn on_log_start(
+        &mut self,
+        from: NodeId,
+        start: LogStart,
+        leader_commit_index: LogIndex,
+        membership: crate::Membership,
+    ) {
         self.heard_from_leader(from);
         let here = self.log.term_at(start.prev_index);
         let held = start.prev_index <= self.log.start().prev_index
@@ -150,7 +157,11 @@ impl RaftCore {
                 return;
             }
             self.log.reset_to(start);
+            let record = crate::ConfigRecord { index: start.prev_index, term: start.prev_term, membership };
+            self.configs.reset(record.clone());
+            self.out.push(Command::SaveConfig(record));
             self.out.push(Command::InstallLogStart(start));
+            self.refresh_config();
         }
         self.verified_index = self.verified_index.max(start.prev_index);
         if self.log.commit_to(leader_commit_index.min(self.verified_index)) {
@@ -232,8 +243,7 @@ impl RaftCore {
     pub(super) fn broadcast_heartbeat(&mut self) {
         let round = self.reads.start_round(self.now_ticks, self.config.lease_ticks());
         let commit = self.log.committed_index();
-        let peers: Vec<NodeId> = self.peers().collect();
-        for peer in peers {
+        for peer in self.peers() {
             let pr = self.progress.get_mut(&peer).expect("progress for every peer");
             let leader_commit_index = commit.min(pr.match_index);
             if pr.state == ProgressState::Probe {
@@ -308,11 +318,13 @@ impl RaftCore {
             let first_index = entries[0].index;
             let truncate_from = if first_index <= self.log.last_index() {
                 self.log.truncate_from(first_index);
+                self.truncate_configs(first_index);
                 Some(first_index)
             } else {
                 None
             };
             self.log.append(&entries);
+            self.note_config_entries(&entries);
             self.out.push(Command::PersistEntries { truncate_from, entries });
         }
         self.verified_index = self.verified_index.max(batch_last);
@@ -352,8 +364,9 @@ impl RaftCore {
                 // a malformed or misdirected answer. Drop it.
             }
             Ok(match_index) => {
-                let pr = self.progress.get_mut(&from).expect("progress for every peer");
-                pr.recent_active = true;
+                let now = self.now_ticks;
+                let Some(pr) = self.progress.get_mut(&from) else { return };
+                pr.heard(now);
                 if pr.on_ack(match_index) {
                     self.maybe_commit();
                     self.on_transfer_target_progress(from);
@@ -364,8 +377,9 @@ impl RaftCore {
             }
             Err(hint) => {
                 let next_index = self.next_index_after_reject(hint);
-                let pr = self.progress.get_mut(&from).expect("progress for every peer");
-                pr.recent_active = true;
+                let now = self.now_ticks;
+                let Some(pr) = self.progress.get_mut(&from) else { return };
+                pr.heard(now);
                 let stale = hint.rejected_prev_log_index < pr.match_index
                     || (pr.state == ProgressState::Probe && hint.rejected_prev_log_index + 1 != pr.next_index);
                 if stale {
@@ -407,8 +421,9 @@ impl RaftCore {
         }
         // A match past our log is malformed; keep the round, drop the match.
         let match_index = if match_index > self.log.last_index() { 0 } else { match_index };
-        let pr = self.progress.get_mut(&from).expect("progress for every peer");
-        pr.recent_active = true;
+        let now = self.now_ticks;
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.heard(now);
         pr.acked_round = pr.acked_round.max(round);
         // The follower no longer knows what we know it holds (it restarted,
         // forgetting what it verified this term): re-verify with an empty
@@ -448,10 +463,15 @@ impl RaftCore {
         }
     }
 
-    /// Commit = the quorum-th highest durable match, if from this term.
+    /// Commit = the quorum-th highest durable match among the voters in
+    /// force, if from this term. Learners never count.
     pub(super) fn maybe_commit(&mut self) {
-        let mut matches: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.log.durable_index());
+        let durable = self.log.durable_index();
+        let mut matches: Vec<LogIndex> = self
+            .voters
+            .iter()
+            .map(|&v| if v == self.id { durable } else { self.progress.get(&v).map_or(0, |p| p.match_index) })
+            .collect();
         matches.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_index = matches[self.quorum() - 1];
         if quorum_index <= self.log.committed_index() {

@@ -88,6 +88,7 @@ impl Cluster {
                     Command::Apply(entries) => self.applied.entry(id).or_default().extend(entries),
                     Command::Reply(reply) => self.replies.push(reply),
                     Command::InstallLogStart(start) => panic!("no purges in these scenarios, yet {start:?}"),
+                    Command::SaveConfig(record) => self.disks.get_mut(&id).expect("disk").configs.push(record),
                 }
             }
         }
@@ -359,4 +360,132 @@ fn split_vote_is_resolved_by_the_next_randomized_timeout() {
     c.time_out(1);
     c.deliver_all();
     assert_eq!((c.status(1).role, c.status(1).term), (Role::Leader, 3));
+}
+
+/// Delivers every message between `a` and each of `peers`, both ways,
+/// until none is left (what they produce included); drops the rest of
+/// what `a` sent to nodes outside `peers` when `drop_others`.
+fn exchange(c: &mut Cluster, a: NodeId, peers: &[NodeId]) {
+    loop {
+        let next = c
+            .in_flight
+            .iter()
+            .position(|m| (m.from == a && peers.contains(&m.to)) || (m.to == a && peers.contains(&m.from)));
+        let Some(k) = next else { return };
+        let message = c.in_flight.remove(k).expect("found");
+        let to = message.to;
+        if c.cores.contains_key(&to) {
+            c.step(to, Event::Message(message));
+        }
+    }
+}
+
+/// Four voters (1-4) and two caught-up learners (5, 6), all holding the
+/// configuration entry and leader 1's no-op of term 2, committed. Leader 1
+/// then promotes 5; only 5 receives that entry before 1 is cut off, and 2
+/// wins term 3 with the votes of 3 and 4.
+fn ongaro_up_to_a_new_leader(bugs: InjectedBugs) -> Cluster {
+    let ids: [NodeId; 6] = [1, 2, 3, 4, 5, 6];
+    let mut c = Cluster::new(figure_8_config(bugs), &ids.map(|id| (id, 1, &[][..])));
+    let mut c0 = Membership::bootstrap([1, 2, 3, 4].map(|v| (v, String::new())));
+    for learner in [5, 6] {
+        c0 = c0.changed(&MembershipChange::AddLearner { id: learner, address: String::new() }).expect("add");
+    }
+    for id in ids {
+        let disk = c.disks.get_mut(&id).expect("disk");
+        disk.tail = vec![Entry { index: 1, term: 1, kind: EntryKind::Config, payload: c0.encode() }];
+        c.restart(id);
+    }
+    c.time_out(1);
+    c.deliver_all();
+    c.step(1, Event::Tick); // a heartbeat round: 1 hears from everyone
+    c.step(1, Event::Tick);
+    c.deliver_all();
+    assert_eq!((c.status(1).role, c.status(1).committed_index), (Role::Leader, 2));
+    assert_eq!(c.cores[&1].membership().learners().collect::<Vec<_>>(), vec![5, 6]);
+
+    let promote = |id| Event::ChangeMembership {
+        request_id: 100 + id,
+        change: MembershipChange::Promote { id },
+        expected_version: None,
+        force: false,
+    };
+    c.step(1, promote(5));
+    exchange(&mut c, 1, &[5]);
+    assert!(c.cores[&5].membership().is_voter(5), "5 holds its promotion (index 3, term 2)");
+    c.in_flight.retain(|m| m.from != 1 && m.to != 1);
+    c.isolated.insert(1);
+
+    c.time_out(2);
+    for voter in [3, 4] {
+        assert!(matches!(c.deliver(2, voter), MessageBody::VoteRequest { .. }));
+        assert_eq!(c.deliver(voter, 2), MessageBody::VoteResponse { granted: true });
+    }
+    assert_eq!((c.status(2).role, c.status(2).term), (Role::Leader, 3));
+    // 4 voted, and hears nothing more from 2; nor does 3 yet, so 2's no-op
+    // (index 3) is not committed.
+    c.in_flight.retain(|m| m.to != 4 && m.to != 3);
+    // 2 hears from 6 (a heartbeat round), so 6 counts as caught up and reachable.
+    c.step(2, Event::Tick);
+    c.step(2, Event::Tick);
+    exchange(&mut c, 2, &[6]);
+    c
+}
+
+#[test]
+fn ongaro_a_change_before_the_leaders_own_term_commit_is_refused() {
+    let mut c = ongaro_up_to_a_new_leader(InjectedBugs::default());
+    c.step(
+        2,
+        Event::ChangeMembership {
+            request_id: 7,
+            change: MembershipChange::Promote { id: 6 },
+            expected_version: None,
+            force: false,
+        },
+    );
+    let refused = ClientError::MembershipRefused(MembershipRefusal::NotReady);
+    assert_eq!(c.replies.last(), Some(&ClientReply::Failed { request_id: 7, error: refused }));
+    assert_eq!(c.cores[&2].membership().voters().collect::<Vec<_>>(), vec![1, 2, 3, 4], "nothing changed");
+}
+
+#[test]
+fn ongaro_with_the_bug_a_committed_entry_is_lost() {
+    // The single-server change bug (Ongaro, raft-dev 2015): 2 promotes 6
+    // under a configuration that lacks 1's promotion of 5, commits it and
+    // an entry with {2, 3, 6} (a quorum of {1,2,3,4,6}); 1 then wins with
+    // {1, 4, 5} (a quorum of {1,2,3,4,5}) without that entry.
+    let bugs = InjectedBugs { change_before_own_term_commit: true, ..InjectedBugs::default() };
+    let mut c = ongaro_up_to_a_new_leader(bugs);
+    c.step(
+        2,
+        Event::ChangeMembership {
+            request_id: 7,
+            change: MembershipChange::Promote { id: 6 },
+            expected_version: None,
+            force: true, // 3 has not answered this leader yet
+        },
+    );
+    c.step(2, Event::Propose { request_id: 8, payloads: vec![Bytes::from_static(b"x")] });
+    exchange(&mut c, 2, &[3, 6]);
+    c.step(2, Event::Tick);
+    c.step(2, Event::Tick);
+    exchange(&mut c, 2, &[3, 6]);
+    let committed_x = c.replies.iter().find_map(|r| match r {
+        ClientReply::Committed { request_id: 8, first_index, .. } => Some(*first_index),
+        _ => None,
+    });
+    let x = committed_x.unwrap_or_else(|| panic!("x committed by {{2, 3, 6}}: {:?}", c.replies));
+
+    c.isolated.remove(&1);
+    c.in_flight.clear();
+    c.crash(1);
+    c.restart(1);
+    c.time_out(1); // term 3: 4 and 5 voted already, or refuse
+    c.in_flight.clear();
+    c.time_out(1); // term 4
+    exchange(&mut c, 1, &[4, 5]);
+    assert_eq!((c.status(1).role, c.status(1).term), (Role::Leader, 4), "1 won with {{1, 4, 5}}");
+    let held = c.cores[&1].log().term_at(x);
+    assert_ne!(held, Some(3), "Leader Completeness broken: the new leader lacks committed entry {x}");
 }

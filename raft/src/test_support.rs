@@ -19,6 +19,8 @@ pub fn config() -> Config {
         check_quorum: true,
         lease: None,
         preferred_leader: None,
+        promote_max_lag_entries: 100,
+        promote_max_lag_bytes: u64::MAX,
         injected_bugs: InjectedBugs::default(),
     }
 }

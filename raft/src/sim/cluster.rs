@@ -44,8 +44,8 @@ use super::network::SimNetwork;
 use super::storage::SimDisk;
 use crate::snapshot_pull::{PullStep, SnapshotMessage, SnapshotPull};
 use crate::{
-    ClientReply, Command, Config, Event, InjectedBugs, LeaseConfig, LogIndex, LogStart, Message, NodeId, RaftCore,
-    RequestId, RestoredState, Role,
+    ClientReply, Command, Config, Event, InjectedBugs, LeaseConfig, LogIndex, LogStart, MembershipChange, Message,
+    NodeId, RaftCore, RequestId, RestoredState, Role,
 };
 
 /// Simulated milliseconds per tick.
@@ -76,6 +76,10 @@ pub struct SimOptions {
     /// Host bug: a follower sent a log start past its state machine jumps
     /// its state machine to the start instead of installing a snapshot.
     pub host_skips_snapshot_install: bool,
+    /// Host bug: a node whose disk was wiped restarts as its old voter,
+    /// with no vote and no log (what a server did before bootstraps were
+    /// explicit), instead of staying out until the operator replaces it.
+    pub host_rejoins_wiped_node: bool,
 }
 
 impl SimOptions {
@@ -87,6 +91,7 @@ impl SimOptions {
             bugs: InjectedBugs::default(),
             host_skips_tick_catch_up: false,
             host_skips_snapshot_install: false,
+            host_rejoins_wiped_node: false,
         }
     }
 }
@@ -122,6 +127,12 @@ pub struct SimReport {
     pub corrupt_chunks: u64,
     /// Fetched files that failed the whole-file checksum and began again.
     pub whole_file_mismatches: u64,
+    /// Membership changes committed.
+    pub membership_changes: u64,
+    /// Membership changes the leader refused.
+    pub membership_refusals: u64,
+    /// Disks wiped (all durable state lost).
+    pub wipes: u64,
     /// Ticks from the heal until one leader was followed by all.
     pub ticks_to_leader: u64,
     /// Ticks from the heal until the cluster converged.
@@ -147,6 +158,9 @@ enum Action {
     /// Crash this node if it is still leader of this term: short-lived
     /// leaders leave the divergent, uncommitted tails of Figure 8 behind.
     CrashLeader(NodeId, u64),
+    /// An operator's membership change at this node (a script that goes
+    /// on with its change at the new leader right after a failover).
+    Operator(NodeId),
 }
 
 impl Action {
@@ -158,7 +172,12 @@ impl Action {
             }
             Action::Deliver(message) => Some(message.to),
             Action::DeliverSnapshot(_, to, _) => Some(*to),
-            Action::Client | Action::Fault | Action::Restart(_) | Action::Resume(..) | Action::CrashLeader(..) => None,
+            Action::Client
+            | Action::Fault
+            | Action::Restart(_)
+            | Action::Resume(..)
+            | Action::CrashLeader(..)
+            | Action::Operator(_) => None,
         }
     }
 }
@@ -202,6 +221,9 @@ struct SimNode {
     machine: SimMachine,
     /// A snapshot fetch under way.
     pull: Option<SnapshotPull>,
+    /// Decommissioned for good (removed, or its disk was wiped): never
+    /// restarted, and not expected to converge.
+    gone: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +231,7 @@ enum ClientOp {
     Propose(Vec<Bytes>),
     Read { acked_before: LogIndex },
     Transfer,
+    Member(MembershipChange),
 }
 
 struct Outstanding {
@@ -221,7 +244,17 @@ pub struct Simulation {
     options: SimOptions,
     rng: ChaCha8Rng,
     config: Config,
-    voters: Vec<NodeId>,
+    /// The cluster's bootstrap voters.
+    bootstrap: Vec<NodeId>,
+    /// Every node that is not gone, in id order.
+    ids: Vec<NodeId>,
+    /// The next node id an operator adds (ids are never reused).
+    next_id: NodeId,
+    /// This seed changes the membership and wipes disks.
+    reconfig: bool,
+    /// Decisions about membership, drawn apart from `rng` so that seeds
+    /// without changes run as they did before there were any.
+    member_rng: ChaCha8Rng,
     /// Each node's tick period: `TICK_MS` ± 10 %, the clock drift the lease's
     /// margin (2 of 10 ticks) must absorb.
     tick_period_ms: BTreeMap<NodeId, u64>,
@@ -287,6 +320,8 @@ impl Simulation {
             lease: (check_quorum && (rng.gen_bool(0.5) || options.host_skips_tick_catch_up))
                 .then_some(LeaseConfig { drift_margin_ticks: 2 }),
             preferred_leader: rng.gen_bool(0.2).then(|| rng.gen_range(1..=node_count as u64)),
+            promote_max_lag_entries: 64,
+            promote_max_lag_bytes: u64::MAX,
             injected_bugs: options.bugs,
         };
         // Drawn apart from `rng`, so that seeds without a state machine run
@@ -295,6 +330,12 @@ impl Simulation {
         let machines = side.gen_bool(0.5) || options.host_skips_snapshot_install;
         let snapshot_per_mille = [10, 50, 200][side.gen_range(0..3)];
         let corrupt_chunk_per_mille = [0, 20, 100][side.gen_range(0..3)];
+        let mut member_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x3e3b_e125_c4a9_6e01);
+        let bugs = options.bugs;
+        let reconfig = member_rng.gen_bool(0.5)
+            || options.host_rejoins_wiped_node
+            || bugs.change_before_own_term_commit
+            || bugs.concurrent_membership_changes;
         let mut network = SimNetwork::default();
         network.drop_per_mille = rng.gen_range(0..100);
         network.duplicate_per_mille = rng.gen_range(0..50);
@@ -302,7 +343,11 @@ impl Simulation {
         let mut sim = Simulation {
             options,
             config,
-            voters: voters.clone(),
+            bootstrap: voters.clone(),
+            ids: voters.clone(),
+            next_id: node_count as u64 + 1,
+            reconfig,
+            member_rng,
             tick_period_ms: voters.iter().map(|&id| (id, rng.gen_range(TICK_MS - 1..=TICK_MS + 1))).collect(),
             nodes: BTreeMap::new(),
             network,
@@ -340,6 +385,7 @@ impl Simulation {
                 tick_generation: 0,
                 machine: SimMachine::default(),
                 pull: None,
+                gone: false,
             };
             sim.nodes.insert(id, node);
             sim.start_node(id).expect("an empty node starts");
@@ -390,6 +436,13 @@ impl Simulation {
                 elapsed_ticks > LEADER_BOUND_ELECTION_TIMEOUTS * self.config.election_timeout_max_ticks
             };
             if late && self.logs_converged() {
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    for (id, node) in &self.nodes {
+                        if let Some(core) = &node.core {
+                            eprintln!("node {id}: {:?} voters {:?} reads {:?}", core.status(), core.voters, core.reads);
+                        }
+                    }
+                }
                 return Err(Violation {
                     checker: names::REQUESTS_ANSWERED,
                     detail: format!(
@@ -407,12 +460,17 @@ impl Simulation {
                     for (id, node) in &self.nodes {
                         if let Some(core) = &node.core {
                             eprintln!(
-                                "node {id}: {:?} disk_sync_scheduled {} unsynced {}",
+                                "node {id}: {:?} disk_sync_scheduled {} unsynced {} voters {:?} learners {:?} gone {} pulling {:?} suspended {}",
                                 core.status(),
                                 node.disk_sync_scheduled,
-                                node.disk.has_unsynced_entries()
+                                node.disk.has_unsynced_entries(),
+                                core.membership().voters().collect::<Vec<_>>(),
+                                core.membership().learners().collect::<Vec<_>>(),
+                                node.gone,
+                                node.pull.as_ref().map(|p| (p.source(), p.min_index())),
+                                core.campaigns_suspended()
                             );
-                            for peer in &self.voters {
+                            for peer in self.nodes.keys() {
                                 if let Some(p) = core.progress(*peer) {
                                     eprintln!("  progress {peer}: {p:?}");
                                 }
@@ -541,8 +599,13 @@ impl Simulation {
                     self.inject_fault();
                 }
             }
+            Action::Operator(id) => {
+                if !self.healing && self.nodes[&id].core.is_some() {
+                    self.operator_request(id)?;
+                }
+            }
             Action::Restart(id) => {
-                if self.nodes[&id].core.is_none() {
+                if self.nodes[&id].core.is_none() && !self.nodes[&id].gone {
                     self.start_node(id)?;
                 }
             }
@@ -554,9 +617,12 @@ impl Simulation {
         let core_seed = self.rng.gen();
         let node = self.nodes.get_mut(&id).expect("node");
         let restored = node.restored.take().expect("a stopped node has what survived");
-        let core =
-            RaftCore::new(id, self.voters.clone(), self.config.clone(), restored, ChaCha8Rng::seed_from_u64(core_seed))
-                .expect("valid simulation config");
+        // Bootstrap members know the bootstrap; a node added later joins.
+        let voters = if self.bootstrap.contains(&id) { self.bootstrap.clone() } else { Vec::new() };
+        let core = RaftCore::new(id, voters, self.config.clone(), restored, ChaCha8Rng::seed_from_u64(core_seed))
+            .expect("valid simulation config");
+        // The host rewrites its configuration file to what the core kept.
+        node.disk.configs = core.config_history().clone();
         node.core = Some(core);
         node.incarnation += 1;
         node.disk_sync_scheduled = false;
@@ -593,7 +659,7 @@ impl Simulation {
         let core = self.nodes[&id].core.as_ref().expect("live node");
         let mut limit = core.purge_limit();
         if self.purge_holds_for_followers && core.status().role == Role::Leader {
-            for &peer in self.voters.iter().filter(|&&p| p != id) {
+            for &peer in core.membership().members.keys().filter(|&&p| p != id) {
                 limit = limit.min(core.progress(peer).map_or(0, |p| p.match_index));
             }
         }
@@ -638,6 +704,10 @@ impl Simulation {
                 let delay_ms = self.rng.gen_range(1..=3 * TICK_MS);
                 self.schedule(delay_ms, Action::CrashLeader(id, status.term));
             }
+            if self.reconfig && !self.healing && self.member_rng.gen_range(0..100) < 30 {
+                let delay_ms = self.member_rng.gen_range(0..=2 * TICK_MS);
+                self.schedule(delay_ms, Action::Operator(id));
+            }
             self.nodes.get_mut(&id).expect("node").was_leader_of_term = Some(status.term);
         }
         Ok(())
@@ -660,6 +730,13 @@ impl Simulation {
                 self.checkers.leader_append_only(&status, truncate_from)?;
                 let node = self.nodes.get_mut(&id).expect("node");
                 node.disk.persist(truncate_from, &entries);
+                // The host's configuration file, by its rules (see `membership`).
+                let core = node.core.as_ref().expect("live");
+                if let Some(from) = truncate_from {
+                    node.disk.configs.drop_truncated(from, core.config_history());
+                }
+                let durable_commit = core.log().committed_index().min(core.log().durable_index());
+                node.disk.configs.compact(durable_commit);
                 self.checkers.log_matching(id, &entries, &node.disk)?;
                 if !node.disk_sync_scheduled {
                     node.disk_sync_scheduled = true;
@@ -688,9 +765,13 @@ impl Simulation {
                 }
             }
             Command::Reply(reply) => self.on_reply(id, reply)?,
+            Command::SaveConfig(record) => self.nodes.get_mut(&id).expect("node").disk.configs.append_written(record),
             Command::InstallLogStart(start) => {
                 self.checkers.log_start(id, start, "installed a leader's log start")?;
-                self.nodes.get_mut(&id).expect("node").disk.reset(start);
+                let node = self.nodes.get_mut(&id).expect("node");
+                node.disk.reset(start);
+                let record = node.disk.configs.latest_record().cloned().expect("recorded before the install");
+                node.disk.configs.reset(record);
                 self.report.log_starts_installed += 1;
                 if self.machines {
                     self.machine_behind_start(id, start)?;
@@ -703,7 +784,7 @@ impl Simulation {
     /// Seeds with a state machine, on every tick: maybe snapshot it; ask
     /// again for a chunk whose answer is late.
     fn machine_tick(&mut self, id: NodeId) {
-        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != id).collect();
+        let peers: Vec<NodeId> = self.ids.iter().copied().filter(|&p| p != id).collect();
         let roll = self.rng.gen_range(0..1000);
         let node = self.nodes.get_mut(&id).expect("node");
         let leader = node.core.as_ref().expect("live").status().leader_id;
@@ -791,7 +872,7 @@ impl Simulation {
     /// Starts (or goes on with, from the partial file) a fetch of a
     /// snapshot covering `min_index`; the node stops campaigning.
     fn begin_pull(&mut self, id: NodeId, min_index: LogIndex) -> Result<(), Violation> {
-        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != id).collect();
+        let peers: Vec<NodeId> = self.ids.iter().copied().filter(|&p| p != id).collect();
         let retry_ticks = self.config.election_timeout_min_ticks as u32;
         let node = self.nodes.get_mut(&id).expect("node");
         let core = node.core.as_mut().expect("live");
@@ -921,9 +1002,30 @@ impl Simulation {
                 self.report.reads_served += 1;
             }
             (ClientReply::TransferDone { .. }, ClientOp::Transfer) => self.report.transfers_done += 1,
-            (ClientReply::Failed { error, .. }, _) => {
+            (ClientReply::Committed { .. }, ClientOp::Member(change)) => {
+                self.report.membership_changes += 1;
+                if let MembershipChange::Remove { id: removed } = change {
+                    // Committed: the operator decommissions the node.
+                    self.decommission(removed);
+                }
+            }
+            (ClientReply::Failed { error, .. }, op) => {
+                let definitely_not_applied = matches!(
+                    error,
+                    crate::ClientError::MembershipRefused(_)
+                        | crate::ClientError::NotLeader { .. }
+                        | crate::ClientError::TransferInProgress { .. }
+                );
+                if matches!(error, crate::ClientError::MembershipRefused(_)) {
+                    self.report.membership_refusals += 1;
+                }
                 if let crate::ClientError::NotLeader { leader_hint } = error {
                     self.leader_guess = leader_hint;
+                }
+                if let ClientOp::Member(MembershipChange::AddLearner { id: added, .. }) = op {
+                    if definitely_not_applied {
+                        self.decommission(added);
+                    }
                 }
             }
             (reply, op) => {
@@ -939,11 +1041,14 @@ impl Simulation {
     fn client_request(&mut self) -> Result<(), Violation> {
         let target = match self.leader_guess {
             Some(leader) if self.rng.gen_bool(0.8) => leader,
-            _ => self.rng.gen_range(1..=self.voters.len() as u64),
+            _ => self.ids[self.rng.gen_range(0..self.ids.len())],
         };
         if self.nodes[&target].core.is_none() {
             self.leader_guess = None;
             return Ok(());
+        }
+        if self.reconfig && self.member_rng.gen_range(0..100) < 4 {
+            return self.operator_request(target);
         }
         let request_id = self.next_request_id;
         self.next_request_id += 1;
@@ -971,7 +1076,7 @@ impl Simulation {
             let payload = self.next_payloads().swap_remove(0);
             (ClientOp::Propose(vec![payload.clone()]), Event::ProposeAdmin { request_id, payload })
         } else {
-            let target = self.rng.gen_range(1..=self.voters.len() as u64);
+            let target = self.ids[self.rng.gen_range(0..self.ids.len())];
             (ClientOp::Transfer, Event::TransferLeadership { request_id, target })
         };
         self.outstanding.insert(request_id, Outstanding { node: target, op });
@@ -1010,8 +1115,13 @@ impl Simulation {
     }
 
     fn inject_fault(&mut self) {
-        let ids = self.voters.clone();
+        if self.reconfig && self.member_rng.gen_range(0..100) < 3 {
+            self.wipe_a_node();
+            return;
+        }
+        let ids = self.ids.clone();
         let n = ids.len() as u64;
+        let pick = |rng: &mut ChaCha8Rng| ids[rng.gen_range(0..ids.len())];
         match self.rng.gen_range(0..100) {
             0..=19 => self.network.heal(),
             20..=31 => {
@@ -1031,20 +1141,20 @@ impl Simulation {
                 }
             }
             44..=53 if n > 1 => {
-                let from = self.rng.gen_range(1..=n);
-                let to = self.rng.gen_range(1..=n);
+                let from = pick(&mut self.rng);
+                let to = pick(&mut self.rng);
                 if from != to {
                     self.network.cut_one_way(from, to);
                 }
             }
             54..=63 => {
-                let id = self.rng.gen_range(1..=n);
+                let id = pick(&mut self.rng);
                 self.crash_node(id);
             }
             64..=73 => {
                 let id = match self.current_leader() {
                     Some(leader) if self.rng.gen_bool(0.5) => leader,
-                    _ => self.rng.gen_range(1..=n),
+                    _ => pick(&mut self.rng),
                 };
                 self.pause_node(id);
             }
@@ -1075,37 +1185,58 @@ impl Simulation {
         self.network.heal();
         self.network.drop_per_mille = 0;
         self.network.duplicate_per_mille = 0;
-        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
+        let down: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.core.is_none() && !n.gone).map(|(&id, _)| id).collect();
         for id in down {
             // An empty node or one restored from its own snapshot: nothing to check yet.
             self.start_node(id).expect("a restart checks nothing");
         }
     }
 
-    /// A leader whose term and leadership every node acknowledges.
+    /// The highest-term leader, if every member of its configuration that
+    /// is not gone is live and follows it in its term.
     fn leader_followed_by_all(&self) -> Option<crate::Status> {
-        let statuses: Vec<_> = self.nodes.values().filter_map(|n| n.core.as_ref().map(|c| c.status())).collect();
-        if statuses.len() != self.nodes.len() {
-            return None;
-        }
-        let leader = *statuses.iter().find(|s| s.role == Role::Leader)?;
-        statuses.iter().all(|s| s.term == leader.term && s.leader_id == Some(leader.id)).then_some(leader)
+        let (leader, core) = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| (c.status(), c))
+            .filter(|(s, _)| s.role == Role::Leader)
+            .max_by_key(|(s, _)| s.term)?;
+        let all = self.converging_members(core).into_iter().all(|id| {
+            let s = self.nodes[&id].core.as_ref().map(|c| c.status());
+            s.is_some_and(|s| s.term == leader.term && s.leader_id == Some(leader.id))
+        });
+        all.then_some(leader)
     }
 
-    /// Logs converged and no request left unanswered.
+    /// The members of `leader`'s configuration that must converge: all but
+    /// the gone (wiped, or removed by an operator who saw it commit).
+    fn converging_members(&self, leader: &RaftCore) -> Vec<NodeId> {
+        leader.membership().members.keys().copied().filter(|id| !self.nodes.get(id).is_none_or(|n| n.gone)).collect()
+    }
+
+    /// Logs converged and no request to a member left unanswered (a
+    /// request held by a node that left is its client's to time out).
     fn converged(&self) -> bool {
-        self.logs_converged() && self.outstanding.is_empty()
+        if !self.logs_converged() {
+            return false;
+        }
+        let leader = self.leader_followed_by_all().expect("converged");
+        let members = self.converging_members(self.nodes[&leader.id].core.as_ref().expect("live"));
+        self.outstanding.values().all(|o| !members.contains(&o.node))
     }
 
-    /// One leader followed by all, identical fully committed durable logs.
+    /// One leader followed by all its members, identical fully committed
+    /// durable logs on them.
     fn logs_converged(&self) -> bool {
-        let statuses: Vec<_> = self.nodes.values().filter_map(|n| n.core.as_ref().map(|c| c.status())).collect();
         let Some(leader) = self.leader_followed_by_all() else { return false };
         let leader_core = self.nodes[&leader.id].core.as_ref().expect("live");
         let last_term = leader_core.log().last_term();
-        statuses.iter().all(|s| {
-            let node = &self.nodes[&s.id];
+        self.converging_members(leader_core).into_iter().all(|id| {
+            let node = &self.nodes[&id];
             let core = node.core.as_ref().expect("live");
+            let s = core.status();
             let machine_done =
                 !self.machines || (node.pull.is_none() && node.machine.applied == core.log().applied_index());
             machine_done
@@ -1118,9 +1249,139 @@ impl Simulation {
         })
     }
 
+    /// An operator's membership change at `target`: add a learner (a new
+    /// node, started empty, joining), promote a learner, demote a voter, or
+    /// remove a member (a wiped one first: that is how it is replaced).
+    fn operator_request(&mut self, target: NodeId) -> Result<(), Violation> {
+        let core = self.nodes[&target].core.as_ref().expect("live");
+        let membership = core.membership().clone();
+        let learners: Vec<NodeId> = membership.learners().collect();
+        let voters: Vec<NodeId> = membership.voters().collect();
+        let wiped_members: Vec<NodeId> =
+            membership.members.keys().copied().filter(|id| self.nodes.get(id).is_some_and(|n| n.gone)).collect();
+        let r = &mut self.member_rng;
+        let change = match r.gen_range(0..100) {
+            _ if !wiped_members.is_empty() && r.gen_bool(0.5) => {
+                MembershipChange::Remove { id: wiped_members[r.gen_range(0..wiped_members.len())] }
+            }
+            0..=34 if self.ids.len() < 7 && self.next_id <= 16 => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.add_node(id)?;
+                MembershipChange::AddLearner { id, address: String::new() }
+            }
+            0..=64 if !learners.is_empty() => {
+                MembershipChange::Promote { id: learners[r.gen_range(0..learners.len())] }
+            }
+            0..=79 if voters.len() > 1 => MembershipChange::Demote { id: voters[r.gen_range(0..voters.len())] },
+            _ => {
+                let members: Vec<NodeId> = membership.members.keys().copied().collect();
+                if members.is_empty() {
+                    return Ok(());
+                }
+                MembershipChange::Remove { id: members[r.gen_range(0..members.len())] }
+            }
+        };
+        // An operator who knows which disks are gone never asks for a
+        // configuration whose live voters are not a quorum: nothing could
+        // bring such a cluster back (the reachability check only sees who
+        // answered lately, and a node wiped a moment ago did).
+        if let Ok(next) = membership.changed(&change) {
+            let live_voters = next.voters().filter(|v| self.nodes.get(v).is_some_and(|n| !n.gone)).count();
+            if live_voters < next.quorum() {
+                if let MembershipChange::AddLearner { id, .. } = change {
+                    self.decommission(id);
+                }
+                return Ok(());
+            }
+        }
+        let expected_version = self.member_rng.gen_bool(0.5).then_some(membership.version);
+        let force = self.member_rng.gen_range(0..100) < 5;
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.outstanding.insert(request_id, Outstanding { node: target, op: ClientOp::Member(change.clone()) });
+        let event = Event::ChangeMembership { request_id, change, expected_version, force };
+        let node = &self.nodes[&target];
+        if self.now_ms < node.paused_until_ms {
+            let action = Action::Deferred(target, node.incarnation, event);
+            self.seq += 1;
+            self.queue.push(Scheduled { at_ms: node.paused_until_ms, seq: self.seq, action });
+            return Ok(());
+        }
+        self.step(target, event)
+    }
+
+    /// A new, empty node `id` starts and waits to be sent the log.
+    fn add_node(&mut self, id: NodeId) -> Result<(), Violation> {
+        let node = SimNode {
+            core: None,
+            disk: SimDisk::default(),
+            incarnation: 0,
+            disk_sync_scheduled: false,
+            meta_sync_scheduled: false,
+            was_leader_of_term: None,
+            restored: Some(RestoredState::default()),
+            paused_until_ms: 0,
+            tick_generation: 0,
+            machine: SimMachine::default(),
+            pull: None,
+            gone: false,
+        };
+        self.nodes.insert(id, node);
+        let period = self.member_rng.gen_range(TICK_MS - 1..=TICK_MS + 1);
+        self.tick_period_ms.insert(id, period);
+        self.ids.push(id);
+        self.start_node(id)
+    }
+
+    /// Stops `id` for good: it left the cluster, or its disk is gone.
+    fn decommission(&mut self, id: NodeId) {
+        self.crash_node(id);
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.gone = true;
+        }
+        self.ids.retain(|&n| n != id);
+    }
+
+    /// Wipes a node's disk: every durable thing it had is lost. A correct
+    /// host never brings it back as itself (the operator removes it and
+    /// adds a new node); the buggy one restarts it empty, as its old voter.
+    fn wipe_a_node(&mut self) {
+        let live: Vec<NodeId> = self.ids.iter().copied().filter(|id| self.nodes[id].core.is_some()).collect();
+        if live.len() < 3 {
+            return;
+        }
+        let id = live[self.member_rng.gen_range(0..live.len())];
+        // One wiped voter at a time, and never one the remaining voters
+        // could not do without, in any node's view of the configuration.
+        let unsafe_somewhere = self.nodes.values().filter_map(|n| n.core.as_ref()).any(|c| {
+            let m = c.membership();
+            let gone_voters = m.voters().filter(|v| self.nodes.get(v).is_none_or(|n| n.gone)).count();
+            gone_voters > 0 || (m.is_voter(id) && m.voters().count() < 3)
+        });
+        if unsafe_somewhere {
+            return;
+        }
+        let membership = self.nodes[&id].core.as_ref().expect("live").membership().clone();
+        self.report.wipes += 1;
+        if self.options.host_rejoins_wiped_node {
+            if !membership.is_voter(id) || !self.bootstrap.contains(&id) {
+                return;
+            }
+            self.crash_node(id);
+            let node = self.nodes.get_mut(&id).expect("node");
+            node.disk = SimDisk::default();
+            node.restored = Some(RestoredState::default());
+            return;
+        }
+        self.decommission(id);
+        self.nodes.get_mut(&id).expect("node").disk = SimDisk::default();
+    }
+
     fn check_after_convergence(&self) -> Result<(), Violation> {
-        for (&id, node) in &self.nodes {
-            let core = node.core.as_ref().expect("converged means all live");
+        let leader = self.leader_followed_by_all().expect("converged");
+        for id in self.converging_members(self.nodes[&leader.id].core.as_ref().expect("live")) {
+            let core = self.nodes[&id].core.as_ref().expect("converged means all live");
             self.checkers.acked_present(id, core.log(), &self.nodes[&id].disk)?;
         }
         Ok(())

@@ -20,6 +20,10 @@
 //!   chunk written survives, and of that chunk a random prefix, which may
 //!   read back as zeroes (the file grew, its data never reached the disk):
 //!   the host must find that out from the whole file's checksum.
+//! * the configuration records (`configs`, the host's side file of
+//!   `membership`) are written and synced when the core says
+//!   (`SaveConfig`) and kept by the file's rules there: they survive every
+//!   crash, and the core filters them on restart as a real host's are.
 //!
 //! Invariant: `durable_len ≤ entries.len()`, `entries[k].index ==
 //! start.first_index() + k`, and the durable prefix is never changed except
@@ -34,7 +38,7 @@ use bytes::Bytes;
 
 use super::machine::SNAPSHOTS_KEPT;
 use crate::snapshot_pull::SnapshotId;
-use crate::{Entry, HardState, LogIndex, LogStart, LogStorage, RaftLog, RestoredState};
+use crate::{ConfigHistory, Entry, HardState, LogIndex, LogStart, LogStorage, RaftLog, RestoredState};
 
 /// One node's simulated disk.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +55,8 @@ pub struct SimDisk {
     pub partial: Option<(SnapshotId, Vec<u8>)>,
     /// Bytes of `partial` before its last write.
     partial_before_last_write: usize,
+    /// The host's configuration records, in the order written.
+    pub configs: ConfigHistory,
 }
 
 impl SimDisk {
@@ -200,6 +206,7 @@ impl SimDisk {
             terms: RaftLog::term_runs_of(&self.entries),
             last_index: self.next_index() - 1,
             tail: self.entries[self.entries.len() - in_memory..].to_vec(),
+            configs: self.configs.records().to_vec(),
         }
     }
 
