@@ -65,6 +65,7 @@ use dledger_proto::{
     decode_frame, encode_frame, ClientEntry, Frame, GroupStatus, Hello, Request, Response, ServerError,
     DEFAULT_MAX_FRAME_BYTES,
 };
+pub use dledger_proto::{MemberView, MembersView, MembershipChange};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,7 +130,7 @@ impl Conn {
         let mut stream = TcpStream::connect(endpoint).await.map_err(unreachable)?;
         let _ = stream.set_nodelay(true);
         let mut b = BytesMut::new();
-        encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: cluster.into() }), &mut b);
+        encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: cluster.into(), incarnation: 0 }), &mut b);
         stream.write_all(&b).await.map_err(unreachable)?;
         Ok(Conn { endpoint: endpoint.into(), stream, buf: BytesMut::with_capacity(64 * 1024) })
     }
@@ -484,6 +485,11 @@ impl Client {
                     self.leader = None;
                     leader_silent = false;
                 }
+                // Nothing changed; the same leader takes it in a moment.
+                Ok(Response::Error(ServerError::NotReady(_))) => {
+                    self.leader = Some(target);
+                    leader_silent = false;
+                }
                 // A leader may have taken the request: its outcome is unknown from now on.
                 Ok(Response::Error(ServerError::LeadershipLost))
                 | Ok(Response::Error(ServerError::ShuttingDown))
@@ -605,6 +611,33 @@ impl Client {
     pub async fn purge_to(&mut self, to: u64) -> Result<u64, ClientError> {
         match self.call_leader(Request::Purge { to }).await? {
             Response::Appended { last_index, .. } => Ok(last_index),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The group's configuration in force, from the leader (with each
+    /// member's match index, so its lag).
+    pub async fn members(&mut self) -> Result<MembersView, ClientError> {
+        match self.call_leader(Request::Members).await? {
+            Response::Members(v) => Ok(v),
+            Response::Error(e) => Err(ClientError::Server(e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One membership change at the leader (see `dledger_raft::Membership`
+    /// for what is checked); returns the new configuration once committed.
+    /// A refusal is `ClientError::Server(ServerError::MembershipRefused)`,
+    /// and nothing changed. `expected_version` makes it a compare-and-set.
+    pub async fn change_membership(
+        &mut self,
+        change: MembershipChange,
+        expected_version: Option<u64>,
+        force: bool,
+    ) -> Result<MembersView, ClientError> {
+        match self.call_leader(Request::ChangeMembership { change, expected_version, force }).await? {
+            Response::Members(v) => Ok(v),
+            Response::Error(e) => Err(ClientError::Server(e)),
             other => Err(unexpected(other)),
         }
     }

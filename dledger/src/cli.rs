@@ -46,6 +46,68 @@ enum BuiltinMachine {
 }
 
 #[derive(Subcommand)]
+enum MemberAction {
+    /// One row per member: id, address, role (voter or learner), lag.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a node (running, started with `server --join`) that receives the
+    /// log and does not vote.
+    AddLearner {
+        #[command(flatten)]
+        target: Target,
+        /// Its node id (never used before in this cluster).
+        #[arg(long)]
+        id: u64,
+        /// Its ip:port.
+        #[arg(long)]
+        address: String,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Make a voter a learner (not the leader: transfer first).
+    Demote {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a member (the leader hands over first).
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+        /// Even if the new configuration's quorum is not reachable now.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace member `old` by the node at `new-address` (running, started
+    /// with `server --join` under a new id): add it as a learner, wait for
+    /// it, promote it, remove the old one. Run again to resume.
+    Replace {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        old: u64,
+        #[arg(long)]
+        new_address: String,
+        /// Promote once the learner is at most this many entries behind.
+        #[arg(long, default_value_t = 1000)]
+        max_lag: u64,
+        /// Give up waiting for it to catch up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run a node.
     Server {
@@ -74,6 +136,18 @@ enum Cmd {
         /// without it, a node whose data was lost refuses to start.
         #[arg(long)]
         bootstrap: bool,
+        /// Create the data directory if it is missing or empty, as a new node
+        /// of a running cluster: it waits, serving nothing, until an operator
+        /// adds it (`dledger member add-learner`, or `member replace`). Give it
+        /// a node id the cluster never had; `[[peers]]` tell it where the
+        /// cluster is.
+        #[arg(long, conflicts_with = "bootstrap")]
+        join: bool,
+    },
+    /// List a group's members, or change them (one change at a time).
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
     },
     /// Create a node's data directory for a new cluster (once, before its first start).
     Init {
@@ -262,9 +336,9 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Cmd::Server { config, listen, data_dir, cores, metrics_listen, state_machine, bootstrap } => {
+        Cmd::Server { config, listen, data_dir, cores, metrics_listen, state_machine, bootstrap, join } => {
             init_logs("info");
-            match server(&config, listen, data_dir, cores, metrics_listen, state_machine, bootstrap) {
+            match server(&config, listen, data_dir, cores, metrics_listen, state_machine, (bootstrap, join)) {
                 // A fatal error after start (a log failed): 70, EX_SOFTWARE, so that a
                 // supervisor tells "stopped on an error" from "refused to start".
                 Err(dledger_server::RunError::Fatal(e)) => {
@@ -296,7 +370,7 @@ fn server(
     cores: Option<usize>,
     metrics_listen: Option<String>,
     machine: Option<BuiltinMachine>,
-    bootstrap: bool,
+    (bootstrap, join): (bool, bool),
 ) -> Result<(), dledger_server::RunError> {
     let invalid = dledger_server::StartError::Config;
     let mut cfg = ServerConfig::from_file(config).map_err(invalid)?;
@@ -314,7 +388,7 @@ fn server(
     }
     cfg.validate().map_err(invalid)?;
     let groups = cfg.groups;
-    let mut builder = dledger_server::Server::builder(cfg).bootstrap(bootstrap);
+    let mut builder = dledger_server::Server::builder(cfg).bootstrap(bootstrap).join(join);
     for g in 0..groups {
         builder = match machine {
             Some(BuiltinMachine::Checksum) => builder.state_machine(g, crate::checksum::Checksum::default()),
@@ -390,6 +464,7 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             println!("purge to index {to} committed at index {at}: every replica drops its whole segments up to it");
             Ok(())
         }
+        Cmd::Member { action } => member(action).await,
         Cmd::TransferLeader { target, to } => {
             let mut c = client(&target);
             let term = c.transfer_leader(to).await.map_err(|e| e.to_string())?;
@@ -505,6 +580,37 @@ fn config_warnings(cfg: &dledger_server::ServerConfig) -> Vec<String> {
     out
 }
 
+async fn member(action: MemberAction) -> Result<(), String> {
+    use dledger_client::MembershipChange as Change;
+    match action {
+        MemberAction::List { target } => {
+            let v = client(&target).members().await.map_err(|e| e.to_string())?;
+            crate::member::print_members(&v);
+            Ok(())
+        }
+        MemberAction::AddLearner { target, id, address } => {
+            crate::member::change(&mut client(&target), &target.cluster, Change::AddLearner { id, address }, false)
+                .await
+        }
+        MemberAction::Promote { target, id } => {
+            crate::member::change(&mut client(&target), &target.cluster, Change::Promote { id }, false).await
+        }
+        MemberAction::Demote { target, id } => {
+            crate::member::change(&mut client(&target), &target.cluster, Change::Demote { id }, false).await
+        }
+        MemberAction::Remove { target, id, force } => {
+            let v = crate::member::remove(&mut client(&target), id, force).await?;
+            crate::member::print_members(&v);
+            Ok(())
+        }
+        MemberAction::Replace { target, old, new_address, max_lag, wait_secs } => {
+            let mut c = client(&target);
+            let wait = Duration::from_secs(wait_secs);
+            crate::member::replace(&mut c, &target.cluster, old, &new_address, max_lag, wait).await
+        }
+    }
+}
+
 /// One row of `dledger cluster`.
 #[derive(serde::Serialize)]
 struct Row {
@@ -512,6 +618,9 @@ struct Row {
     node: Option<u64>,
     address: String,
     role: String,
+    /// `voter`, `learner` or `-` (not a member, as the node itself sees it).
+    member: String,
+    config_version: Option<u64>,
     term: Option<u64>,
     last_index: Option<u64>,
     commit_index: Option<u64>,
@@ -534,6 +643,8 @@ async fn cluster_rows(endpoints: &[String], cluster: &str) -> Vec<Row> {
                 node: None,
                 address: ep.clone(),
                 role: "unreachable".into(),
+                member: "-".into(),
+                config_version: None,
                 term: None,
                 last_index: None,
                 commit_index: None,
@@ -557,6 +668,14 @@ async fn cluster_rows(endpoints: &[String], cluster: &str) -> Vec<Row> {
                 node: Some(g.node),
                 address: ep.clone(),
                 role: g.role.clone(),
+                member: if g.voters.contains(&g.node) {
+                    "voter".into()
+                } else if g.learners.contains(&g.node) {
+                    "learner".into()
+                } else {
+                    "-".into()
+                },
+                config_version: Some(g.config_version),
                 term: Some(g.term),
                 last_index: Some(g.last_index),
                 commit_index: Some(g.commit_index),
@@ -578,16 +697,29 @@ fn print_rows(rows: &[Row], json: bool) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     let mib = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / (1 << 20) as f64));
     println!(
-        "{:<6} {:<5} {:<22} {:<12} {:>6} {:>11} {:>11} {:>13} {:>6} {:>9}",
-        "GROUP", "NODE", "ADDRESS", "ROLE", "TERM", "FIRST_INDEX", "LAST_INDEX", "COMMIT_INDEX", "LAG", "DISK_MIB"
+        "{:<6} {:<5} {:<22} {:<12} {:<8} {:>5} {:>6} {:>11} {:>11} {:>13} {:>6} {:>9}",
+        "GROUP",
+        "NODE",
+        "ADDRESS",
+        "ROLE",
+        "MEMBER",
+        "CONF",
+        "TERM",
+        "FIRST_INDEX",
+        "LAST_INDEX",
+        "COMMIT_INDEX",
+        "LAG",
+        "DISK_MIB"
     );
     for r in rows {
         println!(
-            "{:<6} {:<5} {:<22} {:<12} {:>6} {:>11} {:>11} {:>13} {:>6} {:>9}",
+            "{:<6} {:<5} {:<22} {:<12} {:<8} {:>5} {:>6} {:>11} {:>11} {:>13} {:>6} {:>9}",
             opt(r.group),
             opt(r.node),
             r.address,
             r.role,
+            r.member,
+            opt(r.config_version),
             opt(r.term),
             opt(r.first_index),
             opt(r.last_index),

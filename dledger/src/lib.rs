@@ -1,5 +1,5 @@
 //! The `dledger` command line: `server`, `quickstart`, `append`, `read`,
-//! `status`, `transfer` and `bench` (see [`cli`]), as a library so that the
+//! `status`, `transfer`, `member` and `bench` (see [`cli`]), as a library so that the
 //! test harness runs the very same code as a binary it builds itself.
 //!
 //! The crates it puts together, each usable alone:
@@ -13,4 +13,5 @@
 pub mod checksum;
 pub mod cli;
 pub mod kv;
+mod member;
 pub mod ports;

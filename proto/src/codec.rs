@@ -73,7 +73,6 @@ pub(crate) fn get_count(p: &mut Bytes, min_item_bytes: usize, what: &'static str
     Ok(n)
 }
 
-#[cfg(feature = "peer")]
 pub(crate) fn get_bool(p: &mut Bytes, what: &'static str) -> Result<bool, WireError> {
     match get_u8(p, what)? {
         0 => Ok(false),

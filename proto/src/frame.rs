@@ -136,6 +136,7 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
         Frame::Hello(h) => write_frame(out, KIND_HELLO, |out| {
             out.put_u64_le(h.node_id);
             put_str(out, &h.cluster);
+            out.put_u64_le(h.incarnation);
         }),
         Frame::Raft { group, body } => write_frame(out, KIND_RAFT, |out| {
             out.put_u64_le(*group);
@@ -221,7 +222,10 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
     let frame = match kind {
         KIND_HELLO => {
             let node_id = get_u64(&mut p, "hello")?;
-            Frame::Hello(Hello { node_id, cluster: get_str(&mut p, "hello")? })
+            let cluster = get_str(&mut p, "hello")?;
+            // A hello from before incarnations ends here.
+            let incarnation = if p.is_empty() { 0 } else { get_u64(&mut p, "hello")? };
+            Frame::Hello(Hello { node_id, cluster, incarnation })
         }
         KIND_RAFT => {
             let group = get_u64(&mut p, "raft")?;
@@ -257,7 +261,7 @@ mod tests {
 
     fn frames() -> Vec<Frame> {
         vec![
-            Frame::Hello(Hello { node_id: 3, cluster: "c1".into() }),
+            Frame::Hello(Hello { node_id: 3, cluster: "c1".into(), incarnation: 0xab }),
             Frame::Raft { group: 7, body: Bytes::from_static(b"opaque to the frame layer") },
             Frame::Raft { group: 8, body: Bytes::new() },
             Frame::Challenge { nonce: [7; 32] },
@@ -269,6 +273,44 @@ mod tests {
             Frame::Request { id: 7, group: 0, request: Request::Query { query: Bytes::from_static(b"k") } },
             Frame::Response { id: 7, response: Response::QueryResult(Bytes::from_static(b"v")) },
             Frame::Request { id: 8, group: 0, request: Request::Purge { to: 99 } },
+            Frame::Request { id: 9, group: 1, request: Request::Members },
+            Frame::Request {
+                id: 10,
+                group: 1,
+                request: Request::ChangeMembership {
+                    change: crate::MembershipChange::AddLearner { id: 4, address: "127.0.0.1:7004".into() },
+                    expected_version: Some(3),
+                    force: true,
+                },
+            },
+            Frame::Request {
+                id: 11,
+                group: 1,
+                request: Request::ChangeMembership {
+                    change: crate::MembershipChange::Remove { id: 2 },
+                    expected_version: None,
+                    force: false,
+                },
+            },
+            Frame::Response {
+                id: 12,
+                response: Response::Members(crate::MembersView {
+                    version: 2,
+                    committed: true,
+                    leader: Some(1),
+                    last_index: 40,
+                    members: vec![crate::MemberView {
+                        id: 4,
+                        address: "a:4".into(),
+                        role: "learner".into(),
+                        match_index: Some(39),
+                    }],
+                }),
+            },
+            Frame::Response {
+                id: 13,
+                response: Response::Error(ServerError::MembershipRefused("node 4 is already a member".into())),
+            },
             Frame::Request {
                 id: 9,
                 group: 0,
@@ -297,6 +339,9 @@ mod tests {
                     first_index: 4,
                     disk_bytes: 1 << 26,
                     followers: vec![(2, 9), (3, 7)],
+                    config_version: 1,
+                    voters: vec![1, 2],
+                    learners: vec![3],
                 }]),
             },
             Frame::Response {

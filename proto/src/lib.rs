@@ -50,4 +50,7 @@ pub mod request;
 mod fuzz_tests;
 
 pub use frame::{decode_frame, encode_frame, Frame, WireError, DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, MAGIC, VERSION};
-pub use request::{ClientEntry, GroupStatus, Hello, Request, Response, ServerError, ALL_GROUPS, MAX_APPEND_ENTRIES};
+pub use request::{
+    ClientEntry, GroupStatus, Hello, MemberView, MembersView, MembershipChange, Request, Response, ServerError,
+    ALL_GROUPS, MAX_APPEND_ENTRIES,
+};

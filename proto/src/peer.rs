@@ -15,7 +15,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dledger_raft::{
-    ConflictHint, Entry, EntryKind, LogStart, Message, MessageBody, NodeId, SnapshotId, SnapshotMessage,
+    ConflictHint, Entry, EntryKind, LogStart, Membership, Message, MessageBody, NodeId, SnapshotId, SnapshotMessage,
 };
 
 use crate::codec::{get_bool, get_bytes, get_count, get_opt_u64, get_u32, get_u64, get_u8, put_bytes, put_opt_u64};
@@ -168,6 +168,7 @@ fn encode_entry(e: &Entry, out: &mut BytesMut) {
         EntryKind::Noop => 0,
         EntryKind::Command => 1,
         EntryKind::Admin => 2,
+        EntryKind::Config => 3,
     });
     put_bytes(out, &e.payload);
 }
@@ -179,6 +180,7 @@ fn decode_entry(p: &mut Bytes) -> Result<Entry, WireError> {
         0 => EntryKind::Noop,
         1 => EntryKind::Command,
         2 => EntryKind::Admin,
+        3 => EntryKind::Config,
         _ => return Err(WireError::Malformed("entry")),
     };
     Ok(Entry { index, term, kind, payload: get_bytes(p, "entry")? })
@@ -245,11 +247,12 @@ pub fn encode_message(m: &Message, out: &mut BytesMut) {
             out.put_u64_le(*match_index);
         }
         MessageBody::TimeoutNow => out.put_u8(9),
-        MessageBody::LogStart { start, leader_commit_index } => {
+        MessageBody::LogStart { start, leader_commit_index, membership } => {
             out.put_u8(10);
             out.put_u64_le(start.prev_index);
             out.put_u64_le(start.prev_term);
             out.put_u64_le(*leader_commit_index);
+            put_bytes(out, &membership.encode());
         }
     }
 }
@@ -298,6 +301,7 @@ pub fn decode_message(p: &mut Bytes) -> Result<Message, WireError> {
         10 => MessageBody::LogStart {
             start: LogStart { prev_index: get_u64(p, W)?, prev_term: get_u64(p, W)? },
             leader_commit_index: get_u64(p, W)?,
+            membership: Membership::decode(&get_bytes(p, W)?).ok_or(WireError::Malformed("membership"))?,
         },
         _ => return Err(WireError::Malformed(W)),
     };
@@ -337,7 +341,11 @@ mod tests {
             msg(MessageBody::Heartbeat { leader_commit_index: 5, round: 11 }),
             msg(MessageBody::HeartbeatResponse { round: 11, match_index: 5 }),
             msg(MessageBody::TimeoutNow),
-            msg(MessageBody::LogStart { start: LogStart { prev_index: 7, prev_term: 2 }, leader_commit_index: 9 }),
+            msg(MessageBody::LogStart {
+                start: LogStart { prev_index: 7, prev_term: 2 },
+                leader_commit_index: 9,
+                membership: Membership::bootstrap([(1, "a:1".to_string()), (2, String::new())]),
+            }),
         ]
     }
 

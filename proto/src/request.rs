@@ -4,7 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{
-    get_bytes, get_count, get_opt_u64, get_str, get_u32, get_u64, get_u8, put_bytes, put_opt_u64, put_str,
+    get_bool, get_bytes, get_count, get_opt_u64, get_str, get_u32, get_u64, get_u8, put_bytes, put_opt_u64, put_str,
 };
 use crate::frame::WireError;
 
@@ -15,6 +15,36 @@ pub struct Hello {
     pub node_id: u64,
     /// The cluster the sender belongs to (or wants to talk to).
     pub cluster: String,
+    /// A node's data-directory incarnation (its `IDENTITY`); 0 for a client.
+    pub incarnation: u64,
+}
+
+/// One membership change, as a client asks for it (the Raft core's
+/// `MembershipChange`, for clients that do not link the core).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a node that receives the log and does not vote.
+    AddLearner {
+        /// Its node id (never used before in this cluster).
+        id: u64,
+        /// Where it listens.
+        address: String,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        /// The learner.
+        id: u64,
+    },
+    /// Make a voter a learner.
+    Demote {
+        /// The voter.
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        /// The member.
+        id: u64,
+    },
 }
 
 /// What a client asks of one group.
@@ -80,6 +110,19 @@ pub enum Request {
         /// The last index that may go.
         to: u64,
     },
+    /// The group's configuration in force, with each member's lag as the
+    /// leader sees it; answered with [`Response::Members`].
+    Members,
+    /// One membership change, proposed by the leader; answered with
+    /// [`Response::Members`] (the new configuration) once it commits.
+    ChangeMembership {
+        /// The change.
+        change: MembershipChange,
+        /// Refuse unless the configuration in force has this version.
+        expected_version: Option<u64>,
+        /// Propose even if the new configuration's quorum is not reachable.
+        force: bool,
+    },
 }
 
 /// The most entries one [`Request::Append`] may carry. More is refused when
@@ -127,6 +170,43 @@ pub struct GroupStatus {
     pub disk_bytes: u64,
     /// On a leader: each follower's match index.
     pub followers: Vec<(u64, u64)>,
+    /// Version of the configuration in force on the node.
+    pub config_version: u64,
+    /// Its voters.
+    pub voters: Vec<u64>,
+    /// Its learners.
+    pub learners: Vec<u64>,
+}
+
+/// One member of a group's configuration, as [`Response::Members`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct MemberView {
+    /// Its node id.
+    pub id: u64,
+    /// Its address.
+    pub address: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Its match index as the leader knows it (the leader's own durable
+    /// index for the leader; none when a follower answers).
+    pub match_index: Option<u64>,
+}
+
+/// A group's configuration as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct MembersView {
+    /// The configuration's version (0: the bootstrap).
+    pub version: u64,
+    /// Whether it is committed (no change pending).
+    pub committed: bool,
+    /// The leader the node knows of.
+    pub leader: Option<u64>,
+    /// The answering node's last index (members' lag is measured from it).
+    pub last_index: u64,
+    /// The members.
+    pub members: Vec<MemberView>,
 }
 
 /// The error codes a server answers with.
@@ -188,6 +268,13 @@ pub enum ServerError {
         /// The node's cap.
         max: u64,
     },
+    /// A membership change was refused; nothing changed.
+    #[error("membership change refused: {0}")]
+    MembershipRefused(String),
+    /// The node cannot take the request yet (a new leader that has not
+    /// committed an entry of its term); nothing changed, retry shortly.
+    #[error("not ready, retry: {0}")]
+    NotReady(String),
 }
 
 /// A node's answer to a [`Request`].
@@ -227,8 +314,23 @@ pub enum Response {
         /// The leader it knows of.
         leader: Option<u64>,
     },
+    /// A group's configuration (for [`Request::Members`] and
+    /// [`Request::ChangeMembership`]).
+    Members(MembersView),
     /// The request failed.
     Error(ServerError),
+}
+
+fn put_ids(out: &mut BytesMut, ids: &[u64]) {
+    out.put_u32_le(ids.len() as u32);
+    for id in ids {
+        out.put_u64_le(*id);
+    }
+}
+
+fn get_ids(p: &mut Bytes) -> Result<Vec<u64>, WireError> {
+    let n = get_count(p, 8, "response")?;
+    (0..n).map(|_| get_u64(p, "response")).collect()
 }
 
 pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
@@ -271,6 +373,21 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
             out.put_u32_le(*min_bytes);
             out.put_u32_le(*max_wait_ms);
         }
+        Request::Members => out.put_u8(10),
+        Request::ChangeMembership { change, expected_version, force } => {
+            out.put_u8(11);
+            let (kind, id, address) = match change {
+                MembershipChange::AddLearner { id, address } => (1, id, address.as_str()),
+                MembershipChange::Promote { id } => (2, id, ""),
+                MembershipChange::Demote { id } => (3, id, ""),
+                MembershipChange::Remove { id } => (4, id, ""),
+            };
+            out.put_u8(kind);
+            out.put_u64_le(*id);
+            put_str(out, address);
+            put_opt_u64(out, *expected_version);
+            out.put_u8(*force as u8);
+        }
     }
 }
 
@@ -301,6 +418,20 @@ pub(crate) fn decode_request(p: &mut Bytes) -> Result<Request, WireError> {
             min_bytes: get_u32(p, W)?,
             max_wait_ms: get_u32(p, W)?,
         },
+        10 => Request::Members,
+        11 => {
+            let kind = get_u8(p, W)?;
+            let id = get_u64(p, W)?;
+            let address = get_str(p, W)?;
+            let change = match kind {
+                1 => MembershipChange::AddLearner { id, address },
+                2 => MembershipChange::Promote { id },
+                3 => MembershipChange::Demote { id },
+                4 => MembershipChange::Remove { id },
+                _ => return Err(WireError::Malformed("membership change")),
+            };
+            Request::ChangeMembership { change, expected_version: get_opt_u64(p, W)?, force: get_bool(p, W)? }
+        }
         _ => return Err(WireError::Malformed(W)),
     })
 }
@@ -345,6 +476,23 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
                     out.put_u64_le(*node);
                     out.put_u64_le(*m);
                 }
+                out.put_u64_le(g.config_version);
+                put_ids(out, &g.voters);
+                put_ids(out, &g.learners);
+            }
+        }
+        Response::Members(v) => {
+            out.put_u8(9);
+            out.put_u64_le(v.version);
+            out.put_u8(v.committed as u8);
+            put_opt_u64(out, v.leader);
+            out.put_u64_le(v.last_index);
+            out.put_u32_le(v.members.len() as u32);
+            for m in &v.members {
+                out.put_u64_le(m.id);
+                put_str(out, &m.address);
+                put_str(out, &m.role);
+                put_opt_u64(out, m.match_index);
             }
         }
         Response::Transferred { new_term } => {
@@ -407,6 +555,14 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
                     out.put_u8(10);
                     out.put_u64_le(*max);
                 }
+                ServerError::MembershipRefused(m) => {
+                    out.put_u8(11);
+                    put_str(out, m);
+                }
+                ServerError::NotReady(m) => {
+                    out.put_u8(12);
+                    put_str(out, m);
+                }
             }
         }
     }
@@ -444,6 +600,9 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
                 for _ in 0..k {
                     followers.push((get_u64(p, W)?, get_u64(p, W)?));
                 }
+                let config_version = get_u64(p, W)?;
+                let voters = get_ids(p)?;
+                let learners = get_ids(p)?;
                 groups.push(GroupStatus {
                     group,
                     node,
@@ -456,6 +615,9 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
                     first_index,
                     disk_bytes,
                     followers,
+                    config_version,
+                    voters,
+                    learners,
                 });
             }
             Response::Status(groups)
@@ -488,8 +650,27 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
             8 => ServerError::Internal(get_str(p, W)?),
             9 => ServerError::DiskFull(get_str(p, W)?),
             10 => ServerError::TooManyConnections { max: get_u64(p, W)? },
+            11 => ServerError::MembershipRefused(get_str(p, W)?),
+            12 => ServerError::NotReady(get_str(p, W)?),
             _ => return Err(WireError::Malformed(W)),
         }),
+        9 => {
+            let version = get_u64(p, W)?;
+            let committed = get_bool(p, W)?;
+            let leader = get_opt_u64(p, W)?;
+            let last_index = get_u64(p, W)?;
+            let n = get_count(p, 22, W)?;
+            let mut members = Vec::with_capacity(n);
+            for _ in 0..n {
+                members.push(MemberView {
+                    id: get_u64(p, W)?,
+                    address: get_str(p, W)?,
+                    role: get_str(p, W)?,
+                    match_index: get_opt_u64(p, W)?,
+                });
+            }
+            Response::Members(MembersView { version, committed, leader, last_index, members })
+        }
         _ => return Err(WireError::Malformed(W)),
     })
 }

@@ -145,6 +145,9 @@ pub struct RaftCore {
     /// Every member of a configuration in `configs` but `id`, sorted: whom
     /// a leader replicates to.
     pub(super) targets: Vec<NodeId>,
+    /// Leader: removed members still sent the log until they hold their
+    /// removal (its index) or the deadline tick passes.
+    pub(super) leaving: BTreeMap<NodeId, (LogIndex, u64)>,
     pub(super) config: Config,
     pub(super) rng: ChaCha8Rng,
 
@@ -245,6 +248,7 @@ impl RaftCore {
             configs,
             voters: Vec::new(),
             targets: Vec::new(),
+            leaving: BTreeMap::new(),
             config,
             rng,
             term,
@@ -484,6 +488,8 @@ impl RaftCore {
         }
         self.end_transfer_on_step_down(old_term);
         self.progress.clear();
+        self.leaving.clear();
+        self.refresh_config();
     }
 
     pub(super) fn reply(&mut self, reply: ClientReply) {
@@ -496,7 +502,11 @@ impl RaftCore {
             self.leader_tick();
         } else {
             self.election_elapsed_ticks += 1;
-            if self.election_elapsed_ticks >= self.election_timeout_ticks {
+            // A learner (or a node outside its configuration) never campaigns,
+            // and its timer keeps running: restarting it would keep the node
+            // "in lease" of a leader long gone, refusing every pre-vote
+            // (simulation seed 1878).
+            if self.election_elapsed_ticks >= self.election_timeout_ticks && self.may_campaign() {
                 self.start_election_timeout();
             }
         }
@@ -513,6 +523,7 @@ impl RaftCore {
         }
         self.transfer_tick();
         self.leave_if_not_voter();
+        self.leaving_tick();
         self.replication_tick();
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed_ticks = 0;

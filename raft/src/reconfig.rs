@@ -5,8 +5,10 @@
 //!
 //! Invariants (asserted in `debug_check` where cheap):
 //! * `voters` and `targets` are the latest configuration's voters and every
-//!   member of a configuration still in the history, so a member leaving
-//!   keeps receiving the log until its removal commits, and learns it.
+//!   member of a configuration still in the history (and, on a leader, the
+//!   `leaving`: removed members that do not hold their removal yet), so a
+//!   member leaving keeps receiving the log until it holds its committed
+//!   removal, and learns it.
 //! * The base of the history (its first record) is committed, or the
 //!   bootstrap, or (on a joining node) the first it received: truncation
 //!   removes it only in that last case.
@@ -95,14 +97,30 @@ impl RaftCore {
             .flat_map(|r| r.membership.members.keys().copied())
             .filter(|&p| p != self.id)
             .collect();
-        targets.sort_unstable();
-        targets.dedup();
         self.voters = voters;
-        self.targets = targets;
         if matches!(self.role, Role::Candidate | Role::PreCandidate) && !self.may_campaign() {
             let term = self.term;
             self.become_follower(term, None);
         }
+        if self.role != Role::Leader {
+            self.leaving.clear();
+        }
+        if self.role == Role::Leader {
+            // A member whose removal committed before it had the entry is
+            // still sent the log until it has it (or for a while, if it is
+            // down): it must learn that it was removed, and stop.
+            let removal_index = self.configs.records().first().map_or(0, |r| r.index);
+            let deadline = self.now_ticks + 4 * self.config.election_timeout_max_ticks;
+            for (&peer, pr) in &self.progress {
+                if !targets.contains(&peer) && pr.match_index < removal_index {
+                    self.leaving.entry(peer).or_insert((removal_index, deadline));
+                }
+            }
+            targets.extend(self.leaving.keys().copied());
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        self.targets = targets;
         if self.role == Role::Leader {
             let last_index = self.log.last_index();
             let commit = self.log.committed_index();
@@ -124,6 +142,32 @@ impl RaftCore {
                 self.on_round_acked();
             }
         }
+    }
+
+    /// Leader tick: a removed member that now holds its removal (or that
+    /// did not answer for a while) is let go.
+    pub(super) fn leaving_tick(&mut self) {
+        let now = self.now_ticks;
+        let done: Vec<NodeId> = self
+            .leaving
+            .iter()
+            .filter(|(p, (index, deadline))| {
+                now >= *deadline || self.progress.get(p).is_none_or(|pr| pr.match_index >= *index)
+            })
+            .map(|(&p, _)| p)
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        let commit = self.log.committed_index();
+        for p in done {
+            self.leaving.remove(&p);
+            if let Some(pr) = self.progress.remove(&p) {
+                let leader_commit_index = commit.min(pr.match_index);
+                self.send(p, MessageBody::Heartbeat { leader_commit_index, round: 0 });
+            }
+        }
+        self.refresh_config();
     }
 
     /// Entries just appended to the log (by the leader or from one): each

@@ -191,10 +191,19 @@ impl RaftCore {
     /// most [`MAX_STORAGE_READS_PER_STEP`]; the follower's next ack or the next
     /// heartbeat continues.
     pub(super) fn send_from_storage(&mut self, storage: &dyn LogStorage) {
+        if self.role != Role::Leader {
+            self.needs_storage.clear();
+            return;
+        }
+        // First come, first served, and who is left over waits for the next
+        // step: serving the newest first let a few peers that never answer
+        // (probed again every heartbeat) starve a live one behind them
+        // forever (simulation seed 6764, with removed nodes still probed).
         let mut unavailable: Vec<NodeId> = Vec::new();
         let mut reads = 0;
-        while let Some(peer) = self.needs_storage.pop() {
-            if self.role != Role::Leader || unavailable.contains(&peer) || reads == MAX_STORAGE_READS_PER_STEP {
+        while reads < MAX_STORAGE_READS_PER_STEP && !self.needs_storage.is_empty() {
+            let peer = self.needs_storage.remove(0);
+            if unavailable.contains(&peer) || !self.progress.contains_key(&peer) {
                 continue;
             }
             reads += 1;

@@ -23,14 +23,14 @@ use crate::state_machine::StateMachine;
 pub struct ServerBuilder {
     config: ServerConfig,
     machines: Vec<(u64, Box<dyn StateMachine>)>,
-    bootstrap: bool,
+    creation: crate::identity::Creation,
 }
 
 impl Server {
     /// Starts building a server from `config` (from TOML with
     /// [`ServerConfig::from_file`] or built with [`ServerConfig::new`]).
     pub fn builder(config: ServerConfig) -> ServerBuilder {
-        ServerBuilder { config, machines: Vec::new(), bootstrap: false }
+        ServerBuilder { config, machines: Vec::new(), creation: crate::identity::Creation::Never }
     }
 }
 
@@ -48,7 +48,26 @@ impl ServerBuilder {
     /// [`init`](crate::init)). Pass it for the very first start only; without
     /// it a node whose data was lost refuses to come back as the same voter.
     pub fn bootstrap(mut self, yes: bool) -> Self {
-        self.bootstrap = yes;
+        if yes {
+            self.creation = crate::identity::Creation::Bootstrap;
+        } else if self.creation == crate::identity::Creation::Bootstrap {
+            self.creation = crate::identity::Creation::Never;
+        }
+        self
+    }
+
+    /// Allows the start to create a missing or empty data directory for a
+    /// new node of a running cluster: its groups take no configuration from
+    /// the config file's peers (which only tell it where the cluster is),
+    /// and wait for a leader to send them the log once an operator adds the
+    /// node (`dledger member add-learner`). A node whose data was lost
+    /// joins this way under a new node id.
+    pub fn join(mut self, yes: bool) -> Self {
+        if yes {
+            self.creation = crate::identity::Creation::Join;
+        } else if self.creation == crate::identity::Creation::Join {
+            self.creation = crate::identity::Creation::Never;
+        }
         self
     }
 
@@ -58,7 +77,7 @@ impl ServerBuilder {
     /// (watch [`GroupHandle::events`]).
     pub fn start(self) -> Result<Server, StartError> {
         self.config.validate()?;
-        start_with(self.config, self.machines, self.bootstrap)
+        start_with(self.config, self.machines, self.creation)
     }
 
     /// Starts the server and runs it until SIGTERM or SIGINT (then stops it

@@ -70,8 +70,9 @@ use crate::{Applied, GroupEvent};
 use dledger_proto::peer::PeerMessage;
 use dledger_proto::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
 use dledger_raft::{
-    ClientError, ClientReply, Command, Config as RaftConfig, Entry, EntryKind, Event, HardState, LogStart, LogStorage,
-    Message, NodeId, PullStep, RaftCore, RestoredState, Role, SnapshotId, SnapshotMessage, SnapshotPull,
+    ClientError, ClientReply, Command, Config as RaftConfig, ConfigRecord, Entry, EntryKind, Event, HardState,
+    LogStart, LogStorage, MemberRole, Membership, MembershipChange, Message, NodeId, PullStep, RaftCore, RestoredState,
+    Role, SnapshotId, SnapshotMessage, SnapshotPull,
 };
 
 /// How often a group checks its retention (100 ms at the default tick).
@@ -181,6 +182,9 @@ pub(crate) async fn serve_failed(
                     first_index: 0,
                     disk_bytes: 0,
                     followers: Vec::new(),
+                    config_version: 0,
+                    voters: Vec::new(),
+                    learners: Vec::new(),
                 };
                 let _ = reply.send(Frame::Response { id, response: Response::Status(vec![status]) });
             }
@@ -210,7 +214,15 @@ pub(crate) type Outgoing = (NodeId, u64, PeerMessage);
 
 /// Who waits for a request registered with the core.
 enum Waiter {
-    Wire { reply: ReplyTo, client_id: u64 },
+    Wire {
+        reply: ReplyTo,
+        client_id: u64,
+    },
+    /// A membership change: answered with the configuration once committed.
+    Members {
+        reply: ReplyTo,
+        client_id: u64,
+    },
     Append(AppendReply),
     Read(Bytes, ReadReply),
 }
@@ -360,7 +372,14 @@ pub(crate) struct GroupHost {
     /// Role, term and leader as last published to `events`.
     published: (Role, u64, Option<NodeId>),
     events: watch::Sender<GroupEvent>,
-    voters: Vec<NodeId>,
+    /// This group's configuration records on disk (see `members`).
+    configs: crate::members::ConfigFile,
+    /// Peer addresses from the node's config file, for members whose
+    /// configuration names none (the bootstrap of an older directory).
+    static_addresses: HashMap<NodeId, String>,
+    /// This node is not a member of the committed configuration: it was
+    /// removed (said once).
+    removed_said: bool,
     retention: Retention,
     ticks: u64,
     /// Free disk is below the refusing watermark: a leader takes no appends.
@@ -395,18 +414,33 @@ fn encode_kind(kind: EntryKind) -> &'static [u8] {
         EntryKind::Noop => &[0],
         EntryKind::Command => &[1],
         EntryKind::Admin => &[2],
+        EntryKind::Config => &[3],
     }
+}
+
+/// How a group learns its first configuration.
+#[derive(Debug, Clone)]
+pub(crate) enum Founding {
+    /// A member of the cluster's bootstrap (or of an older directory, which
+    /// had no configuration file): this configuration, when the group has
+    /// no record of its own.
+    Bootstrap(Membership),
+    /// Joining: it waits for a leader to send it the log.
+    Join,
 }
 
 impl GroupHost {
     /// Restores the group from its log and starts its Raft core.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         group: u64,
         node_id: NodeId,
-        voters: Vec<NodeId>,
+        founding: Founding,
         addresses: HashMap<NodeId, String>,
+        static_addresses: HashMap<NodeId, String>,
         raft: RaftConfig,
         log: Log,
+        dir: &std::path::Path,
     ) -> Result<GroupHost, String> {
         // This host saves term and vote (synchronously) before it persists any
         // entry of that term, so entries (or a log start) beside term 0 mean the
@@ -429,14 +463,51 @@ impl GroupHost {
         let start = LogStart { prev_index, prev_term };
         let seed = node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ dledger_engine::segment::fresh_salt();
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let err = |e: std::io::Error| format!("group {group}: cannot write its configuration records: {e}");
+        let file = crate::members::ConfigFile::load(dir).map_err(|e| format!("group {group}: {e}"))?;
+        let (file, voters) = match (file, &founding) {
+            (Some(file), _) => (Some(file), Vec::new()),
+            // The bootstrap (or an older directory's static peers), recorded at the log's start.
+            (None, Founding::Bootstrap(m)) => {
+                let record = ConfigRecord { index: start.prev_index, term: start.prev_term, membership: m.clone() };
+                let history = dledger_raft::ConfigHistory::from_records(vec![record]);
+                (Some(crate::members::ConfigFile::create(dir, history).map_err(err)?), m.voters().collect())
+            }
+            (None, Founding::Join) => (None, Vec::new()),
+        };
+        let records = file.as_ref().map(|f| f.records().to_vec()).unwrap_or_default();
         let core = RaftCore::new(
             node_id,
-            voters.clone(),
+            voters,
             raft,
-            RestoredState { meta, start, terms, last_index, tail: Vec::new() },
+            RestoredState { meta, start, terms, last_index, tail: Vec::new(), configs: records },
             rng,
         )
         .map_err(|e| format!("group {group}: {e}"))?;
+        // The file holds from now on exactly what the core restored.
+        let configs = match file {
+            Some(mut f) => {
+                f.rewrite(core.config_history().clone()).map_err(err)?;
+                f
+            }
+            None => crate::members::ConfigFile::create(dir, core.config_history().clone()).map_err(err)?,
+        };
+        if let Founding::Bootstrap(seed) = &founding {
+            let in_force = core.membership();
+            let seed_ids: Vec<NodeId> = seed.members.keys().copied().collect();
+            let ids: Vec<NodeId> = in_force.members.keys().copied().collect();
+            if in_force.version > 0 && seed_ids != ids {
+                tracing::warn!(
+                    group,
+                    config_peers = ?seed_ids,
+                    members = ?ids,
+                    version = in_force.version,
+                    "the config file's [[peers]] differ from the group's replicated membership, which is in force \
+                     ([[peers]] only seed a new cluster)"
+                );
+            }
+        }
+        let voters: Vec<NodeId> = core.membership().voters().collect();
         let reported_durable = log.durable_index();
         let s = core.status();
         let published = (s.role, s.term, s.leader_id);
@@ -469,7 +540,9 @@ impl GroupHost {
             local_reads: Vec::new(),
             published,
             events,
-            voters,
+            configs,
+            static_addresses,
+            removed_said: false,
             retention: Retention::default(),
             ticks: 0,
             disk_low: false,
@@ -663,7 +736,7 @@ impl GroupHost {
         }
         let now = Instant::now();
         let mut behind = Vec::new();
-        for &peer in self.voters.iter().filter(|&&p| p != self.node_id) {
+        for peer in self.peers() {
             let m = self.core.progress(peer).map_or(0, |pr| pr.match_index);
             let since = self.stuck_since.entry(peer).or_insert((m, now));
             if since.0 != m {
@@ -739,6 +812,36 @@ impl GroupHost {
         GroupFatal { group: self.group, source }
     }
 
+    /// The configuration file could not be written: as fatal as a failed log write.
+    fn fatal_io(&self, op: &'static str, e: std::io::Error) -> GroupFatal {
+        self.fatal(dledger_engine::Error::Io { op, path: crate::members::CONFIGS_FILE.into(), source: e })
+    }
+
+    /// Every other member of the configurations this node holds (whom it
+    /// replicates to as leader, fetches snapshots from, holds the log for).
+    fn peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self
+            .core
+            .config_history()
+            .records()
+            .iter()
+            .flat_map(|r| r.membership.members.keys().copied())
+            .filter(|&p| p != self.node_id)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
+    }
+
+    /// Where to reach peer `id`: its address in the configuration, or the
+    /// node config's for an older directory's bootstrap.
+    pub(crate) fn peer_address(&self, id: NodeId) -> Option<String> {
+        match self.core.member_address(id) {
+            Some(a) if !a.is_empty() => Some(a.to_string()),
+            _ => self.static_addresses.get(&id).cloned(),
+        }
+    }
+
     fn report_durable(&mut self) -> Result<(), GroupFatal> {
         let d = self.log.durable_index();
         if d != self.reported_durable {
@@ -771,6 +874,9 @@ impl GroupHost {
                             self.log.truncate_suffix(from).map_err(|e| self.fatal(e))?;
                         }
                         self.reported_durable = self.reported_durable.min(from - 1);
+                        // Durable now: records of the entries it removed go.
+                        let core = self.core.config_history();
+                        self.configs.truncated(from, core).map_err(|e| self.fatal_io("record the configuration", e))?;
                     }
                     if !entries.is_empty() {
                         self.metrics.batch_entries.saturating_record(entries.len() as u64);
@@ -788,13 +894,43 @@ impl GroupHost {
                     self.feed_state_machine(Some(entries))?;
                 }
                 Command::Reply(r) => self.reply(r),
-                Command::InstallLogStart(start) => self.install_log_start(start)?,
+                Command::InstallLogStart(start) => {
+                    self.install_log_start(start)?;
+                    self.configs.reset().map_err(|e| self.fatal_io("record the configuration", e))?;
+                }
+                Command::SaveConfig(record) => {
+                    let upto = self.core.log().committed_index().min(self.log.durable_index());
+                    tracing::info!(
+                        group = self.group,
+                        index = record.index,
+                        version = record.membership.version,
+                        voters = ?record.membership.voters().collect::<Vec<_>>(),
+                        learners = ?record.membership.learners().collect::<Vec<_>>(),
+                        "configuration in force"
+                    );
+                    self.configs.append(record, upto).map_err(|e| self.fatal_io("record the configuration", e))?;
+                }
             }
         }
         if self.core.log().committed_index() != self.subscribers_seen_commit {
             self.answer_subscribers(false);
         }
         let s = self.core.status();
+        if !self.removed_said && self.core.membership_committed() && self.core.membership().version > 0 {
+            let m = self.core.membership();
+            if !m.contains(self.node_id) {
+                self.removed_said = true;
+                tracing::warn!(
+                    group = self.group,
+                    node = self.node_id,
+                    version = m.version,
+                    members = ?m.members.keys().collect::<Vec<_>>(),
+                    "this node was removed from the group (committed configuration version {}): it no longer \
+                     votes, leads or serves it; requests are sent to the leader",
+                    m.version
+                );
+            }
+        }
         let leader = s.role == Role::Leader;
         if leader && !self.was_leader {
             self.metrics.elections_won += 1;
@@ -804,7 +940,7 @@ impl GroupHost {
         let now = (s.role, s.term, s.leader_id);
         if now != self.published {
             self.published = now;
-            let voters = self.voters.clone();
+            let voters = self.core.membership().voters().collect();
             self.events.send_replace(GroupEvent {
                 group: self.group,
                 role: s.role,
@@ -841,7 +977,7 @@ impl GroupHost {
     /// Starts fetching a snapshot that covers `min_index` (going on from a
     /// partial file or a fetch under way), and stops campaigning.
     fn begin_install(&mut self, min_index: u64) -> Result<(), GroupFatal> {
-        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
+        let peers = self.peers();
         let Some(&first_peer) = peers.first() else {
             return Err(self.fatal(dledger_engine::Error::InvalidArgument(format!(
                 "the log starts after index {min_index}, past what the state machine holds, and this single-node \
@@ -886,7 +1022,7 @@ impl GroupHost {
     /// Every tick: a fetch asks again when its answer is late.
     fn install_tick(&mut self) {
         let leader = self.core.status().leader_id.filter(|&l| l != self.node_id);
-        let peers: Vec<NodeId> = self.voters.iter().copied().filter(|&p| p != self.node_id).collect();
+        let peers = self.peers();
         let Some(install) = &mut self.install else { return };
         if install.busy.is_some() {
             return;
@@ -1175,6 +1311,9 @@ impl GroupHost {
                 // A closed connection has nobody to answer.
                 let _ = reply.send(Frame::Response { id: client_id, response });
             }
+            Waiter::Members { reply, client_id } => {
+                let _ = reply.send(Frame::Response { id: client_id, response });
+            }
             Waiter::Append(reply) => {
                 self.local_appends -= 1;
                 let _ = reply.send(Err(error(response)));
@@ -1201,7 +1340,8 @@ impl GroupHost {
     }
 
     fn not_leader(&self, hint: Option<NodeId>) -> ServerError {
-        ServerError::NotLeader { leader: hint, address: hint.and_then(|h| self.addresses.get(&h).cloned()) }
+        let address = hint.and_then(|h| self.addresses.get(&h).cloned().or_else(|| self.peer_address(h)));
+        ServerError::NotLeader { leader: hint, address }
     }
 
     fn reply(&mut self, r: ClientReply) {
@@ -1212,6 +1352,10 @@ impl GroupHost {
                     Waiter::Append(reply) => {
                         self.metrics.append_latency_us.saturating_record(p.started.elapsed().as_micros() as u64);
                         self.committed_locally(reply, first_index, last_index, term);
+                    }
+                    Waiter::Members { reply, client_id } => {
+                        let response = Response::Members(self.members_view());
+                        let _ = reply.send(Frame::Response { id: client_id, response });
                     }
                     to => self.answer(Pending { to, ..p }, Response::Appended { first_index, last_index, term }),
                 }
@@ -1241,6 +1385,10 @@ impl GroupHost {
                         ServerError::TransferFailed(format!("to node {target}: {reason}"))
                     }
                     ClientError::EmptyProposal => ServerError::BadRequest("an append needs at least one entry".into()),
+                    ClientError::MembershipRefused(r @ dledger_raft::MembershipRefusal::NotReady) => {
+                        ServerError::NotReady(r.to_string())
+                    }
+                    ClientError::MembershipRefused(r) => ServerError::MembershipRefused(r.to_string()),
                 };
                 self.respond(request_id, Response::Error(e));
             }
@@ -1254,6 +1402,12 @@ impl GroupHost {
         };
         let request_id = self.next_request;
         self.next_request += 1;
+        // A node removed from the group serves nothing of it (its log stops
+        // where the removal committed): reads and all go to the leader.
+        if self.removed_said && !matches!(request, Request::Status | Request::Members) {
+            answer(&reply, Response::Error(self.not_leader(self.core.status().leader_id)));
+            return Ok(());
+        }
         let event = match request {
             Request::Append { payloads } => {
                 if let Err(e) = self.check_append(&payloads) {
@@ -1278,6 +1432,33 @@ impl GroupHost {
             }
             Request::Status => {
                 answer(&reply, Response::Status(vec![self.status()]));
+                return Ok(());
+            }
+            Request::Members => {
+                answer(&reply, Response::Members(self.members_view()));
+                return Ok(());
+            }
+            Request::ChangeMembership { change, expected_version, force } => {
+                let change = match change {
+                    dledger_proto::MembershipChange::AddLearner { id, address } => {
+                        if address.is_empty() || address.len() > dledger_raft::MAX_ADDRESS_BYTES {
+                            let e = ServerError::BadRequest(format!(
+                                "node {id} needs an address of 1 to {} bytes",
+                                dledger_raft::MAX_ADDRESS_BYTES
+                            ));
+                            answer(&reply, Response::Error(e));
+                            return Ok(());
+                        }
+                        MembershipChange::AddLearner { id, address }
+                    }
+                    dledger_proto::MembershipChange::Promote { id } => MembershipChange::Promote { id },
+                    dledger_proto::MembershipChange::Demote { id } => MembershipChange::Demote { id },
+                    dledger_proto::MembershipChange::Remove { id } => MembershipChange::Remove { id },
+                };
+                tracing::info!(group = self.group, ?change, expected_version, force, "membership change asked");
+                self.pending
+                    .insert(request_id, Pending { to: Waiter::Members { reply, client_id }, started: Instant::now() });
+                self.step(Event::ChangeMembership { request_id, change, expected_version, force })?;
                 return Ok(());
             }
             Request::Subscribe { from, max_bytes, min_bytes, max_wait_ms } => {
@@ -1519,7 +1700,7 @@ impl GroupHost {
         };
         let mut followers = Vec::new();
         if s.role == Role::Leader {
-            for id in self.addresses.keys().copied().filter(|&id| id != self.node_id) {
+            for id in self.peers() {
                 if let Some(p) = self.core.progress(id) {
                     followers.push((id, p.match_index));
                 }
@@ -1538,6 +1719,44 @@ impl GroupHost {
             first_index: self.core.log().first_index(),
             disk_bytes: self.log.disk_bytes(),
             followers,
+            config_version: s.config_version,
+            voters: self.core.members_with_role(MemberRole::Voter),
+            learners: self.core.members_with_role(MemberRole::Learner),
+        }
+    }
+
+    /// The configuration in force, with each member's match index as this
+    /// node knows it (a leader knows its followers').
+    pub fn members_view(&self) -> dledger_proto::MembersView {
+        let s = self.core.status();
+        let m = self.core.membership();
+        let members = m
+            .members
+            .iter()
+            .map(|(&id, member)| dledger_proto::MemberView {
+                id,
+                address: if member.address.is_empty() {
+                    self.static_addresses.get(&id).cloned().unwrap_or_default()
+                } else {
+                    member.address.clone()
+                },
+                role: match member.role {
+                    MemberRole::Voter => "voter".into(),
+                    MemberRole::Learner => "learner".into(),
+                },
+                match_index: if id == self.node_id {
+                    Some(s.durable_index)
+                } else {
+                    self.core.progress(id).map(|p| p.match_index)
+                },
+            })
+            .collect();
+        dledger_proto::MembersView {
+            version: m.version,
+            committed: self.core.membership_committed(),
+            leader: s.leader_id,
+            last_index: s.last_index,
+            members,
         }
     }
 

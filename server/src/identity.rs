@@ -6,6 +6,7 @@
 //!   node=<id>
 //!   incarnation=<16 hex digits, random, never reused>
 //!   groups=<groups created so far>
+//!   mode=join            (only on a node created to join a running cluster)
 //! ```
 //!
 //! A data directory is created once, by an explicit bootstrap (`dledger
@@ -43,6 +44,20 @@ pub struct Identity {
     /// How many groups (`0..groups`) have been created in it; `None` for an
     /// older directory that did not record it.
     pub groups: Option<u64>,
+    /// Created to join a running cluster (`--join`): its groups learn their
+    /// configuration from a leader, never from the config file's peers.
+    pub joined: bool,
+}
+
+/// How a start may create a missing or empty data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// It may not: the directory must exist.
+    Never,
+    /// As a member of a new cluster (`--bootstrap`, `dledger init`).
+    Bootstrap,
+    /// As a new node of a running cluster (`--join`), added by an operator.
+    Join,
 }
 
 impl Identity {
@@ -51,11 +66,14 @@ impl Identity {
         if let Some(g) = self.groups {
             s += &format!("groups={g}\n");
         }
+        if self.joined {
+            s += "mode=join\n";
+        }
         s
     }
 
     fn parse(text: &str) -> Option<Identity> {
-        let (mut cluster, mut node, mut incarnation, mut groups) = (None, None, 0, None);
+        let (mut cluster, mut node, mut incarnation, mut groups, mut joined) = (None, None, 0, None, false);
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let (k, v) = line.split_once('=')?;
             match k {
@@ -63,10 +81,11 @@ impl Identity {
                 "node" => node = Some(v.parse().ok()?),
                 "incarnation" => incarnation = u64::from_str_radix(v, 16).ok()?,
                 "groups" => groups = Some(v.parse().ok()?),
+                "mode" if v == "join" => joined = true,
                 _ => return None,
             }
         }
-        Some(Identity { cluster: cluster?, node: node?, incarnation, groups })
+        Some(Identity { cluster: cluster?, node: node?, incarnation, groups, joined })
     }
 
     fn write(&self, dir: &Path) -> Result<(), StartError> {
@@ -96,6 +115,10 @@ fn is_empty_or_missing(dir: &Path) -> Result<bool, StartError> {
 /// Creates the data directory of `cfg`'s node for a new cluster (the
 /// bootstrap step); refuses a directory that is not empty.
 pub fn init(cfg: &ServerConfig) -> Result<Identity, StartError> {
+    create(cfg, false)
+}
+
+fn create(cfg: &ServerConfig, joined: bool) -> Result<Identity, StartError> {
     let dir = &cfg.data_dir;
     if !is_empty_or_missing(dir)? {
         return Err(StartError::DataDir {
@@ -104,8 +127,13 @@ pub fn init(cfg: &ServerConfig) -> Result<Identity, StartError> {
         });
     }
     std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir { dir: dir.clone(), message: e.to_string() })?;
-    let id =
-        Identity { cluster: cfg.cluster.clone(), node: cfg.node_id, incarnation: fresh_incarnation(), groups: Some(0) };
+    let id = Identity {
+        cluster: cfg.cluster.clone(),
+        node: cfg.node_id,
+        incarnation: fresh_incarnation(),
+        groups: Some(0),
+        joined,
+    };
     id.write(dir)?;
     tracing::info!(dir = %dir.display(), node = id.node, incarnation = %format!("{:016x}", id.incarnation), "data directory initialized");
     Ok(id)
@@ -115,7 +143,7 @@ pub fn init(cfg: &ServerConfig) -> Result<Identity, StartError> {
 /// created by a bootstrap (or now, when `bootstrap` and the directory is
 /// empty), of this node and cluster, with every group it created still there.
 /// Nothing is written unless the directory is new or the record gains fields.
-pub(crate) fn check(cfg: &ServerConfig, bootstrap: bool) -> Result<Identity, StartError> {
+pub(crate) fn check(cfg: &ServerConfig, creation: Creation) -> Result<Identity, StartError> {
     let dir = &cfg.data_dir;
     let path = dir.join(IDENTITY_FILE);
     let text = match std::fs::read_to_string(&path) {
@@ -127,10 +155,11 @@ pub(crate) fn check(cfg: &ServerConfig, bootstrap: bool) -> Result<Identity, Sta
                     message: "not empty and has no IDENTITY file (not a dledger data directory?)".into(),
                 });
             }
-            if !bootstrap {
-                return Err(StartError::NotInitialized { dir: dir.clone() });
-            }
-            return init(cfg);
+            return match creation {
+                Creation::Never => Err(StartError::NotInitialized { dir: dir.clone() }),
+                Creation::Bootstrap => create(cfg, false),
+                Creation::Join => create(cfg, true),
+            };
         }
         Err(e) => return Err(StartError::DataDir { dir: dir.clone(), message: e.to_string() }),
     };
@@ -194,25 +223,25 @@ mod tests {
     fn a_directory_is_made_only_by_a_bootstrap_and_a_lost_group_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let c = cfg(&tmp.path().join("d"));
-        assert!(matches!(check(&c, false), Err(StartError::NotInitialized { .. })));
+        assert!(matches!(check(&c, Creation::Never), Err(StartError::NotInitialized { .. })));
         assert!(!c.data_dir.exists(), "nothing created without a bootstrap");
-        let id = check(&c, true).unwrap();
+        let id = check(&c, Creation::Bootstrap).unwrap();
         assert_ne!(id.incarnation, 0);
         std::fs::create_dir(group_dir(&c.data_dir, 0)).unwrap();
         std::fs::write(group_dir(&c.data_dir, 0).join(dledger_engine::META_FILE), b"").unwrap();
         record_groups(&c, id.clone()).unwrap();
-        let again = check(&c, false).unwrap();
+        let again = check(&c, Creation::Never).unwrap();
         assert_eq!((again.incarnation, again.groups), (id.incarnation, Some(1)));
         // A bootstrap of an initialized directory changes nothing.
-        assert_eq!(check(&c, true).unwrap(), again);
+        assert_eq!(check(&c, Creation::Bootstrap).unwrap(), again);
         // A group directory that was created and is emptied, or gone: refused.
         std::fs::remove_file(group_dir(&c.data_dir, 0).join(dledger_engine::META_FILE)).unwrap();
-        assert!(matches!(check(&c, false), Err(StartError::GroupLost { group: 0, .. })));
+        assert!(matches!(check(&c, Creation::Never), Err(StartError::GroupLost { group: 0, .. })));
         std::fs::remove_dir(group_dir(&c.data_dir, 0)).unwrap();
-        assert!(matches!(check(&c, false), Err(StartError::GroupLost { group: 0, .. })));
+        assert!(matches!(check(&c, Creation::Never), Err(StartError::GroupLost { group: 0, .. })));
         // A wiped directory: refused, even though the config is the old one.
         std::fs::remove_dir_all(&c.data_dir).unwrap();
-        assert!(matches!(check(&c, false), Err(StartError::NotInitialized { .. })));
+        assert!(matches!(check(&c, Creation::Never), Err(StartError::NotInitialized { .. })));
         // `init` refuses what is not empty.
         init(&c).unwrap();
         assert!(init(&c).is_err());
@@ -223,8 +252,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let c = cfg(tmp.path());
         std::fs::write(tmp.path().join(IDENTITY_FILE), "cluster=dledger\nnode=1\n").unwrap();
-        let id = check(&c, false).unwrap();
+        let id = check(&c, Creation::Never).unwrap();
         assert!(id.incarnation != 0 && id.groups.is_none());
-        assert_eq!(check(&c, false).unwrap().incarnation, id.incarnation, "written once");
+        assert_eq!(check(&c, Creation::Never).unwrap().incarnation, id.incarnation, "written once");
     }
 }

@@ -86,6 +86,7 @@ mod embed;
 mod error;
 mod group;
 mod identity;
+mod members;
 mod runtime;
 mod snapshot;
 mod state_machine;

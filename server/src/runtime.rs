@@ -30,7 +30,7 @@ use crate::group::ApplyFeed;
 use crate::group::{GroupHost, GroupInput};
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::{StateMachine, StateMachineError};
-use crate::transport::{peer_writer, serve_connection, ConnContext, PeerLink};
+use crate::transport::{serve_connection, ConnContext, Links};
 use dledger_proto::ServerError;
 
 /// Why a server could not start: one line an operator can act on. Nothing
@@ -185,6 +185,10 @@ pub(crate) struct Shared {
     /// Groups of this node, and those whose log failed (isolated, see `run_group`).
     pub(crate) groups: usize,
     pub(crate) failed_groups: std::sync::atomic::AtomicUsize,
+    /// This node's data-directory incarnation (sent in its hellos).
+    pub(crate) incarnation: u64,
+    /// The incarnations of the peers it has met.
+    pub(crate) incarnations: Arc<crate::members::PeerIncarnations>,
 }
 
 impl Shared {
@@ -305,14 +309,14 @@ impl Stopper {
 /// Opens everything and starts the cores of a server without state machines
 /// (a replicated log, as `dledger server` runs); returns once it serves.
 pub fn start(cfg: ServerConfig) -> Result<Server, StartError> {
-    start_with(cfg, Vec::new(), false)
+    start_with(cfg, Vec::new(), crate::identity::Creation::Never)
 }
 
 /// Opens everything, restores each state machine, starts the cores.
 pub(crate) fn start_with(
     cfg: ServerConfig,
     machines: Vec<(u64, Box<dyn StateMachine>)>,
-    bootstrap: bool,
+    creation: crate::identity::Creation,
 ) -> Result<Server, StartError> {
     // Ports first: a node that cannot listen must not create or change anything on disk.
     let listener = TcpListener::bind(&cfg.listen).map_err(|source| StartError::Listen {
@@ -355,7 +359,16 @@ pub(crate) fn start_with(
         }
         machines_by_group.insert(group, m);
     }
-    let identity = crate::identity::check(&cfg, bootstrap)?;
+    let identity = crate::identity::check(&cfg, creation)?;
+    let incarnations = crate::members::PeerIncarnations::load(&cfg.data_dir)
+        .map_err(|message| StartError::DataDir { dir: cfg.data_dir.clone(), message })?;
+    let founding = if identity.joined {
+        crate::group::Founding::Join
+    } else {
+        let peers = cfg.peers.iter().map(|p| (p.id, p.address.clone()));
+        crate::group::Founding::Bootstrap(dledger_raft::Membership::bootstrap(peers))
+    };
+    let static_addresses: HashMap<u64, String> = cfg.peers.iter().map(|p| (p.id, p.address.clone())).collect();
 
     // Open every group's log and restore its core (and state machine) before serving anything.
     // A group that cannot be opened (a corrupt log, a lost vote record) is refused: alone when
@@ -370,8 +383,18 @@ pub(crate) fn start_with(
         lc.backend = backend;
         lc.max_batch_bytes = cfg.batch_bytes();
         let opened = Log::open(lc).map_err(|source| StartError::Log { group, source }).and_then(|log| {
-            let mut host = GroupHost::open(group, cfg.node_id, cfg.voters(), cfg.addresses(), cfg.raft(), log)
-                .map_err(|message| StartError::Group { group, message })?;
+            let dir = crate::identity::group_dir(&cfg.data_dir, group);
+            let mut host = GroupHost::open(
+                group,
+                cfg.node_id,
+                founding.clone(),
+                cfg.addresses(),
+                static_addresses.clone(),
+                cfg.raft(),
+                log,
+                &dir,
+            )
+            .map_err(|message| StartError::Group { group, message })?;
             host.set_retention(cfg.retention.clone());
             host.set_max_read_bytes(cfg.max_read_bytes());
             if let Some(machine) = machines_by_group.remove(&group) {
@@ -395,6 +418,7 @@ pub(crate) fn start_with(
     if failed_at_start == cfg.groups as usize {
         return Err(first_failure.expect("a failed group recorded its error"));
     }
+    let incarnation = identity.incarnation;
     crate::identity::record_groups(&cfg, identity)?;
     // A core without a group would have nothing to run: never more cores than groups.
     let cores = cfg.cores().max(1).min(cfg.groups as usize);
@@ -414,6 +438,8 @@ pub(crate) fn start_with(
         conns: Default::default(),
         groups: cfg.groups as usize,
         failed_groups: Default::default(),
+        incarnation,
+        incarnations: Arc::new(incarnations),
     });
     let handles: Vec<GroupHandle> = hosts
         .iter()
@@ -610,23 +636,9 @@ async fn run_core(
         max_entry_bytes: cfg.batch_bytes() as u64,
         max_frame_bytes: cfg.max_frame_mib << 20,
     };
-    // This core's links to every other node.
-    let mut links: HashMap<u64, Rc<PeerLink>> = HashMap::new();
-    for p in cfg.peers.iter().filter(|p| p.id != cfg.node_id) {
-        let link = Rc::new(PeerLink::default());
-        tokio::task::spawn_local(peer_writer(
-            link.clone(),
-            cfg.node_id,
-            p.id,
-            cfg.cluster.clone(),
-            p.address.clone(),
-            secret.clone(),
-            limits,
-            stop.clone(),
-        ));
-        links.insert(p.id, link);
-    }
-    let links = Rc::new(links);
+    // This core's links to other nodes, opened as its groups first send to them.
+    let links =
+        Rc::new(Links::new(cfg.node_id, shared.incarnation, cfg.cluster.clone(), secret.clone(), limits, stop.clone()));
     let ctx = Rc::new(ConnContext {
         me: cfg.node_id,
         cluster: cfg.cluster.clone(),
@@ -634,7 +646,7 @@ async fn run_core(
         max_frame_bytes: (cfg.max_frame_mib << 20) as usize,
         stopping: stop.clone(),
         max_entry_bytes: cfg.batch_bytes(),
-        voters: cfg.voters(),
+        incarnations: shared.incarnations.clone(),
         secret,
         limits,
         peer_bytes_in: shared.peer_bytes_in.clone(),
@@ -830,7 +842,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 async fn run_group(
     mut host: GroupHost,
     mut inbox: mpsc::UnboundedReceiver<GroupInput>,
-    links: Rc<HashMap<u64, Rc<PeerLink>>>,
+    links: Rc<Links>,
     tick_ms: u64,
     shared: Arc<Shared>,
 ) {
@@ -903,16 +915,14 @@ async fn run_group(
             return;
         }
         // Wake only the writers that got something: an idle link costs no syscall.
-        for (to, g, m) in host.outbox.drain(..) {
-            if let Some(l) = links.get(&to) {
-                l.push(g, m);
+        let outbox = std::mem::take(&mut host.outbox);
+        for (to, g, m) in outbox {
+            match host.peer_address(to) {
+                Some(address) => links.link(to, &address).push(g, m),
+                None => tracing::debug!(group, to, "no address known for a peer; message dropped"),
             }
         }
-        for l in links.values() {
-            if l.has_queued() {
-                l.wake();
-            }
-        }
+        links.wake_queued();
         if let Some(since) = stopping_since {
             if !host.has_pending() || since.elapsed() > SHUTDOWN_GRACE {
                 if let Err(e) = host.sync() {
@@ -952,6 +962,10 @@ mod tests {
             conns: Default::default(),
             groups: 1,
             failed_groups: Default::default(),
+            incarnation: 1,
+            incarnations: Arc::new(
+                crate::members::PeerIncarnations::load(std::path::Path::new("/nonexistent")).unwrap(),
+            ),
         });
         let mut rx = shared.stopping.subscribe();
         let running = std::thread::spawn(move || {

@@ -7,11 +7,17 @@
 //! turn go out together. A broken connection is dropped with what was queued
 //! (Raft tolerates lost messages) and reopened with exponential backoff.
 //!
-//! Inbound: a connection opens with a `Hello`. A peer must be a configured
-//! voter other than this node and, when the cluster has a secret
-//! (`peer_secret_file`), answer a challenge (see `auth.rs`) before any of its
-//! frames is read; then its frames go to the owning group's inbox, whatever
-//! core it is on. A client's requests go there too, with a handle to the
+//! Peers come and go with the membership: a core opens a link to a node the
+//! first time one of its groups sends to it, at the address the group's
+//! configuration names ([`Links`]).
+//!
+//! Inbound: a connection opens with a `Hello`. A peer names a node id other
+//! than this node's and, when the cluster has a secret (`peer_secret_file`),
+//! answers a challenge (see `auth.rs`) before any of its frames is read; its
+//! hello's incarnation must be the one this node recorded when it first met
+//! that id (`members::PeerIncarnations`: a wiped node cannot come back as its
+//! old self); then its frames go to the owning group's inbox, whatever core
+//! it is on, and the Raft core drops what a non-member may not say. A client's requests go there too, with a handle to the
 //! connection's writer for the answer. A malformed, oversized or unexpected
 //! frame closes that connection with a logged reason; nothing else happens
 //! to the node.
@@ -47,6 +53,68 @@ use dledger_raft::NodeId;
 pub(crate) struct PeerLink {
     queue: RefCell<Vec<(u64, PeerMessage)>>,
     notify: Notify,
+    /// Its address changed (a new link took over): the writer ends.
+    retired: std::cell::Cell<bool>,
+}
+
+/// One core's links to its peers, opened on first use.
+pub(crate) struct Links {
+    links: RefCell<std::collections::HashMap<NodeId, (String, Rc<PeerLink>)>>,
+    me: NodeId,
+    incarnation: u64,
+    cluster: String,
+    secret: Option<PeerSecret>,
+    limits: PeerLimits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Links {
+    pub(crate) fn new(
+        me: NodeId,
+        incarnation: u64,
+        cluster: String,
+        secret: Option<PeerSecret>,
+        limits: PeerLimits,
+        stop: Arc<AtomicBool>,
+    ) -> Links {
+        Links { links: Default::default(), me, incarnation, cluster, secret, limits, stop }
+    }
+
+    /// The link to `to` at `address`, opened now if there is none (or it
+    /// was for another address).
+    pub(crate) fn link(&self, to: NodeId, address: &str) -> Rc<PeerLink> {
+        let mut links = self.links.borrow_mut();
+        if let Some((a, l)) = links.get(&to) {
+            if a == address {
+                return l.clone();
+            }
+            l.retired.set(true);
+            l.wake();
+        }
+        let link = Rc::new(PeerLink::default());
+        tokio::task::spawn_local(peer_writer(
+            link.clone(),
+            self.me,
+            self.incarnation,
+            to,
+            self.cluster.clone(),
+            address.to_string(),
+            self.secret.clone(),
+            self.limits,
+            self.stop.clone(),
+        ));
+        links.insert(to, (address.to_string(), link.clone()));
+        link
+    }
+
+    /// Wakes every writer with something queued.
+    pub(crate) fn wake_queued(&self) {
+        for (_, l) in self.links.borrow().values() {
+            if l.has_queued() {
+                l.wake();
+            }
+        }
+    }
 }
 
 /// Messages queued while a peer is unreachable are dropped beyond this many.
@@ -108,6 +176,7 @@ pub(crate) struct PeerLimits {
 pub(crate) async fn peer_writer(
     link: Rc<PeerLink>,
     me: NodeId,
+    incarnation: u64,
     to: NodeId,
     cluster: String,
     address: String,
@@ -117,7 +186,7 @@ pub(crate) async fn peer_writer(
 ) {
     let mut backoff = Duration::from_millis(20);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !link.retired.get() {
         let mut stream = match TcpStream::connect(&address).await {
             Ok(s) => s,
             Err(e) => {
@@ -130,7 +199,7 @@ pub(crate) async fn peer_writer(
         };
         let _ = stream.set_nodelay(true);
         buf.clear();
-        encode_frame(&Frame::Hello(Hello { node_id: me, cluster: cluster.clone() }), &mut buf);
+        encode_frame(&Frame::Hello(Hello { node_id: me, cluster: cluster.clone(), incarnation }), &mut buf);
         if stream.write_all(&buf).await.is_err() {
             continue;
         }
@@ -155,7 +224,7 @@ pub(crate) async fn peer_writer(
             if link.queue.borrow().is_empty() {
                 link.notify.notified().await;
             }
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || link.retired.get() {
                 return;
             }
             let batch = std::mem::take(&mut *link.queue.borrow_mut());
@@ -222,8 +291,8 @@ pub(crate) struct ConnContext {
     pub(crate) client_idle: Option<Duration>,
     /// The largest entry a group's log takes (a `Get` may return one).
     pub(crate) max_entry_bytes: usize,
-    /// The voters: the only node ids a peer may claim.
-    pub(crate) voters: Vec<NodeId>,
+    /// The incarnation of every peer this node has met.
+    pub(crate) incarnations: Arc<crate::members::PeerIncarnations>,
     /// With a secret, a peer must answer a challenge before anything else.
     pub(crate) secret: Option<PeerSecret>,
     /// What a peer's limits must equal.
@@ -282,8 +351,8 @@ pub(crate) async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
     }
     if hello.node_id != 0 {
         let from = hello.node_id;
-        if from == ctx.me || !ctx.voters.contains(&from) {
-            tracing::warn!(%peer, from, "closing connection: not a peer of this node");
+        if from == ctx.me {
+            tracing::warn!(%peer, from, "closing connection: a peer claims this node's own id");
             return;
         }
         if let Some(secret) = &ctx.secret {
@@ -304,6 +373,25 @@ pub(crate) async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
                     tracing::warn!(%peer, from, "closing connection: peer did not authenticate");
                     return;
                 }
+            }
+        }
+        match ctx.incarnations.check(from, hello.incarnation) {
+            Ok(crate::members::Incarnation::Known) => {}
+            Ok(crate::members::Incarnation::Replaced { was }) => {
+                tracing::error!(
+                    %peer,
+                    from,
+                    incarnation = %format!("{:016x}", hello.incarnation),
+                    was = %format!("{was:016x}"),
+                    "closing connection: node {from} came back with a new data directory; it has lost its votes and \
+                     entries and must not rejoin as node {from}: start it with a new node id and `dledger member \
+                     replace --old {from}`"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%peer, from, error = %e, "closing connection: cannot record the peer's incarnation");
+                return;
             }
         }
         let theirs = tokio::time::timeout(AUTH_TIMEOUT, read_frame(&mut rd, &mut buf, MAX_HELLO_BYTES)).await;
@@ -610,7 +698,9 @@ mod tests {
             max_read_bytes: crate::group::MAX_READ_BYTES,
             client_idle: None,
             max_entry_bytes: 4 << 20,
-            voters: vec![1, 2],
+            incarnations: Arc::new(
+                crate::members::PeerIncarnations::load(&std::env::temp_dir().join("no-such-dir")).unwrap(),
+            ),
             secret: None,
             limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
         });
@@ -641,7 +731,7 @@ mod tests {
             let (address, mut requests, _served) = serve_one_connection().await;
             let total = MAX_IN_FLIGHT_PER_CONNECTION + 1000;
             let mut out = BytesMut::new();
-            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
+            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into(), incarnation: 0 }), &mut out);
             for id in 0..total as u64 {
                 encode_frame(&Frame::Request { id, group: 0, request: Request::ReadBarrier }, &mut out);
             }
@@ -681,7 +771,7 @@ mod tests {
         on_local_set(async {
             let (address, mut requests, _served) = serve_one_connection().await;
             let mut out = BytesMut::new();
-            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
+            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into(), incarnation: 0 }), &mut out);
             for id in 0..1000u64 {
                 let request = Request::Read { lo: 1, hi: u64::MAX, max_bytes: u32::MAX };
                 encode_frame(&Frame::Request { id, group: 0, request }, &mut out);
@@ -709,7 +799,7 @@ mod tests {
         on_local_set(async {
             let (address, mut requests, served) = serve_one_connection().await;
             let mut out = BytesMut::new();
-            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into() }), &mut out);
+            encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "c".into(), incarnation: 0 }), &mut out);
             for id in 0..MAX_IN_FLIGHT_PER_CONNECTION as u64 {
                 encode_frame(&Frame::Request { id, group: 0, request: Request::ReadBarrier }, &mut out);
             }

@@ -19,7 +19,7 @@ use harness::{eventually, Cluster};
 fn hello(endpoint: &str) -> TcpStream {
     let mut s = TcpStream::connect(endpoint).unwrap();
     let mut b = BytesMut::new();
-    encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "dledger".into() }), &mut b);
+    encode_frame(&Frame::Hello(Hello { node_id: 0, cluster: "dledger".into(), incarnation: 0 }), &mut b);
     s.write_all(&b).unwrap();
     s
 }

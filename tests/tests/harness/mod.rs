@@ -57,6 +57,10 @@ pub struct NodeProc {
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Starts so far; the first one bootstraps (or joins, for a node added later).
+    pub starts: u64,
+    /// Added to a running cluster: its first start is `--join`.
+    pub joins: bool,
 }
 
 pub struct Cluster {
@@ -170,6 +174,8 @@ impl Cluster {
                 config,
                 log: dir.path().join(format!("n{id}.log")),
                 child: None,
+                starts: 0,
+                joins: false,
             });
         }
         let runs = std::sync::Arc::new((0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
@@ -224,6 +230,8 @@ impl Cluster {
                 config,
                 log: dir.path().join(format!("n{a}.log")),
                 child: None,
+                starts: 0,
+                joins: false,
             });
         }
         let runs = std::sync::Arc::new((0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
@@ -290,16 +298,23 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
-        let first_start = self.runs[id as usize - 1].load(std::sync::atomic::Ordering::SeqCst) == 0;
         let args = self.server_args.clone();
         let n = self.node(id);
         assert!(n.child.is_none(), "node {id} already running");
+        let first_start = n.starts == 0;
+        n.starts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
         let mut cmd = Command::new(dledger_bin());
         cmd.arg("server").arg("--config").arg(&n.config).args(&args);
-        // The bootstrap at the first start only: a restart must find the node's data.
-        if first_start {
-            cmd.arg("--bootstrap");
+        // The bootstrap (or join) at the first start only: a restart must find the node's data.
+        match (first_start, n.joins) {
+            (true, false) => {
+                cmd.arg("--bootstrap");
+            }
+            (true, true) => {
+                cmd.arg("--join");
+            }
+            (false, _) => {}
         }
         let child = cmd
             .env("RUST_LOG", std::env::var("DLEDGER_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -309,7 +324,58 @@ impl Cluster {
             .spawn()
             .expect("spawn dledger server");
         n.child = Some(child);
-        self.runs[id as usize - 1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(runs) = self.runs.get(id as usize - 1) {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Writes a config for a new node (the next id, a free port, every
+    /// node so far as its peers) and starts it with `--join`; waits until
+    /// it listens. It serves nothing until an operator adds it.
+    pub fn add_joining_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let port = free_ports(1)[0];
+        let ep = format!("127.0.0.1:{port}");
+        let template = std::fs::read_to_string(&self.nodes[0].config).unwrap();
+        let head: String = template
+            .split("[[peers]]")
+            .next()
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("node_id") {
+                    format!("node_id = {id}")
+                } else if l.starts_with("listen") {
+                    format!("listen = \"{ep}\"")
+                } else if l.starts_with("data_dir") {
+                    format!("data_dir = \"{}\"", self.dir.path().join(format!("n{id}")).display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .map(|l| l + "\n")
+            .collect();
+        let mut peers: String =
+            self.nodes.iter().map(|n| format!("[[peers]]\nid = {}\naddress = \"{}\"\n", n.id, n.endpoint)).collect();
+        peers += &format!("[[peers]]\nid = {id}\naddress = \"{ep}\"\n");
+        let config = self.dir.path().join(format!("n{id}.toml"));
+        std::fs::write(&config, format!("{head}\n{peers}")).unwrap();
+        self.nodes.push(NodeProc {
+            id,
+            endpoint: ep.clone(),
+            config,
+            log: self.dir.path().join(format!("n{id}.log")),
+            child: None,
+            starts: 0,
+            joins: true,
+        });
+        self.start_node(id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&ep).is_err() {
+            assert!(Instant::now() < deadline, "node {id} did not listen: {}", self.log_text(id));
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
+        id
     }
 
     /// SIGKILL: no chance to sync or answer.
