@@ -154,7 +154,7 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// A local three-node cluster in the background.
+    /// A local cluster (three nodes by default) in the background.
     Quickstart {
         #[command(subcommand)]
         action: Quick,
@@ -284,15 +284,19 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Quick {
-    /// Start three nodes on 127.0.0.1 and wait for a leader; on a directory
-    /// whose quick start is partly running, start only the missing nodes
-    /// (with their configs as written, and the same `--state-machine`).
+    /// Start three nodes (or `--nodes N`) on 127.0.0.1 and wait for a
+    /// leader; on a directory whose quick start is partly running, start
+    /// only the missing nodes (with their configs as written, and the same
+    /// `--state-machine`).
     Start {
         #[arg(long, default_value = "./dledger-quickstart")]
         dir: PathBuf,
-        /// First of three ports; metrics on P+100.. (0: free ports below the ephemeral range).
+        /// First of the nodes' ports; metrics on P+100.. (0: free ports below the ephemeral range).
         #[arg(long, default_value_t = 20911)]
         base_port: u16,
+        /// How many nodes (1 to 7).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
         /// Run the nodes with this built-in state machine (see `server --state-machine`).
         #[arg(long, value_enum)]
         state_machine: Option<BuiltinMachine>,
@@ -300,6 +304,15 @@ enum Quick {
         /// tables such as `[retention]`), placed before the peers.
         #[arg(long, default_value = "")]
         config_extra: String,
+    },
+    /// Start one more node (a new id, free ports) and add it to every
+    /// group: as a learner, then, once it has caught up, as a voter.
+    AddNode {
+        #[arg(long, default_value = "./dledger-quickstart")]
+        dir: PathBuf,
+        /// Run it with this built-in state machine (the others' choice).
+        #[arg(long, value_enum)]
+        state_machine: Option<BuiltinMachine>,
     },
     /// Show the processes and the cluster table.
     Status {
@@ -555,9 +568,13 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
         Cmd::Quickstart { action } => match action {
-            Quick::Start { dir, base_port, state_machine, config_extra } => {
-                quick_start(&dir, base_port, state_machine, &config_extra).await
+            Quick::Start { dir, base_port, state_machine, config_extra, nodes } => {
+                if !(1..=7).contains(&nodes) {
+                    return Err(format!("--nodes {nodes}: a quick start runs 1 to 7 nodes"));
+                }
+                quick_start(&dir, base_port, state_machine, &config_extra, nodes).await
             }
+            Quick::AddNode { dir, state_machine } => quick_add_node(&dir, state_machine).await,
             Quick::Status { dir } => quick_status(&dir).await,
             Quick::Stop { dir } => quick_stop(&dir),
         },
@@ -754,16 +771,14 @@ async fn quick_start(
     base_port: u16,
     machine: Option<BuiltinMachine>,
     config_extra: &str,
+    nodes: usize,
 ) -> Result<(), String> {
-    let running: Vec<usize> = (1..=3)
-        .filter(|n| {
-            let pid = std::fs::read_to_string(dir.join(format!("n{n}.pid"))).ok();
-            pid.and_then(|p| p.trim().parse().ok()).is_some_and(|p: i32| pid_alive(p) && is_our_node(p, dir))
-        })
-        .collect();
-    if running.len() == 3 {
+    // A quick start made before: as many nodes as it has endpoints.
+    let count = endpoints_of(dir).map_or(nodes, |e| e.len());
+    let running = running_quick_nodes(dir, count);
+    if running.len() == count {
         return Err(format!(
-            "the quick start in {} already runs all three nodes (dledger quickstart stop --dir {0})",
+            "the quick start in {} already runs all {count} nodes (dledger quickstart stop --dir {0})",
             dir.display()
         ));
     }
@@ -772,8 +787,8 @@ async fn quick_start(
         let dir = dir.canonicalize().map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let endpoints = endpoints_of(&dir)?;
-        for n in (1..=3).filter(|n| !running.contains(n)) {
-            let mut child = spawn_quick_node(&dir, n, &exe, machine, false)?;
+        for n in (1..=count).filter(|n| !running.contains(n)) {
+            let mut child = spawn_quick_node(&dir, n, &exe, machine, false, false)?;
             // Listening, or say why not (a port still held by the process it replaces, say).
             let deadline = Instant::now() + Duration::from_secs(20);
             let ep = endpoints[n - 1].clone();
@@ -793,7 +808,7 @@ async fn quick_start(
                     // dying (the kernel releases a dead process's files asynchronously).
                     if last.contains("Address already in use") && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        child = spawn_quick_node(&dir, n, &exe, machine, false)?;
+                        child = spawn_quick_node(&dir, n, &exe, machine, false, false)?;
                         continue;
                     }
                     return Err(format!("node {n} exited ({status}) at start: {last}"));
@@ -811,13 +826,15 @@ async fn quick_start(
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
-    // Nodes on ports P, P+1, P+2; their metrics endpoints on P+100, P+101, P+102.
+    // Nodes on ports P, P+1, ...; their metrics endpoints on P+100, P+101, ...
     let (ports, metrics_ports): (Vec<u16>, Vec<u16>) = if base_port == 0 {
-        let p = free_ports(6)?;
-        (p[..3].to_vec(), p[3..].to_vec())
+        let p = free_ports(2 * nodes)?;
+        (p[..nodes].to_vec(), p[nodes..].to_vec())
     } else {
-        let top = base_port.checked_add(102).ok_or_else(|| format!("--base-port {base_port} is too high"))?;
-        ((0..3).map(|i| base_port + i).collect(), (0..3).map(|i| top - 2 + i).collect())
+        let metrics_base =
+            base_port.checked_add(100 + nodes as u16).ok_or_else(|| format!("--base-port {base_port} is too high"))?
+                - nodes as u16;
+        ((0..nodes as u16).map(|i| base_port + i).collect(), (0..nodes as u16).map(|i| metrics_base + i).collect())
     };
     let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let metrics: Vec<String> = metrics_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -825,10 +842,10 @@ async fn quick_start(
         endpoints.iter().enumerate().map(|(i, e)| format!("[[peers]]\nid = {}\naddress = \"{e}\"\n", i + 1)).collect();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let secret = write_peer_secret(&dir)?;
-    for n in 1..=3usize {
+    for n in 1..=nodes {
         let cfg_path = dir.join(format!("n{n}.toml"));
         let cfg = format!(
-            // Three nodes share this host: let the kernel place their loops.
+            // The nodes share this host: let the kernel place their loops.
             "node_id = {n}\nlisten = \"{}\"\nmetrics_listen = \"{}\"\ndata_dir = \"{}\"\ncores = 1\ncpus = []\npeer_secret_file = \"{}\"\n{config_extra}\n\n{peers}",
             endpoints[n - 1],
             metrics[n - 1],
@@ -841,13 +858,13 @@ async fn quick_start(
         if !parsed.data_dir.join(dledger_server::IDENTITY_FILE).exists() {
             dledger_server::init(&parsed).map_err(|e| e.to_string())?;
         }
-        spawn_quick_node(&dir, n, &exe, machine, true)?;
+        spawn_quick_node(&dir, n, &exe, machine, true, false)?;
     }
     std::fs::write(dir.join("endpoints"), endpoints.join(",")).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("metrics"), metrics.join(",")).map_err(|e| e.to_string())?;
     wait_for_leader(&endpoints, &dir).await?;
     let eps = endpoints.join(",");
-    println!("dledger quick start: 3 nodes on {eps}, data and logs in {}", dir.display());
+    println!("dledger quick start: {nodes} nodes on {eps}, data and logs in {}", dir.display());
     print_rows(&cluster_rows(&endpoints, "dledger").await, false);
     println!();
     println!("try:");
@@ -859,14 +876,84 @@ async fn quick_start(
     Ok(())
 }
 
+/// The quick-start nodes (of `1..=count`) running in `dir` now.
+fn running_quick_nodes(dir: &Path, count: usize) -> Vec<usize> {
+    (1..=count)
+        .filter(|n| {
+            let pid = std::fs::read_to_string(dir.join(format!("n{n}.pid"))).ok();
+            pid.and_then(|p| p.trim().parse().ok()).is_some_and(|p: i32| pid_alive(p) && is_our_node(p, dir))
+        })
+        .collect()
+}
+
+/// `quickstart add-node`: one more node, joined, then added to every group.
+async fn quick_add_node(dir: &Path, machine: Option<BuiltinMachine>) -> Result<(), String> {
+    let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut endpoints = endpoints_of(&dir)?;
+    let mut metrics: Vec<String> = std::fs::read_to_string(dir.join("metrics"))
+        .map(|t| t.trim().split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    if running_quick_nodes(&dir, endpoints.len()).is_empty() {
+        return Err(format!("no node of the quick start in {} runs (dledger quickstart start)", dir.display()));
+    }
+    let n = endpoints.len() + 1;
+    let ports = free_ports(2)?;
+    let (ep, metrics_ep) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
+    // Its config: node 1's, with its own id, ports and directory, and every node as a peer.
+    let template = std::fs::read_to_string(dir.join("n1.toml")).map_err(|e| e.to_string())?;
+    let head: String = template
+        .split("[[peers]]")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .map(|l| match l.split('=').next().map(str::trim) {
+            Some("node_id") => format!("node_id = {n}\n"),
+            Some("listen") => format!("listen = \"{ep}\"\n"),
+            Some("metrics_listen") => format!("metrics_listen = \"{metrics_ep}\"\n"),
+            Some("data_dir") => format!("data_dir = \"{}\"\n", dir.join(format!("n{n}")).display()),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    endpoints.push(ep.clone());
+    metrics.push(metrics_ep);
+    let peers: String =
+        endpoints.iter().enumerate().map(|(i, e)| format!("[[peers]]\nid = {}\naddress = \"{e}\"\n", i + 1)).collect();
+    std::fs::write(dir.join(format!("n{n}.toml")), format!("{}\n{peers}", head.trim_end()))
+        .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    spawn_quick_node(&dir, n, &exe, machine, true, true)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Client::new(vec![ep.clone()], "dledger", 0, Duration::from_millis(500)).node_status(&ep).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "node {n} did not answer within 20 s; see {}",
+                dir.join(format!("n{n}.log")).display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(dir.join("endpoints"), endpoints.join(",")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("metrics"), metrics.join(",")).map_err(|e| e.to_string())?;
+    println!("started node {n} on {ep} (joined: it serves nothing until added)");
+    let groups = ServerConfig::from_file(&dir.join("n1.toml")).map_err(|e| e.to_string())?.groups;
+    for g in 0..groups {
+        let mut c = Client::new(endpoints[..n - 1].to_vec(), "dledger", g, Duration::from_secs(10));
+        crate::member::add_and_promote(&mut c, n as u64, &ep, 1000, Duration::from_secs(300), "/3").await?;
+    }
+    println!("node {n} is a voter of every group");
+    print_rows(&cluster_rows(&endpoints, "dledger").await, false);
+    Ok(())
+}
+
 /// Starts quick-start node `n` from its config in `dir` (a fresh log file
-/// when `fresh_log`, else appended to), and records its pid.
+/// when `fresh_log`, else appended to; `--join` when `join`), and records its pid.
 fn spawn_quick_node(
     dir: &Path,
     n: usize,
     exe: &Path,
     machine: Option<BuiltinMachine>,
     fresh_log: bool,
+    join: bool,
 ) -> Result<std::process::Child, String> {
     use std::os::unix::process::CommandExt;
     let cfg_path = dir.join(format!("n{n}.toml"));
@@ -883,6 +970,9 @@ fn spawn_quick_node(
     let err = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("server").arg("--config").arg(&cfg_path);
+    if join {
+        cmd.arg("--join");
+    }
     match machine {
         Some(BuiltinMachine::Checksum) => drop(cmd.args(["--state-machine", "checksum"])),
         Some(BuiltinMachine::Kv) => drop(cmd.args(["--state-machine", "kv"])),
@@ -937,7 +1027,7 @@ fn write_peer_secret(dir: &Path) -> Result<PathBuf, String> {
 
 async fn quick_status(dir: &Path) -> Result<(), String> {
     let endpoints = endpoints_of(dir)?;
-    for n in 1..=3 {
+    for n in 1..=endpoints.len() {
         let pid =
             std::fs::read_to_string(dir.join(format!("n{n}.pid"))).ok().and_then(|p| p.trim().parse::<i32>().ok());
         match pid {
@@ -960,7 +1050,8 @@ fn is_our_node(pid: i32, dir: &Path) -> bool {
 fn quick_stop(dir: &Path) -> Result<(), String> {
     let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut stopped = 0;
-    for n in 1..=3 {
+    let count = endpoints_of(&dir).map_or(3, |e| e.len());
+    for n in 1..=count {
         let pid_path = dir.join(format!("n{n}.pid"));
         let Some(pid) = std::fs::read_to_string(&pid_path).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
             continue;

@@ -85,6 +85,66 @@ async fn node_id_at(cluster: &str, address: &str, timeout: Duration) -> Result<u
     status.first().map(|g| g.node).ok_or_else(|| format!("the node at {address} reports no group"))
 }
 
+/// Adds node `new` at `address` as a learner (unless it is a member
+/// already), waits until it is within `max_lag` entries, and promotes it;
+/// prints progress as steps `[1..3{of}]`.
+pub(crate) async fn add_and_promote(
+    c: &mut Client,
+    new: u64,
+    new_address: &str,
+    max_lag: u64,
+    wait: Duration,
+    of: &str,
+) -> Result<(), String> {
+    let group = c.group();
+    let v = c.members().await.map_err(err)?;
+    // 1. The new node, as a learner.
+    if role_of(&v, new).is_none() {
+        println!("group {group}: [1{of}] adding node {new} ({new_address}) as a learner");
+        let add = MembershipChange::AddLearner { id: new, address: new_address.to_string() };
+        c.change_membership(add, Some(v.version), false).await.map_err(err)?;
+    } else {
+        println!("group {group}: [1{of}] node {new} is already a member ({})", role_of(&v, new).unwrap_or("?"));
+    }
+    // 2. Caught up, within `max_lag` entries.
+    let deadline = Instant::now() + wait;
+    let mut last_print = Instant::now() - Duration::from_secs(10);
+    loop {
+        let v = c.members().await.map_err(err)?;
+        let m = v.members.iter().find(|m| m.id == new).ok_or_else(|| format!("node {new} left the group"))?;
+        if m.role == "voter" {
+            return Ok(());
+        }
+        let lag = m.match_index.map(|i| v.last_index.saturating_sub(i));
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            match lag {
+                Some(l) => {
+                    println!("group {group}: [2{of}] node {new} is {l} entries behind (promoting at <= {max_lag})")
+                }
+                None => println!("group {group}: [2{of}] waiting for node {new} to answer the leader"),
+            }
+        }
+        if lag.is_some_and(|l| l <= max_lag) {
+            // 3. Promote (the leader checks the lag again, by its own bounds).
+            println!("group {group}: [3{of}] promoting node {new} to voter");
+            match c.change_membership(MembershipChange::Promote { id: new }, Some(v.version), false).await {
+                Ok(_) => return Ok(()),
+                Err(ClientError::Server(ServerError::MembershipRefused(reason))) if Instant::now() < deadline => {
+                    println!("group {group}: not yet: {reason}");
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "node {new} did not catch up within {wait:?}; run the same command again to go on (nothing is undone)"
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Replaces member `old` by the node at `new_address`; see the module docs.
 pub(crate) async fn replace(
     c: &mut Client,
@@ -107,51 +167,7 @@ pub(crate) async fn replace(
         print_members(&v);
         return Ok(());
     }
-    // 1. The new node, as a learner.
-    if role_of(&v, new).is_none() {
-        println!("group {group}: [1/4] adding node {new} ({new_address}) as a learner");
-        let add = MembershipChange::AddLearner { id: new, address: new_address.to_string() };
-        c.change_membership(add, Some(v.version), false).await.map_err(err)?;
-    } else {
-        println!("group {group}: [1/4] node {new} is already a member ({})", role_of(&v, new).unwrap_or("?"));
-    }
-    // 2. Caught up, within `max_lag` entries.
-    let deadline = Instant::now() + wait;
-    let mut last_print = Instant::now() - Duration::from_secs(10);
-    loop {
-        let v = c.members().await.map_err(err)?;
-        let m = v.members.iter().find(|m| m.id == new).ok_or_else(|| format!("node {new} left the group"))?;
-        if m.role == "voter" {
-            break;
-        }
-        let lag = m.match_index.map(|i| v.last_index.saturating_sub(i));
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            match lag {
-                Some(l) => {
-                    println!("group {group}: [2/4] node {new} is {l} entries behind (promoting at <= {max_lag})")
-                }
-                None => println!("group {group}: [2/4] waiting for node {new} to answer the leader"),
-            }
-        }
-        if lag.is_some_and(|l| l <= max_lag) {
-            // 3. Promote (the leader checks the lag again, by its own bounds).
-            println!("group {group}: [3/4] promoting node {new} to voter");
-            match c.change_membership(MembershipChange::Promote { id: new }, Some(v.version), false).await {
-                Ok(_) => break,
-                Err(ClientError::Server(ServerError::MembershipRefused(reason))) if Instant::now() < deadline => {
-                    println!("group {group}: not yet: {reason}");
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "node {new} did not catch up within {wait:?}; run the same command again to go on (nothing is undone)"
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    add_and_promote(c, new, new_address, max_lag, wait, "/4").await?;
     // 4. The old node goes (leadership first, if it leads).
     let v = c.members().await.map_err(err)?;
     if role_of(&v, old).is_some() {

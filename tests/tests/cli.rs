@@ -114,7 +114,7 @@ fn quickstart_start_on_a_partly_running_cluster_starts_only_the_missing_node() {
     // All three running: refused, naming how to stop.
     let third_time = run(&["quickstart", "start", "--dir", d, "--base-port", "0"]);
     assert!(!third_time.status.success());
-    assert!(text(&third_time).contains("already runs all three nodes"), "{}", text(&third_time));
+    assert!(text(&third_time).contains("already runs all 3 nodes"), "{}", text(&third_time));
     let stop = run(&["quickstart", "stop", "--dir", d]);
     assert_eq!(text(&stop).matches("stopped node").count(), 3, "{}", text(&stop));
 }
@@ -179,4 +179,29 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a dledger data directory"));
     assert_eq!(listing(&stranger), vec!["photo.jpg".to_string()]);
+}
+
+#[test]
+fn quickstart_with_five_nodes_then_add_node_grows_to_six_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("qs");
+    let d = d.to_str().unwrap();
+    let start = run(&["quickstart", "start", "--dir", d, "--base-port", "0", "--nodes", "5"]);
+    assert!(start.status.success(), "start: {}", text(&start));
+    assert!(text(&start).contains("5 nodes on"), "{}", text(&start));
+    let add = run(&["quickstart", "add-node", "--dir", d]);
+    assert!(add.status.success(), "add-node: {}", text(&add));
+    assert!(text(&add).contains("node 6 is a voter of every group"), "{}", text(&add));
+    let endpoints = std::fs::read_to_string(Path::new(d).join("endpoints")).unwrap();
+    assert_eq!(endpoints.split(',').count(), 6);
+    let list = run(&["member", "list", "--endpoints", &endpoints]);
+    assert_eq!(text(&list).matches(" voter ").count(), 6, "{}", text(&list));
+    let append = run(&["append", "--endpoints", &endpoints, "with six"]);
+    assert!(append.status.success(), "{}", text(&append));
+    let status = run(&["quickstart", "status", "--dir", d]);
+    assert_eq!(text(&status).matches(": running").count(), 6, "{}", text(&status));
+    let stop = run(&["quickstart", "stop", "--dir", d]);
+    assert_eq!(text(&stop).matches("stopped node").count(), 6, "{}", text(&stop));
+    let too_many = run(&["quickstart", "start", "--dir", d, "--nodes", "9"]);
+    assert!(!too_many.status.success() && text(&too_many).contains("1 to 7 nodes"), "{}", text(&too_many));
 }
