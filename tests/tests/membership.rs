@@ -92,11 +92,30 @@ async fn grow_three_to_five_and_shrink_to_three_under_load_lose_nothing() {
     let ids: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(ids, ["3", "4", "5"], "{out}");
     assert!(out.lines().skip(2).all(|l| l.contains("voter")), "{out}");
+    // Replace the leader itself, under the same load: it hands over first.
+    let leader = c.leader(0).await;
+    let six = c.add_joining_node();
+    let address = c.nodes.iter().find(|n| n.id == six).unwrap().endpoint.clone();
+    let old = leader.to_string();
+    let (ok, out) = cli(&[
+        "member",
+        "replace",
+        "--endpoints",
+        &endpoints,
+        "--old",
+        &old,
+        "--new-address",
+        &address,
+        "--wait-secs",
+        "60",
+    ]);
+    assert!(ok && out.contains("handing leadership"), "member replace of the leader: {out}");
     tokio::time::sleep(Duration::from_millis(300)).await; // poll interval: more load after the last change
     stop.store(true, Ordering::SeqCst);
     let acked = load.await.unwrap();
     assert!(acked.len() > 50, "the load ran: {} appends", acked.len());
-    for id in [3, four, five] {
+    let survivors: Vec<u64> = [3, four, five, six].into_iter().filter(|&id| id != leader).collect();
+    for id in survivors {
         check_acked(&c, id, &acked).await;
     }
     // A removed node says why and serves nothing of the group.
@@ -111,7 +130,9 @@ async fn grow_three_to_five_and_shrink_to_three_under_load_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_cannot_return_as_itself_and_is_replaced() {
-    let mut c = Cluster::start(3, 1, 1);
+    // Nothing kept in memory: the new node is sent every entry, configuration
+    // entries included, from the log files (the path a 1 GiB replacement takes).
+    let mut c = Cluster::start_with_config(3, 1, "segment_mib = 8\nlog_memory_mib = 0\n");
     let leader = c.leader(0).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,11 +169,33 @@ async fn a_wiped_follower_cannot_return_as_itself_and_is_replaced() {
     let endpoints: Vec<String> = c.endpoints().into_iter().filter(|e| *e != address).collect();
     let endpoints = endpoints.join(",");
     let old = follower.to_string();
-    let (ok, out) = cli(&["member", "replace", "--endpoints", &endpoints, "--old", &old, "--new-address", &address]);
+    let (ok, out) = cli(&[
+        "member",
+        "replace",
+        "--endpoints",
+        &endpoints,
+        "--old",
+        &old,
+        "--new-address",
+        &address,
+        "--wait-secs",
+        "60",
+    ]);
     assert!(ok, "member replace: {out}");
     assert!(out.contains("[1/4]") && out.contains("[3/4]") && out.contains("replaced by node"), "{out}");
     // Run again: it finds the work done.
-    let (ok, again) = cli(&["member", "replace", "--endpoints", &endpoints, "--old", &old, "--new-address", &address]);
+    let (ok, again) = cli(&[
+        "member",
+        "replace",
+        "--endpoints",
+        &endpoints,
+        "--old",
+        &old,
+        "--new-address",
+        &address,
+        "--wait-secs",
+        "60",
+    ]);
     assert!(ok && again.contains("already replaced"), "{again}");
     stop.store(true, Ordering::SeqCst);
     let acked = load.await.unwrap();
