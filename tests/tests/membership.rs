@@ -41,6 +41,12 @@ async fn check_acked(c: &Cluster, id: u64, acked: &[(u64, Bytes)]) {
     }
 }
 
+/// `dledger member replace` of `old` by the node at `address`.
+fn replace(endpoints: &str, old: u64, address: &str) -> (bool, String) {
+    let old = old.to_string();
+    cli(&["member", "replace", "--endpoints", endpoints, "--old", &old, "--new-address", address, "--wait-secs", "60"])
+}
+
 fn cli(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(dledger_bin()).args(args).output().expect("run dledger");
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -96,19 +102,7 @@ async fn grow_three_to_five_and_shrink_to_three_under_load_lose_nothing() {
     let leader = c.leader(0).await;
     let six = c.add_joining_node();
     let address = c.nodes.iter().find(|n| n.id == six).unwrap().endpoint.clone();
-    let old = leader.to_string();
-    let (ok, out) = cli(&[
-        "member",
-        "replace",
-        "--endpoints",
-        &endpoints,
-        "--old",
-        &old,
-        "--new-address",
-        &address,
-        "--wait-secs",
-        "60",
-    ]);
+    let (ok, out) = replace(&endpoints, leader, &address);
     assert!(ok && out.contains("handing leadership"), "member replace of the leader: {out}");
     tokio::time::sleep(Duration::from_millis(300)).await; // poll interval: more load after the last change
     stop.store(true, Ordering::SeqCst);
@@ -168,34 +162,11 @@ async fn a_wiped_follower_cannot_return_as_itself_and_is_replaced() {
     let address = c.nodes.iter().find(|n| n.id == new).unwrap().endpoint.clone();
     let endpoints: Vec<String> = c.endpoints().into_iter().filter(|e| *e != address).collect();
     let endpoints = endpoints.join(",");
-    let old = follower.to_string();
-    let (ok, out) = cli(&[
-        "member",
-        "replace",
-        "--endpoints",
-        &endpoints,
-        "--old",
-        &old,
-        "--new-address",
-        &address,
-        "--wait-secs",
-        "60",
-    ]);
+    let (ok, out) = replace(&endpoints, follower, &address);
     assert!(ok, "member replace: {out}");
     assert!(out.contains("[1/4]") && out.contains("[3/4]") && out.contains("replaced by node"), "{out}");
     // Run again: it finds the work done.
-    let (ok, again) = cli(&[
-        "member",
-        "replace",
-        "--endpoints",
-        &endpoints,
-        "--old",
-        &old,
-        "--new-address",
-        &address,
-        "--wait-secs",
-        "60",
-    ]);
+    let (ok, again) = replace(&endpoints, follower, &address);
     assert!(ok && again.contains("already replaced"), "{again}");
     stop.store(true, Ordering::SeqCst);
     let acked = load.await.unwrap();

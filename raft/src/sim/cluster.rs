@@ -226,6 +226,26 @@ struct SimNode {
     gone: bool,
 }
 
+impl SimNode {
+    /// A node with an empty disk, not started.
+    fn empty() -> SimNode {
+        SimNode {
+            core: None,
+            disk: SimDisk::default(),
+            incarnation: 0,
+            disk_sync_scheduled: false,
+            meta_sync_scheduled: false,
+            was_leader_of_term: None,
+            restored: Some(RestoredState::default()),
+            paused_until_ms: 0,
+            tick_generation: 0,
+            machine: SimMachine::default(),
+            pull: None,
+            gone: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum ClientOp {
     Propose(Vec<Bytes>),
@@ -373,20 +393,7 @@ impl Simulation {
             rng,
         };
         for &id in &voters {
-            let node = SimNode {
-                core: None,
-                disk: SimDisk::default(),
-                incarnation: 0,
-                disk_sync_scheduled: false,
-                meta_sync_scheduled: false,
-                was_leader_of_term: None,
-                restored: Some(RestoredState::default()),
-                paused_until_ms: 0,
-                tick_generation: 0,
-                machine: SimMachine::default(),
-                pull: None,
-                gone: false,
-            };
+            let node = SimNode::empty();
             sim.nodes.insert(id, node);
             sim.start_node(id).expect("an empty node starts");
         }
@@ -1313,20 +1320,7 @@ impl Simulation {
 
     /// A new, empty node `id` starts and waits to be sent the log.
     fn add_node(&mut self, id: NodeId) -> Result<(), Violation> {
-        let node = SimNode {
-            core: None,
-            disk: SimDisk::default(),
-            incarnation: 0,
-            disk_sync_scheduled: false,
-            meta_sync_scheduled: false,
-            was_leader_of_term: None,
-            restored: Some(RestoredState::default()),
-            paused_until_ms: 0,
-            tick_generation: 0,
-            machine: SimMachine::default(),
-            pull: None,
-            gone: false,
-        };
+        let node = SimNode::empty();
         self.nodes.insert(id, node);
         let period = self.member_rng.gen_range(TICK_MS - 1..=TICK_MS + 1);
         self.tick_period_ms.insert(id, period);

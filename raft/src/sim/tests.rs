@@ -74,21 +74,26 @@ fn sweep() {
 fn first_violation(bugs: InjectedBugs, max_seeds: u64) -> (u64, Violation) {
     // Long runs: the bugs need several leader changes to show.
     let events = env_u64("SIM_EVENTS").unwrap_or(10_000);
+    first_safety_violation(SimOptions { bugs, ..SimOptions::new(0, events) }, max_seeds, &format!("{bugs:?}"))
+}
+
+/// Runs seeds of `options` until a checker other than liveness reports a violation.
+fn first_safety_violation(options: SimOptions, max_seeds: u64, what: &str) -> (u64, Violation) {
     let mut seed = 0;
     while seed < max_seeds {
         let seeds: Vec<u64> = (seed..(seed + 16).min(max_seeds)).collect();
-        match run_seeds(&seeds, SimOptions { bugs, ..SimOptions::new(0, events) }) {
+        match run_seeds(&seeds, options) {
             Ok(_) => seed += 16,
-            Err((options, violation)) => {
-                println!("{bugs:?}: seed {} -> {}: {}", options.seed, violation.checker, violation.detail);
+            Err((failed, violation)) => {
+                println!("{what}: seed {} -> {}: {}", failed.seed, violation.checker, violation.detail);
                 if violation.checker != names::LIVENESS {
-                    return (options.seed + 1, violation);
+                    return (failed.seed + 1, violation);
                 }
-                seed = options.seed + 1;
+                seed = failed.seed + 1;
             }
         }
     }
-    panic!("{bugs:?}: no safety violation in {max_seeds} seeds: the checkers cannot see this bug");
+    panic!("{what}: no safety violation in {max_seeds} seeds: the checkers cannot see this bug");
 }
 
 #[test]
@@ -202,25 +207,6 @@ fn checker_catches_a_host_that_skips_the_snapshot_install() {
     panic!("a state machine that skipped its snapshot install went unnoticed in 2000 seeds");
 }
 
-/// Runs seeds with the host's wiped-node bug until a safety violation.
-fn first_host_violation(options: SimOptions, max_seeds: u64, what: &str) -> (u64, Violation) {
-    let mut seed = 0;
-    while seed < max_seeds {
-        let seeds: Vec<u64> = (seed..(seed + 16).min(max_seeds)).collect();
-        match run_seeds(&seeds, options) {
-            Ok(_) => seed += 16,
-            Err((failed, violation)) => {
-                println!("{what}: seed {} -> {}: {}", failed.seed, violation.checker, violation.detail);
-                if violation.checker != names::LIVENESS && violation.checker != names::REQUESTS_ANSWERED {
-                    return (failed.seed + 1, violation);
-                }
-                seed = failed.seed + 1;
-            }
-        }
-    }
-    panic!("{what}: no safety violation in {max_seeds} seeds: the checkers cannot see this bug");
-}
-
 // `change_before_own_term_commit` is proven by a scenario instead
 // (`scenario_tests::ongaro_with_the_bug_a_committed_entry_is_lost`): its
 // history needs two different changes from successive leaders, the second
@@ -237,6 +223,6 @@ fn checker_catches_two_membership_changes_in_flight() {
 #[test]
 fn checker_catches_a_wiped_node_rejoining_as_its_old_voter() {
     let options = SimOptions { host_rejoins_wiped_node: true, ..SimOptions::new(0, 10_000) };
-    let (seeds, violation) = first_host_violation(options, 3000, "host_rejoins_wiped_node");
+    let (seeds, violation) = first_safety_violation(options, 3000, "host_rejoins_wiped_node");
     println!("host_rejoins_wiped_node caught after {seeds} seeds by {}", violation.checker);
 }
