@@ -1087,6 +1087,12 @@ impl Simulation {
             (ClientOp::Transfer, Event::TransferLeadership { request_id, target })
         };
         self.outstanding.insert(request_id, Outstanding { node: target, op });
+        self.deliver_request(target, event)
+    }
+
+    /// A client's request reaches `target`: at once, or when its process
+    /// resumes if it is paused.
+    fn deliver_request(&mut self, target: NodeId, event: Event) -> Result<(), Violation> {
         let node = &self.nodes[&target];
         if self.now_ms < node.paused_until_ms {
             let action = Action::Deferred(target, node.incarnation, event);
@@ -1308,14 +1314,7 @@ impl Simulation {
         self.next_request_id += 1;
         self.outstanding.insert(request_id, Outstanding { node: target, op: ClientOp::Member(change.clone()) });
         let event = Event::ChangeMembership { request_id, change, expected_version, force };
-        let node = &self.nodes[&target];
-        if self.now_ms < node.paused_until_ms {
-            let action = Action::Deferred(target, node.incarnation, event);
-            self.seq += 1;
-            self.queue.push(Scheduled { at_ms: node.paused_until_ms, seq: self.seq, action });
-            return Ok(());
-        }
-        self.step(target, event)
+        self.deliver_request(target, event)
     }
 
     /// A new, empty node `id` starts and waits to be sent the log.
