@@ -84,6 +84,20 @@ impl Client {
 }
 
 impl Subscription {
+    /// The subscription as an async stream (`futures::Stream`) of committed
+    /// entries, in order, for `StreamExt` combinators and `select!`. It ends
+    /// after yielding the first error (the same error [`Self::next`] gives:
+    /// no replica answered for the client's timeout, or `OnPurged::Fail`).
+    pub fn into_stream(self) -> impl futures_core::Stream<Item = Result<ClientEntry, ClientError>> {
+        futures_util::stream::unfold(Some(self), |state| async move {
+            let mut sub = state?;
+            match sub.next().await {
+                Ok(entry) => Some((Ok(entry), Some(sub))),
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
     /// The next committed entry, waiting for one as long as it takes.
     pub async fn next(&mut self) -> Result<ClientEntry, ClientError> {
         loop {

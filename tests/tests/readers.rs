@@ -62,6 +62,27 @@ async fn a_subscription_reads_every_entry_in_order_across_the_loss_of_its_replic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_an_async_stream_of_the_log() {
+    use futures_util::StreamExt;
+    let c = Cluster::start(3, 1, 1);
+    c.leader(0).await;
+    let mut writer = c.client(0);
+    for k in 0..5 {
+        writer.append(Bytes::from(format!("s{k}"))).await.unwrap();
+    }
+    // The first five commands, in order (index 1 is the first leader's no-op, read as empty).
+    let stream = c.client(0).subscribe(StartAt::Earliest, OnPurged::Fail).into_stream();
+    let got: Vec<_> = stream
+        .map(|e| e.unwrap())
+        .filter(|e| std::future::ready(!e.payload.is_empty()))
+        .take(5)
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect()
+        .await;
+    assert_eq!(got, ["s0", "s1", "s2", "s3", "s4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_answers_idle_with_a_heartbeat_and_early_with_new_entries() {
     let c = Cluster::start(3, 1, 1);
     let leader = c.leader(0).await;
