@@ -109,8 +109,18 @@ async fn grow_three_to_five_and_shrink_to_three_under_load_lose_nothing() {
     let acked = load.await.unwrap();
     assert!(acked.len() > 50, "the load ran: {} appends", acked.len());
     let survivors: Vec<u64> = [3, four, five, six].into_iter().filter(|&id| id != leader).collect();
-    for id in survivors {
+    for &id in &survivors {
         check_acked(&c, id, &acked).await;
+    }
+    // A member restarted with its stale [[peers]] (nodes 1-3 only) finds the
+    // cluster from the replicated membership, and says the file is stale.
+    let stale = *survivors.iter().find(|&&id| id <= 3).unwrap_or(&survivors[0]);
+    c.stop(stale);
+    let (after, _) = c.client(0).append(Bytes::from_static(b"while it was down")).await.unwrap();
+    c.start_node(stale);
+    c.wait_commit(stale, 0, after).await;
+    if stale <= 3 {
+        assert!(c.log_text(stale).contains("differ from the group's replicated membership"));
     }
     // A removed node says why and serves nothing of the group.
     eventually("node 1 says it was removed", Duration::from_secs(10), || {
