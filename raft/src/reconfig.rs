@@ -16,7 +16,7 @@
 
 use super::command::{ClientError, ClientReply, Command};
 use super::core::{RaftCore, Role};
-use super::membership::{ConfigHistory, ConfigRecord, MemberRole, Membership, MembershipChange, MembershipRefusal};
+use super::membership::{ConfigHistory, ConfigRecord, Membership, MembershipChange, MembershipRefusal};
 use super::message::{Entry, EntryKind, LogIndex, MessageBody, NodeId, RequestId};
 use super::progress::Progress;
 
@@ -38,6 +38,13 @@ impl RaftCore {
     /// start; see `membership`).
     pub fn config_history(&self) -> &ConfigHistory {
         &self.configs
+    }
+
+    /// Every other member of the configurations this core holds (and, on a
+    /// leader, removed members still sent the log), sorted: whom a leader
+    /// replicates to, and whom a host may fetch snapshots from.
+    pub fn peers_known(&self) -> &[NodeId] {
+        &self.targets
     }
 
     /// The address of `id` in the newest configuration that has it.
@@ -331,11 +338,6 @@ impl RaftCore {
                     | MessageBody::VoteRequest { .. }
                     | MessageBody::PreVoteRequest { .. }
             )
-    }
-
-    /// Members by role, for status output.
-    pub fn members_with_role(&self, role: MemberRole) -> Vec<NodeId> {
-        self.membership().members.iter().filter(|(_, m)| m.role == role).map(|(&id, _)| id).collect()
     }
 }
 

@@ -832,25 +832,15 @@ impl GroupHost {
     /// Every other member of the configurations this node holds (whom it
     /// replicates to as leader, fetches snapshots from, holds the log for).
     fn peers(&self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self
-            .core
-            .config_history()
-            .records()
-            .iter()
-            .flat_map(|r| r.membership.members.keys().copied())
-            .filter(|&p| p != self.node_id)
-            .collect();
-        peers.sort_unstable();
-        peers.dedup();
-        peers
+        self.core.peers_known().to_vec()
     }
 
     /// Where to reach peer `id`: its address in the configuration, or the
     /// node config's for an older directory's bootstrap.
-    pub(crate) fn peer_address(&self, id: NodeId) -> Option<String> {
+    pub(crate) fn peer_address(&self, id: NodeId) -> Option<&str> {
         match self.core.member_address(id) {
-            Some(a) if !a.is_empty() => Some(a.to_string()),
-            _ => self.static_addresses.get(&id).cloned(),
+            Some(a) if !a.is_empty() => Some(a),
+            _ => self.static_addresses.get(&id).map(String::as_str),
         }
     }
 
@@ -1352,7 +1342,8 @@ impl GroupHost {
     }
 
     fn not_leader(&self, hint: Option<NodeId>) -> ServerError {
-        let address = hint.and_then(|h| self.addresses.get(&h).cloned().or_else(|| self.peer_address(h)));
+        let address =
+            hint.and_then(|h| self.addresses.get(&h).cloned().or_else(|| self.peer_address(h).map(Into::into)));
         ServerError::NotLeader { leader: hint, address }
     }
 
@@ -1732,8 +1723,8 @@ impl GroupHost {
             disk_bytes: self.log.disk_bytes(),
             followers,
             config_version: s.config_version,
-            voters: self.core.members_with_role(MemberRole::Voter),
-            learners: self.core.members_with_role(MemberRole::Learner),
+            voters: self.core.membership().voters().collect(),
+            learners: self.core.membership().learners().collect(),
         }
     }
 
@@ -1747,11 +1738,7 @@ impl GroupHost {
             .iter()
             .map(|(&id, member)| dledger_proto::MemberView {
                 id,
-                address: if member.address.is_empty() {
-                    self.static_addresses.get(&id).cloned().unwrap_or_default()
-                } else {
-                    member.address.clone()
-                },
+                address: self.peer_address(id).unwrap_or_default().to_string(),
                 role: match member.role {
                     MemberRole::Voter => "voter".into(),
                     MemberRole::Learner => "learner".into(),

@@ -637,8 +637,14 @@ async fn run_core(
         max_frame_bytes: cfg.max_frame_mib << 20,
     };
     // This core's links to other nodes, opened as its groups first send to them.
-    let links =
-        Rc::new(Links::new(cfg.node_id, shared.incarnation, cfg.cluster.clone(), secret.clone(), limits, stop.clone()));
+    let links = Rc::new(Links::new(crate::transport::LinkParams {
+        me: cfg.node_id,
+        incarnation: shared.incarnation,
+        cluster: cfg.cluster.clone(),
+        secret: secret.clone(),
+        limits,
+        stop: stop.clone(),
+    }));
     let ctx = Rc::new(ConnContext {
         me: cfg.node_id,
         cluster: cfg.cluster.clone(),
@@ -915,13 +921,15 @@ async fn run_group(
             return;
         }
         // Wake only the writers that got something: an idle link costs no syscall.
-        let outbox = std::mem::take(&mut host.outbox);
-        for (to, g, m) in outbox {
+        // The address is borrowed from the configuration: nothing allocated per message.
+        let mut outbox = std::mem::take(&mut host.outbox);
+        for (to, g, m) in outbox.drain(..) {
             match host.peer_address(to) {
-                Some(address) => links.link(to, &address).push(g, m),
+                Some(address) => links.link(to, address).push(g, m),
                 None => tracing::debug!(group, to, "no address known for a peer; message dropped"),
             }
         }
+        host.outbox = outbox; // its capacity, for the next turn
         links.wake_queued();
         if let Some(since) = stopping_since {
             if !host.has_pending() || since.elapsed() > SHUTDOWN_GRACE {

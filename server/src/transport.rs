@@ -57,27 +57,28 @@ pub(crate) struct PeerLink {
     retired: std::cell::Cell<bool>,
 }
 
+/// What every link of a node says of it, and when it stops.
+#[derive(Clone)]
+pub(crate) struct LinkParams {
+    /// This node.
+    pub(crate) me: NodeId,
+    /// Its data directory's incarnation (sent in its hello).
+    pub(crate) incarnation: u64,
+    pub(crate) cluster: String,
+    pub(crate) secret: Option<PeerSecret>,
+    pub(crate) limits: PeerLimits,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
 /// One core's links to its peers, opened on first use.
 pub(crate) struct Links {
     links: RefCell<std::collections::HashMap<NodeId, (String, Rc<PeerLink>)>>,
-    me: NodeId,
-    incarnation: u64,
-    cluster: String,
-    secret: Option<PeerSecret>,
-    limits: PeerLimits,
-    stop: Arc<AtomicBool>,
+    params: LinkParams,
 }
 
 impl Links {
-    pub(crate) fn new(
-        me: NodeId,
-        incarnation: u64,
-        cluster: String,
-        secret: Option<PeerSecret>,
-        limits: PeerLimits,
-        stop: Arc<AtomicBool>,
-    ) -> Links {
-        Links { links: Default::default(), me, incarnation, cluster, secret, limits, stop }
+    pub(crate) fn new(params: LinkParams) -> Links {
+        Links { links: Default::default(), params }
     }
 
     /// The link to `to` at `address`, opened now if there is none (or it
@@ -92,17 +93,7 @@ impl Links {
             l.wake();
         }
         let link = Rc::new(PeerLink::default());
-        tokio::task::spawn_local(peer_writer(
-            link.clone(),
-            self.me,
-            self.incarnation,
-            to,
-            self.cluster.clone(),
-            address.to_string(),
-            self.secret.clone(),
-            self.limits,
-            self.stop.clone(),
-        ));
+        tokio::task::spawn_local(peer_writer(link.clone(), to, address.to_string(), self.params.clone()));
         links.insert(to, (address.to_string(), link.clone()));
         link
     }
@@ -172,18 +163,8 @@ pub(crate) struct PeerLimits {
 }
 
 /// Writes a peer's queued messages over a connection it keeps open.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn peer_writer(
-    link: Rc<PeerLink>,
-    me: NodeId,
-    incarnation: u64,
-    to: NodeId,
-    cluster: String,
-    address: String,
-    secret: Option<PeerSecret>,
-    limits: PeerLimits,
-    stop: Arc<AtomicBool>,
-) {
+async fn peer_writer(link: Rc<PeerLink>, to: NodeId, address: String, params: LinkParams) {
+    let LinkParams { me, incarnation, cluster, secret, limits, stop } = params;
     let mut backoff = Duration::from_millis(20);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while !stop.load(Ordering::Relaxed) && !link.retired.get() {
