@@ -15,6 +15,7 @@
 
 use super::membership::{ConfigRecord, MembershipRefusal};
 use super::message::{Entry, HardState, LogIndex, LogStart, Message, NodeId, RequestId, Term};
+use super::sessions::SessionRefusal;
 
 /// One output of the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub enum Command {
     /// the next command (the entry or log start it describes follows; see
     /// `membership` for the file's rules).
     SaveConfig(ConfigRecord),
+    /// Durably replace the host's saved producer-session table with this
+    /// one before the next command (a log start follows; see `sessions`).
+    SaveSessions(crate::SessionTable),
     /// These entries are committed; apply them to the state machine.
     Apply(Vec<Entry>),
     /// Answer a client request.
@@ -54,6 +58,19 @@ pub enum ClientReply {
         /// The request.
         request_id: RequestId,
         /// Index of its first entry.
+        first_index: LogIndex,
+        /// Index of its last entry.
+        last_index: LogIndex,
+        /// Term of its entries.
+        term: Term,
+    },
+    /// An append of a producer session that was in the log already (a
+    /// retry): the original is committed at `first_index..=last_index` in
+    /// `term`, and nothing was appended again.
+    Duplicate {
+        /// The request.
+        request_id: RequestId,
+        /// Index of the original's first entry.
         first_index: LogIndex,
         /// Index of its last entry.
         last_index: LogIndex,
@@ -127,6 +144,9 @@ pub enum ClientError {
     /// A membership change was refused; nothing changed.
     #[error("membership change refused: {0}")]
     MembershipRefused(MembershipRefusal),
+    /// An append of a producer session was refused; nothing was appended.
+    #[error("{0}")]
+    Session(SessionRefusal),
 }
 
 /// Why a leadership transfer failed.

@@ -43,6 +43,9 @@ pub struct InjectedBugs {
     pub change_before_own_term_commit: bool,
     /// A leader proposes a membership change while another is uncommitted.
     pub concurrent_membership_changes: bool,
+    /// The leader checks a session's append against the committed table
+    /// only, missing the stamps of its uncommitted entries.
+    pub sessions_ignore_uncommitted: bool,
 }
 
 /// Configuration of a [`RaftCore`](super::RaftCore).
@@ -79,6 +82,8 @@ pub struct Config {
     pub promote_max_lag_entries: u64,
     /// ...and this many bytes (`u64::MAX`: no byte bound).
     pub promote_max_lag_bytes: u64,
+    /// Bounds of the producer-session table (the same on every node).
+    pub sessions: crate::SessionLimits,
     /// Bug injection for the simulation; leave at the default.
     #[cfg(any(test, feature = "sim"))]
     pub injected_bugs: InjectedBugs,
@@ -96,6 +101,7 @@ impl InjectedBugs {
         log_start_skips_term_check: false,
         change_before_own_term_commit: false,
         concurrent_membership_changes: false,
+        sessions_ignore_uncommitted: false,
     };
 }
 
@@ -115,6 +121,7 @@ impl Default for Config {
             preferred_leader: None,
             promote_max_lag_entries: 10_000,
             promote_max_lag_bytes: 64 << 20,
+            sessions: crate::SessionLimits::default(),
             #[cfg(any(test, feature = "sim"))]
             injected_bugs: InjectedBugs::default(),
         }
@@ -137,6 +144,9 @@ pub enum ConfigError {
     /// A window or batch size of zero would stall replication.
     #[error("max_inflight_entries, max_inflight_bytes and max_entries_per_append must be > 0")]
     ZeroWindow,
+    /// The producer-session table must hold at least one producer.
+    #[error("sessions.max_producers must be at least 1")]
+    NoProducers,
     /// Lease reads are only safe with check-quorum and a positive lease.
     #[error("lease reads need check_quorum and drift_margin_ticks ({drift_margin_ticks}) < election_timeout_min_ticks ({min})")]
     Lease {
@@ -181,6 +191,9 @@ impl Config {
         }
         if self.max_inflight_entries == 0 || self.max_inflight_bytes == 0 || self.max_entries_per_append == 0 {
             return Err(ConfigError::ZeroWindow);
+        }
+        if self.sessions.max_producers == 0 {
+            return Err(ConfigError::NoProducers);
         }
         if let Some(lease) = self.lease {
             if !self.check_quorum || lease.drift_margin_ticks >= self.election_timeout_min_ticks {

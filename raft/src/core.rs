@@ -19,12 +19,13 @@ use rand_chacha::ChaCha8Rng;
 
 use super::command::{ClientError, ClientReply, Command};
 use super::config::{Config, ConfigError};
-use super::event::Event;
+use super::event::{Event, Proposal};
 use super::membership::{ConfigHistory, ConfigRecord, Membership};
 use super::message::{Entry, EntryKind, HardState, LogIndex, LogStart, Message, MessageBody, NodeId, RequestId, Term};
 use super::progress::Progress;
 use super::raft_log::RaftLog;
 use super::read_index::ReadIndexState;
+use super::sessions::{SessionBatch, SessionCheck, SessionTable, Sessions};
 use super::transfer::Transfer;
 
 /// The role a node plays in its current term.
@@ -59,6 +60,13 @@ pub struct RestoredState {
     /// empty for a log created before there were any: the bootstrap voters
     /// given to [`RaftCore::new`] are its configuration.
     pub configs: Vec<ConfigRecord>,
+    /// The host's saved producer-session table (see `sessions`): of a
+    /// prefix that was committed, reaching at least `start` (an empty table
+    /// at `start` for a log that never had one).
+    pub sessions: SessionTable,
+    /// The entries above `sessions.as_of` that carry a stamp
+    /// ([`Entry::stamp`]), in index order; others may be included.
+    pub stamped: Vec<Entry>,
 }
 
 impl RestoredState {
@@ -72,6 +80,7 @@ impl RestoredState {
                 Some(ConfigRecord { index: e.index, term: e.term, membership: Membership::decode(&e.payload)? })
             })
             .collect();
+        let stamped = entries.iter().filter(|e| e.stamp().is_some()).cloned().collect();
         RestoredState {
             meta,
             start: LogStart::default(),
@@ -79,6 +88,8 @@ impl RestoredState {
             last_index: entries.len() as LogIndex,
             tail: entries,
             configs,
+            sessions: SessionTable::default(),
+            stamped,
         }
     }
 }
@@ -177,6 +188,10 @@ pub struct RaftCore {
     /// Leader: one record per other voter.
     pub(super) progress: BTreeMap<NodeId, Progress>,
     pub(super) proposals: VecDeque<PendingProposal>,
+    /// The producer sessions of this log (committed table, uncommitted stamps).
+    pub(super) sessions: Sessions,
+    /// Leader: retried session appends whose original is not committed yet.
+    pub(super) duplicates: Vec<(RequestId, SessionBatch)>,
     pub(super) reads: ReadIndexState,
     pub(super) transfer: Option<Transfer>,
     /// Leader: ticks until we may try handing over to the preferred leader again.
@@ -227,6 +242,10 @@ impl RaftCore {
             return Err(ConfigError::RestoredLog { index, reason });
         }
         let log = RaftLog::restored(start, restored.terms, restored.last_index, restored.tail);
+        let mut table = restored.sessions;
+        table.as_of = table.as_of.max(start.prev_index); // stamps below the start are gone with their entries
+        let stamped: Vec<Entry> = restored.stamped.into_iter().filter(|e| e.index <= log.last_index()).collect();
+        let sessions = Sessions::restore(table, &stamped, config.sessions);
         if restored.meta.term > crate::MAX_TERM || log.last_term() > crate::MAX_TERM {
             return Err(ConfigError::RestoredTerm(restored.meta.term.max(log.last_term())));
         }
@@ -268,6 +287,8 @@ impl RaftCore {
             acked_index: 0,
             progress: BTreeMap::new(),
             proposals: VecDeque::new(),
+            sessions,
+            duplicates: Vec::new(),
             reads: ReadIndexState::default(),
             transfer: None,
             preferred_cooldown_ticks: 0,
@@ -297,10 +318,10 @@ impl RaftCore {
         match event {
             Event::Message(message) => self.on_message(message),
             Event::Tick => self.on_tick(),
-            Event::Propose { request_id, payloads } => self.on_propose(vec![(request_id, payloads)]),
+            Event::Propose { request_id, payloads } => self.on_propose(vec![Proposal::plain(request_id, payloads)]),
             Event::ProposeBatch(proposals) => self.on_propose(proposals),
             Event::ProposeAdmin { request_id, payload } => {
-                self.on_propose_kind(vec![(request_id, vec![payload])], super::message::EntryKind::Admin)
+                self.on_propose_kind(vec![Proposal::plain(request_id, vec![payload])], EntryKind::Admin)
             }
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
             Event::ChangeMembership { request_id, change, expected_version, force } => {
@@ -378,6 +399,12 @@ impl RaftCore {
     /// How many entries were sent to followers from storage (not memory).
     pub fn entries_from_storage(&self) -> u64 {
         self.entries_from_storage
+    }
+
+    /// The producer sessions of this node's log (see `sessions`): a host
+    /// saves `sessions().table()` before it purges below its `as_of`.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The in-memory log (read-only).
@@ -474,9 +501,11 @@ impl RaftCore {
     /// Answers every request this leader held, now that it is no longer leader.
     fn abandon_leadership(&mut self, old_term: Term) {
         let leader_hint = self.leader_id;
-        for proposal in std::mem::take(&mut self.proposals) {
+        let waiting = std::mem::take(&mut self.proposals).into_iter().map(|p| p.request_id);
+        let duplicates = std::mem::take(&mut self.duplicates).into_iter().map(|(request_id, _)| request_id);
+        for request_id in waiting.chain(duplicates).collect::<Vec<_>>() {
             self.reply(ClientReply::Failed {
-                request_id: proposal.request_id,
+                request_id,
                 error: ClientError::LeadershipLost { term: old_term, leader_hint },
             });
         }
@@ -551,13 +580,13 @@ impl RaftCore {
         true
     }
 
-    fn on_propose(&mut self, proposals: Vec<(RequestId, Vec<bytes::Bytes>)>) {
-        self.on_propose_kind(proposals, super::message::EntryKind::Command)
+    fn on_propose(&mut self, proposals: Vec<Proposal>) {
+        self.on_propose_kind(proposals, EntryKind::Command)
     }
 
-    fn on_propose_kind(&mut self, proposals: Vec<(RequestId, Vec<bytes::Bytes>)>, kind: super::message::EntryKind) {
+    fn on_propose_kind(&mut self, proposals: Vec<Proposal>, kind: EntryKind) {
         let mut entries: Vec<Entry> = Vec::new();
-        for (request_id, payloads) in proposals {
+        for Proposal { request_id, mut payloads, session } in proposals {
             if self.role != Role::Leader {
                 let leader_hint = self.leader_id;
                 self.reply(ClientReply::Failed { request_id, error: ClientError::NotLeader { leader_hint } });
@@ -573,9 +602,37 @@ impl RaftCore {
                 continue;
             }
             let first_index = self.log.last_index() + 1 + entries.len() as u64;
-            entries.reserve(payloads.len());
+            let mut last_kind = kind;
+            if let Some(session) = session {
+                let Ok(count) = u32::try_from(payloads.len()) else {
+                    let error =
+                        ClientError::Session(crate::SessionRefusal::OutOfOrderSequence { expected: session.seq });
+                    self.reply(ClientReply::Failed { request_id, error });
+                    continue;
+                };
+                let committed_only = self.config.bugs().sessions_ignore_uncommitted;
+                match self.sessions.check_with(&session, count, committed_only) {
+                    SessionCheck::Accept => {}
+                    SessionCheck::Duplicate(batch) => {
+                        self.answer_duplicate(request_id, batch);
+                        continue;
+                    }
+                    SessionCheck::Refuse(refusal) => {
+                        self.reply(ClientReply::Failed { request_id, error: ClientError::Session(refusal) });
+                        continue;
+                    }
+                }
+                let last_index = first_index + u64::from(count) - 1;
+                let stamp = self.sessions.accept(&session, count, last_index, self.term);
+                let last = payloads.last_mut().expect("non-empty");
+                *last = stamp.seal(last);
+                last_kind = EntryKind::SessionCommand;
+            }
+            let n = payloads.len();
+            entries.reserve(n);
             for (k, payload) in payloads.into_iter().enumerate() {
                 let index = first_index + k as u64;
+                let kind = if k + 1 == n { last_kind } else { kind };
                 entries.push(Entry { index, term: self.term, kind, payload });
             }
             let last_index = self.log.last_index() + entries.len() as u64;
@@ -604,6 +661,17 @@ impl RaftCore {
         }
     }
 
+    /// A retried session append: answered with its original once that is
+    /// committed (a leader's log holds it until then: it never truncates).
+    fn answer_duplicate(&mut self, request_id: RequestId, batch: SessionBatch) {
+        if batch.last_index <= self.log.committed_index() {
+            let SessionBatch { first_index, last_index, term, .. } = batch;
+            self.reply(ClientReply::Duplicate { request_id, first_index, last_index, term });
+        } else {
+            self.duplicates.push((request_id, batch));
+        }
+    }
+
     /// Hands newly committed entries to the host and answers the proposals
     /// and reads they complete.
     pub(super) fn apply_committed(&mut self) {
@@ -613,6 +681,16 @@ impl RaftCore {
         }
         self.compact_configs();
         let committed_index = self.log.committed_index();
+        self.sessions.commit_to(committed_index);
+        if !self.duplicates.is_empty() {
+            let (done, waiting) =
+                std::mem::take(&mut self.duplicates).into_iter().partition(|(_, b)| b.last_index <= committed_index);
+            self.duplicates = waiting;
+            for (request_id, b) in done as Vec<(RequestId, SessionBatch)> {
+                let (first_index, last_index, term) = (b.first_index, b.last_index, b.term);
+                self.reply(ClientReply::Duplicate { request_id, first_index, last_index, term });
+            }
+        }
         while let Some(proposal) = self.proposals.front().copied() {
             if proposal.last_index > committed_index {
                 break;
@@ -692,8 +770,8 @@ impl RaftCore {
                 self.on_heartbeat_response(message.from, round, match_index)
             }
             MessageBody::TimeoutNow => self.on_timeout_now(message.from),
-            MessageBody::LogStart { start, leader_commit_index, membership } => {
-                self.on_log_start(message.from, start, leader_commit_index, membership)
+            MessageBody::LogStart { start, leader_commit_index, membership, sessions } => {
+                self.on_log_start(message.from, start, leader_commit_index, membership, sessions)
             }
         }
     }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use super::membership::MembershipChange;
 use super::message::{HardState, LogIndex, Message, NodeId, RequestId, Term};
+use super::sessions::ProducerSession;
 
 /// One input to the core. The core handles it completely before returning.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub enum Event {
     /// own `Propose` (own reply, own all-or-nothing range), but their entries
     /// are persisted and replicated as one batch, so a busy leader sends one
     /// append per peer per batch rather than one per request.
-    ProposeBatch(Vec<(RequestId, Vec<Bytes>)>),
+    ProposeBatch(Vec<Proposal>),
     /// An operator's command for every replica's host: one
     /// [`EntryKind::Admin`](super::EntryKind::Admin) entry, replied to like a `Propose`.
     ProposeAdmin {
@@ -78,4 +79,23 @@ pub enum Event {
         /// The first index storage still holds.
         first_index: LogIndex,
     },
+}
+
+/// One client append of an [`Event::ProposeBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// Echoed in the reply.
+    pub request_id: RequestId,
+    /// One entry per element; must be non-empty.
+    pub payloads: Vec<Bytes>,
+    /// The producer session it belongs to, if any: the leader appends it at
+    /// most once (see `sessions`).
+    pub session: Option<ProducerSession>,
+}
+
+impl Proposal {
+    /// An append without a session.
+    pub fn plain(request_id: RequestId, payloads: Vec<Bytes>) -> Proposal {
+        Proposal { request_id, payloads, session: None }
+    }
 }

@@ -194,7 +194,11 @@ fn a_batch_of_proposals_is_one_write_and_one_append_per_peer_with_a_reply_each()
     assert_eq!(core.status().committed_index, 2);
 
     let b = Bytes::from_static;
-    let out = core.step(Event::ProposeBatch(vec![(1, vec![b(b"a"), b(b"b")]), (2, vec![]), (3, vec![b(b"c")])]));
+    let out = core.step(Event::ProposeBatch(vec![
+        Proposal::plain(1, vec![b(b"a"), b(b"b")]),
+        Proposal::plain(2, vec![]),
+        Proposal::plain(3, vec![b(b"c")]),
+    ]));
     let (ea, eb, ec) = (command_entry(3, 2, b"a"), command_entry(4, 2, b"b"), command_entry(5, 2, b"c"));
     let all = vec![ea.clone(), eb.clone(), ec.clone()];
     assert_eq!(
@@ -230,7 +234,10 @@ fn a_batch_of_proposals_is_one_write_and_one_append_per_peer_with_a_reply_each()
 fn a_batch_of_proposals_to_a_follower_fails_each_with_a_hint() {
     let mut core = node(2, &VOTERS, 3, &[1]);
     core.step(recv(1, 2, 3, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
-    let out = core.step(Event::ProposeBatch(vec![(8, vec![Bytes::from_static(b"x")]), (9, vec![])]));
+    let out = core.step(Event::ProposeBatch(vec![
+        Proposal::plain(8, vec![Bytes::from_static(b"x")]),
+        Proposal::plain(9, vec![]),
+    ]));
     let not_leader = |request_id| {
         Command::Reply(ClientReply::Failed { request_id, error: ClientError::NotLeader { leader_hint: Some(1) } })
     };
@@ -657,6 +664,7 @@ fn a_restart_with_no_entries_in_memory_still_knows_every_term() {
         last_index: 4,
         tail: vec![],
         configs: vec![],
+        ..Default::default()
     };
     let mut core = RaftCore::new(2, VOTERS.to_vec(), config(), restored, rand::SeedableRng::seed_from_u64(2)).unwrap();
     core.step(recv(1, 2, 3, append((4, 3), vec![], 0)));
@@ -685,6 +693,7 @@ fn a_restored_log_that_disagrees_with_itself_is_refused() {
             last_index,
             tail,
             configs: vec![],
+            ..Default::default()
         };
         let err = RaftCore::new(1, VOTERS.to_vec(), config(), restored, rand::SeedableRng::seed_from_u64(1));
         assert!(err.as_ref().is_err_and(|e| e.to_string().contains(want)), "{want}: {:?}", err.err());
@@ -707,7 +716,17 @@ fn a_follower_behind_the_leaders_log_start_is_sent_the_start_and_resets_to_it() 
     let out = leader.step(recv(3, 1, 2, MessageBody::AppendResponse { result: Err(hint) }));
     assert_eq!(
         out,
-        vec![send(1, 3, 2, MessageBody::LogStart { start, leader_commit_index: 3, membership: membership.clone() })]
+        vec![send(
+            1,
+            3,
+            2,
+            MessageBody::LogStart {
+                start,
+                leader_commit_index: 3,
+                membership: membership.clone(),
+                sessions: SessionTable::empty_at(3)
+            }
+        )]
     );
     assert_eq!(leader.log_starts_sent(), 1);
 
@@ -717,12 +736,18 @@ fn a_follower_behind_the_leaders_log_start_is_sent_the_start_and_resets_to_it() 
         1,
         3,
         2,
-        MessageBody::LogStart { start, leader_commit_index: 3, membership: membership.clone() },
+        MessageBody::LogStart {
+            start,
+            leader_commit_index: 3,
+            membership: membership.clone(),
+            sessions: SessionTable::empty_at(3),
+        },
     ));
     assert_eq!(
         out,
         vec![
             Command::SaveConfig(ConfigRecord { index: 2, term: 1, membership: membership.clone() }),
+            Command::SaveSessions(SessionTable::empty_at(3)),
             Command::InstallLogStart(start),
             send(3, 1, 2, MessageBody::AppendResponse { result: Ok(2) })
         ]
@@ -741,7 +766,12 @@ fn a_follower_behind_the_leaders_log_start_is_sent_the_start_and_resets_to_it() 
         1,
         2,
         2,
-        MessageBody::LogStart { start, leader_commit_index: 3, membership: membership.clone() },
+        MessageBody::LogStart {
+            start,
+            leader_commit_index: 3,
+            membership: membership.clone(),
+            sessions: SessionTable::empty_at(3),
+        },
     ));
     let ack = send(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) });
     assert_eq!(out, vec![Command::Apply(vec![entry(1, 1), entry(2, 1)]), ack], "it commits up to the start");

@@ -88,6 +88,7 @@ fn body_strategy() -> impl Strategy<Value = MessageBody> {
             start: LogStart { prev_index: i, prev_term: t },
             leader_commit_index: c,
             membership: Membership::bootstrap([(1, String::new()), (2, String::new())]),
+            sessions: crate::SessionTable::empty_at(i),
         }),
     ]
 }
@@ -195,6 +196,7 @@ fn out_of_range_terms_and_indexes_are_dropped_whole() {
                 start: LogStart { prev_index: x, prev_term: 1 },
                 leader_commit_index: x,
                 membership: Membership::bootstrap([(1, String::new())]),
+                sessions: crate::SessionTable::empty_at(x),
             },
             MessageBody::VoteRequest { last_log_index: x, last_log_term: 1, leadership_transfer: true },
             MessageBody::HeartbeatResponse { round: 1, match_index: x },

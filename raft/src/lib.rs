@@ -21,6 +21,7 @@
 //! | `Reply(r)` | answer the client named by `r`'s `request_id` |
 //! | `InstallLogStart(start)` | durably drop the whole log and start it after `start` (before the next command) |
 //! | `SaveConfig(record)` | durably append a configuration record to the host's side file, before the next command (see [`Membership`]) |
+//! | `SaveSessions(table)` | durably replace the host's saved producer-session table, before the next command (see [`Sessions`]) |
 //!
 //! **Log start.** A host purges a prefix of its storage up to at most
 //! [`RaftCore::purge_limit`] (committed, applied and durable) and then steps
@@ -97,7 +98,7 @@
 //!                 }
 //!                 Command::Apply(entries) => applied.extend(entries),
 //!                 Command::Reply(r) => replies.push(r),
-//!                 Command::Send(_) | Command::InstallLogStart(_) | Command::SaveConfig(_) => {
+//!                 Command::Send(_) | Command::InstallLogStart(_) | Command::SaveConfig(_) | Command::SaveSessions(_) => {
 //!                     unreachable!("a one-node group sends nothing and changes no configuration")
 //!                 }
 //!             }
@@ -146,6 +147,7 @@ mod raft_log;
 mod read_index;
 mod reconfig;
 mod replication;
+mod sessions;
 mod snapshot_pull;
 mod transfer;
 
@@ -164,7 +166,7 @@ mod test_support;
 pub use self::command::{ClientError, ClientReply, Command, TransferFailure};
 pub use self::config::{Config, ConfigError, InjectedBugs, LeaseConfig};
 pub use self::core::{LogStorage, NoStorage, RaftCore, RestoredState, Role, Status};
-pub use self::event::Event;
+pub use self::event::{Event, Proposal};
 pub use self::membership::{
     ConfigHistory, ConfigRecord, Member, MemberRole, Membership, MembershipChange, MembershipRefusal,
     MAX_ADDRESS_BYTES, MAX_MEMBERS,
@@ -175,4 +177,8 @@ pub use self::message::{
 };
 pub use self::progress::{Progress, ProgressState};
 pub use self::raft_log::RaftLog;
+pub use self::sessions::{
+    ProducerSession, ProducerStamp, ProducerState, SessionBatch, SessionCheck, SessionLimits, SessionRefusal,
+    SessionTable, Sessions, MAX_DECODED_PRODUCERS, RETAINED_BATCHES, STAMP_LEN,
+};
 pub use self::snapshot_pull::{chunk_crc, PullStep, SnapshotId, SnapshotMessage, SnapshotPull};

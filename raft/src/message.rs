@@ -34,6 +34,10 @@ pub enum EntryKind {
     /// A cluster configuration ([`Membership`](crate::Membership), in its
     /// encoding): in force on a node from the moment it is in its log.
     Config,
+    /// A client payload that ends an append of a producer session: the
+    /// client's bytes followed by a [`ProducerStamp`](crate::ProducerStamp)
+    /// of [`STAMP_LEN`](crate::STAMP_LEN) bytes (see `sessions`).
+    SessionCommand,
 }
 
 /// One entry of the replicated log.
@@ -151,6 +155,9 @@ pub enum MessageBody {
         leader_commit_index: LogIndex,
         /// The configuration in force at the start.
         membership: crate::Membership,
+        /// The leader's producer sessions, of a committed prefix reaching
+        /// at least the start.
+        sessions: crate::SessionTable,
     },
 }
 
@@ -221,8 +228,9 @@ impl Message {
                 }
                 true
             }
-            MessageBody::LogStart { start, leader_commit_index, membership } => {
+            MessageBody::LogStart { start, leader_commit_index, membership, sessions } => {
                 membership.voters().next().is_some()
+                    && sessions.as_of >= start.prev_index
                     && start.prev_index >= 1
                     && start.prev_term >= 1
                     && start.prev_term <= self.term
@@ -252,8 +260,8 @@ impl Message {
             }
             MessageBody::Heartbeat { leader_commit_index, .. } => ok(leader_commit_index),
             MessageBody::HeartbeatResponse { match_index, .. } => ok(match_index),
-            MessageBody::LogStart { start, leader_commit_index, .. } => {
-                ok(&start.prev_index) && ok(leader_commit_index)
+            MessageBody::LogStart { start, leader_commit_index, sessions, .. } => {
+                ok(&start.prev_index) && ok(leader_commit_index) && ok(&sessions.as_of)
             }
             MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } | MessageBody::TimeoutNow => true,
         }

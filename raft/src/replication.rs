@@ -54,6 +54,7 @@ impl RaftCore {
         assert_eq!(self.role, Role::Leader);
         self.log.append(&entries);
         self.note_config_entries(&entries);
+        self.sessions.note_entries(&entries);
         self.out.push(Command::PersistEntries { truncate_from: None, entries });
         for peer in self.peers() {
             self.send_appends(peer, false);
@@ -135,7 +136,8 @@ impl RaftCore {
         pr.on_sent(sent_upto, 0);
         let leader_commit_index = self.log.committed_index();
         self.log_starts_sent += 1;
-        self.send(peer, MessageBody::LogStart { start, leader_commit_index, membership });
+        let sessions = self.sessions.table().clone();
+        self.send(peer, MessageBody::LogStart { start, leader_commit_index, membership, sessions });
     }
 
     /// Follower: the leader's log starts after `start`.
@@ -145,6 +147,7 @@ impl RaftCore {
         start: LogStart,
         leader_commit_index: LogIndex,
         membership: crate::Membership,
+        sessions: crate::SessionTable,
     ) {
         self.heard_from_leader(from);
         let here = self.log.term_at(start.prev_index);
@@ -160,6 +163,8 @@ impl RaftCore {
             let record = crate::ConfigRecord { index: start.prev_index, term: start.prev_term, membership };
             self.configs.reset(record.clone());
             self.out.push(Command::SaveConfig(record));
+            self.out.push(Command::SaveSessions(sessions.clone()));
+            self.sessions.reset(sessions);
             self.out.push(Command::InstallLogStart(start));
             self.refresh_config();
         }
@@ -328,12 +333,14 @@ impl RaftCore {
             let truncate_from = if first_index <= self.log.last_index() {
                 self.log.truncate_from(first_index);
                 self.truncate_configs(first_index);
+                self.sessions.truncate_from(first_index);
                 Some(first_index)
             } else {
                 None
             };
             self.log.append(&entries);
             self.note_config_entries(&entries);
+            self.sessions.note_entries(&entries);
             self.out.push(Command::PersistEntries { truncate_from, entries });
         }
         self.verified_index = self.verified_index.max(batch_last);

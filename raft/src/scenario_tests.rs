@@ -88,6 +88,7 @@ impl Cluster {
                     Command::Apply(entries) => self.applied.entry(id).or_default().extend(entries),
                     Command::Reply(reply) => self.replies.push(reply),
                     Command::InstallLogStart(start) => panic!("no purges in these scenarios, yet {start:?}"),
+                    Command::SaveSessions(table) => panic!("no log starts in these scenarios, yet {table:?}"),
                     Command::SaveConfig(record) => self.disks.get_mut(&id).expect("disk").configs.push(record),
                 }
             }

@@ -21,6 +21,7 @@ pub fn config() -> Config {
         preferred_leader: None,
         promote_max_lag_entries: 100,
         promote_max_lag_bytes: u64::MAX,
+        sessions: SessionLimits::default(),
         injected_bugs: InjectedBugs::default(),
     }
 }

@@ -81,6 +81,23 @@ pub mod names {
     pub const MACHINES_AGREE: &str = "State Machines Agree At Every Index";
     /// Snapshot installs and leadership.
     pub const INSTALLER_NEVER_LEADS: &str = "A Node Installing A Snapshot Never Leads";
+    /// Idempotent producers.
+    pub const SESSION_ONCE: &str = "A Producer's Append Is Committed At Most Once";
+}
+
+/// What a client's acknowledgement names: the payload it proposed (an
+/// admin entry's too), without a session's stamp.
+fn acked_bytes(e: &Entry) -> Bytes {
+    match e.kind {
+        EntryKind::SessionCommand => e.client_payload().expect("a client payload"),
+        _ => e.payload.clone(),
+    }
+}
+
+impl CommittedRecord {
+    fn acked_bytes(&self) -> Bytes {
+        acked_bytes(&Entry { index: 0, term: self.term, kind: self.kind, payload: self.payload.clone() })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +118,9 @@ pub struct Checkers {
     commit_index_by_node: HashMap<(NodeId, u32), LogIndex>,
     acked: BTreeMap<LogIndex, Bytes>,
     machine_digests: HashMap<LogIndex, (u64, NodeId)>,
+    /// (producer, epoch, first sequence) of each committed session append,
+    /// and the index of its stamped entry.
+    session_appends: HashMap<(u64, u32, u64), LogIndex>,
     /// Highest index acknowledged to any client so far.
     pub max_acked_index: LogIndex,
 }
@@ -200,7 +220,7 @@ impl Checkers {
                 }
             }
             if let Some(payload) = self.acked.get(&entry.index) {
-                if *payload != entry.payload {
+                if acked_bytes(entry) != *payload {
                     return fail(
                         names::ACKED_DURABLE,
                         format!("node {node} applied {:?} at acknowledged index {}", entry.payload, entry.index),
@@ -308,11 +328,11 @@ impl Checkers {
     pub fn proposal_acked(
         &mut self,
         node: NodeId,
-        first_index: LogIndex,
-        term: Term,
+        (first_index, term): (LogIndex, Term),
         payloads: &[Bytes],
         log: &RaftLog,
         disk: &SimDisk,
+        applied_already: bool,
     ) -> Result<(), Violation> {
         for (k, payload) in payloads.iter().enumerate() {
             let index = first_index + k as u64;
@@ -320,8 +340,14 @@ impl Checkers {
             let committed = self.committed.get(&index);
             // Part of a proposal may commit, be applied and expire before the rest commits.
             let expired = index < log.first_index();
-            let ok = (expired || in_log.is_some_and(|e| e.term == term && e.payload == *payload))
-                && committed.is_some_and(|c| c.term == term && c.payload == *payload);
+            // A duplicate's original may be committed and not yet applied
+            // anywhere (a restarted leader applies none of what it restored
+            // without payloads); it is then checked when it is applied.
+            let applied_ok = match committed {
+                Some(c) => c.term == term && c.acked_bytes() == *payload,
+                None => !applied_already,
+            };
+            let ok = (expired || in_log.is_some_and(|e| e.term == term && acked_bytes(e) == *payload)) && applied_ok;
             if !ok {
                 return fail(
                     names::ACKED_DURABLE,
@@ -335,6 +361,60 @@ impl Checkers {
             }
             self.acked.insert(index, payload.clone());
             self.max_acked_index = self.max_acked_index.max(index);
+        }
+        Ok(())
+    }
+
+    /// Committed entries `entries` were applied on `node`: no producer's
+    /// append (its stamp) is committed at two indexes.
+    pub fn session_applied(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+        for e in entries {
+            let Some(s) = e.stamp() else { continue };
+            let key = (s.producer_id, s.epoch, s.first_seq);
+            let at = *self.session_appends.entry(key).or_insert(e.index);
+            if at != e.index {
+                return fail(
+                    names::SESSION_ONCE,
+                    format!(
+                        "node {node} applied producer {} epoch {} seq {} at index {} and it was committed at {at} \
+                         already: a retry was appended twice",
+                        s.producer_id, s.epoch, s.first_seq, e.index
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `node` answered the session append `key` as committed with its last
+    /// entry at `last_index`: the committed entry there carries its stamp.
+    pub fn session_acked(
+        &mut self,
+        node: NodeId,
+        key: (u64, u32, u64),
+        last_index: LogIndex,
+        log: &RaftLog,
+        disk: &SimDisk,
+    ) -> Result<(), Violation> {
+        let committed = self.committed.get(&last_index).and_then(|c| {
+            let e = Entry { index: last_index, term: c.term, kind: c.kind, payload: c.payload.clone() };
+            e.stamp()
+        });
+        let stamp = committed.or_else(|| entry_of(log, disk, last_index)?.stamp());
+        // Purged here (and never applied where the checker saw it): the table still answers for it.
+        let expired = stamp.is_none() && last_index < log.first_index();
+        if !expired && stamp.map(|s| (s.producer_id, s.epoch, s.first_seq)) != Some(key) {
+            return fail(
+                names::SESSION_ONCE,
+                format!("node {node} answered append {key:?} at {last_index}, where the committed stamp is {stamp:?}"),
+            );
+        }
+        let at = *self.session_appends.entry(key).or_insert(last_index);
+        if at != last_index {
+            return fail(
+                names::SESSION_ONCE,
+                format!("node {node} answered append {key:?} at {last_index}, committed at {at}"),
+            );
         }
         Ok(())
     }
@@ -357,7 +437,7 @@ impl Checkers {
     /// (used once logs converged); those below it expired.
     pub fn acked_present(&self, node: NodeId, log: &RaftLog, disk: &SimDisk) -> Result<(), Violation> {
         for (&index, payload) in self.acked.range(log.first_index()..) {
-            if entry_of(log, disk, index).map(|e| &e.payload) != Some(payload) {
+            if entry_of(log, disk, index).map(acked_bytes).as_ref() != Some(payload) {
                 return fail(names::ACKED_DURABLE, format!("acked index {index} missing from node {node} at the end"));
             }
         }

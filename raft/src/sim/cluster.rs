@@ -131,6 +131,10 @@ pub struct SimReport {
     pub membership_changes: u64,
     /// Membership changes the leader refused.
     pub membership_refusals: u64,
+    /// Producer-session appends answered as committed (or as duplicates).
+    pub session_appends: u64,
+    /// Session appends refused (fenced, out of order, too old: stale retries).
+    pub session_refusals: u64,
     /// Disks wiped (all durable state lost).
     pub wipes: u64,
     /// Ticks from the heal until one leader was followed by all.
@@ -249,9 +253,29 @@ impl SimNode {
 #[derive(Clone, Debug)]
 enum ClientOp {
     Propose(Vec<Bytes>),
-    Read { acked_before: LogIndex },
+    /// An append of producer `producer`'s session.
+    Session {
+        producer: usize,
+        epoch: u32,
+        seq: u64,
+        payloads: Vec<Bytes>,
+    },
+    Read {
+        acked_before: LogIndex,
+    },
     Transfer,
     Member(MembershipChange),
+}
+
+/// A client with a producer session: one append at a time, retried with
+/// the same sequence until it is answered as committed.
+#[derive(Debug)]
+struct SimProducer {
+    id: u64,
+    epoch: u32,
+    next_seq: u64,
+    /// The append not yet answered as committed: (seq, payloads, last sent).
+    current: Option<(u64, Vec<Bytes>, u64)>,
 }
 
 struct Outstanding {
@@ -304,6 +328,9 @@ pub struct Simulation {
     next_payload: u64,
     outstanding: BTreeMap<RequestId, Outstanding>,
     leader_guess: Option<NodeId>,
+    /// Clients with producer sessions, and their decisions' own randomness.
+    producers: Vec<SimProducer>,
+    session_rng: ChaCha8Rng,
     report: SimReport,
 }
 
@@ -342,6 +369,7 @@ impl Simulation {
             preferred_leader: rng.gen_bool(0.2).then(|| rng.gen_range(1..=node_count as u64)),
             promote_max_lag_entries: 64,
             promote_max_lag_bytes: u64::MAX,
+            sessions: crate::SessionLimits::default(),
             injected_bugs: options.bugs,
         };
         // Drawn apart from `rng`, so that seeds without a state machine run
@@ -351,6 +379,7 @@ impl Simulation {
         let snapshot_per_mille = [10, 50, 200][side.gen_range(0..3)];
         let corrupt_chunk_per_mille = [0, 20, 100][side.gen_range(0..3)];
         let mut member_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x3e3b_e125_c4a9_6e01);
+        let session_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x1de3_9073_17ab_5e55);
         let bugs = options.bugs;
         let reconfig = member_rng.gen_bool(0.5)
             || options.host_rejoins_wiped_node
@@ -389,6 +418,8 @@ impl Simulation {
             next_payload: 1,
             outstanding: BTreeMap::new(),
             leader_guess: None,
+            producers: (1..=3).map(|k| SimProducer { id: k * 7919, epoch: 0, next_seq: 0, current: None }).collect(),
+            session_rng,
             report: SimReport { node_count, ..SimReport::default() },
             rng,
         };
@@ -534,6 +565,11 @@ impl Simulation {
                     }
                     if self.purge_per_mille > 0 && self.rng.gen_range(0..1000) < self.purge_per_mille {
                         self.purge(id)?;
+                    }
+                    if self.session_rng.gen_range(0..100) < 3 {
+                        // The host's periodic save of the committed table.
+                        let node = self.nodes.get_mut(&id).expect("node");
+                        node.disk.sessions = node.core.as_ref().expect("live").sessions().table().clone();
                     }
                 }
             }
@@ -681,7 +717,12 @@ impl Simulation {
         let target = self.rng.gen_range(first..=limit) + 1;
         let prev_term = core.log().term_at(target - 1).expect("a durable entry has a term");
         self.checkers.log_start(id, LogStart { prev_index: target - 1, prev_term }, "purged")?;
-        self.nodes.get_mut(&id).expect("node").disk.purge_to(target);
+        // The producer sessions of the purged entries are saved first.
+        let table = core.sessions().table().clone();
+        assert!(table.as_of >= target - 1, "the committed table reaches the purge");
+        let disk = &mut self.nodes.get_mut(&id).expect("node").disk;
+        disk.sessions = table;
+        disk.purge_to(target);
         self.report.purges += 1;
         self.step(id, Event::LogPurged { first_index: target })
     }
@@ -767,12 +808,14 @@ impl Simulation {
                     .map(|(n, c)| (n, c.status().term, c.log()))
                     .collect();
                 self.checkers.state_machine_safety(id, term, &entries, &leaders)?;
+                self.checkers.session_applied(id, &entries)?;
                 if self.machines {
                     self.feed_machine(id, &entries)?;
                 }
             }
             Command::Reply(reply) => self.on_reply(id, reply)?,
             Command::SaveConfig(record) => self.nodes.get_mut(&id).expect("node").disk.configs.append_written(record),
+            Command::SaveSessions(table) => self.nodes.get_mut(&id).expect("node").disk.sessions = table,
             Command::InstallLogStart(start) => {
                 self.checkers.log_start(id, start, "installed a leader's log start")?;
                 let node = self.nodes.get_mut(&id).expect("node");
@@ -987,6 +1030,7 @@ impl Simulation {
     fn on_reply(&mut self, id: NodeId, reply: ClientReply) -> Result<(), Violation> {
         let request_id = match &reply {
             ClientReply::Committed { request_id, .. }
+            | ClientReply::Duplicate { request_id, .. }
             | ClientReply::ReadReady { request_id, .. }
             | ClientReply::TransferDone { request_id, .. }
             | ClientReply::Failed { request_id, .. } => *request_id,
@@ -1002,7 +1046,49 @@ impl Simulation {
                 assert_eq!(last_index + 1 - first_index, payloads.len() as u64);
                 let core = self.nodes[&id].core.as_ref().expect("live");
                 let disk = &self.nodes[&id].disk;
-                self.checkers.proposal_acked(id, first_index, term, &payloads, core.log(), disk)?;
+                self.checkers.proposal_acked(id, (first_index, term), &payloads, core.log(), disk, true)?;
+            }
+            (
+                reply @ (ClientReply::Committed { .. } | ClientReply::Duplicate { .. }),
+                ClientOp::Session { producer, epoch, seq, payloads },
+            ) => {
+                let (ClientReply::Committed { first_index, last_index, term, .. }
+                | ClientReply::Duplicate { first_index, last_index, term, .. }) = reply
+                else {
+                    unreachable!("matched above")
+                };
+                let fresh = matches!(reply, ClientReply::Committed { .. });
+                assert_eq!(last_index + 1 - first_index, payloads.len() as u64);
+                let core = self.nodes[&id].core.as_ref().expect("live");
+                let disk = &self.nodes[&id].disk;
+                self.checkers.proposal_acked(id, (first_index, term), &payloads, core.log(), disk, fresh)?;
+                let producer_id = self.producers[producer].id;
+                self.checkers.session_acked(id, (producer_id, epoch, seq), last_index, core.log(), disk)?;
+                self.session_resolved(producer, epoch, seq);
+                self.report.session_appends += 1;
+            }
+            (
+                ClientReply::Failed { error: crate::ClientError::Session(refusal), .. },
+                ClientOp::Session { producer, epoch, seq, .. },
+            ) => {
+                let p = &self.producers[producer];
+                let current = p.epoch == epoch && p.current.as_ref().is_some_and(|c| c.0 == seq);
+                // Every earlier append of this epoch committed, and this one
+                // is the newest: a leader may lack the one before (a stale
+                // leader of an older term does), but none may know of a later
+                // append, a newer epoch or fail to find this one.
+                let lagging =
+                    matches!(refusal, crate::SessionRefusal::OutOfOrderSequence { expected } if expected < seq);
+                if current && !lagging {
+                    return Err(Violation {
+                        checker: names::SESSION_ONCE,
+                        detail: format!(
+                            "node {id} refused producer {}'s current append (epoch {epoch}, seq {seq}): {refusal}",
+                            p.id
+                        ),
+                    });
+                }
+                self.report.session_refusals += 1;
             }
             (ClientReply::ReadReady { read_index, .. }, ClientOp::Read { acked_before }) => {
                 self.checkers.read_barrier(id, read_index, acked_before)?;
@@ -1057,6 +1143,9 @@ impl Simulation {
         if self.reconfig && self.member_rng.gen_range(0..100) < 4 {
             return self.operator_request(target);
         }
+        if self.session_rng.gen_range(0..100) < 25 {
+            return self.session_request(target);
+        }
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let roll = self.rng.gen_range(0..100);
@@ -1070,9 +1159,9 @@ impl Simulation {
                     self.next_request_id += 1;
                     self.outstanding.insert(id, Outstanding { node: target, op: ClientOp::Propose(payloads.clone()) });
                 }
-                batch.push((id, payloads));
+                batch.push(crate::Proposal::plain(id, payloads));
             }
-            (ClientOp::Propose(batch[0].1.clone()), Event::ProposeBatch(batch))
+            (ClientOp::Propose(batch[0].payloads.clone()), Event::ProposeBatch(batch))
         } else if roll < 75 {
             let payloads = self.next_payloads();
             (ClientOp::Propose(payloads.clone()), Event::Propose { request_id, payloads })
@@ -1088,6 +1177,52 @@ impl Simulation {
         };
         self.outstanding.insert(request_id, Outstanding { node: target, op });
         self.deliver_request(target, event)
+    }
+
+    /// A producer's append: its unanswered one again (a retry after a
+    /// timeout, perhaps while the first attempt is still on its way), or
+    /// its next one; now and then a new epoch, abandoning the unanswered.
+    fn session_request(&mut self, target: NodeId) -> Result<(), Violation> {
+        let k = self.session_rng.gen_range(0..self.producers.len());
+        let retry_after_ms = self.session_rng.gen_range(1..=6) * TICK_MS;
+        let bump = self.session_rng.gen_range(0..100) < 2;
+        let fresh = self.next_payloads();
+        let now_ms = self.now_ms;
+        let p = &mut self.producers[k];
+        if bump {
+            (p.epoch, p.next_seq, p.current) = (p.epoch + 1, 0, None);
+        }
+        let (seq, payloads) = match &mut p.current {
+            Some((_, _, sent_ms)) if now_ms < *sent_ms + retry_after_ms => return Ok(()),
+            Some((seq, payloads, sent_ms)) => {
+                *sent_ms = now_ms;
+                (*seq, payloads.clone())
+            }
+            None => {
+                let seq = p.next_seq;
+                p.next_seq += fresh.len() as u64;
+                p.current = Some((seq, fresh.clone(), now_ms));
+                (seq, fresh)
+            }
+        };
+        let (producer_id, epoch) = (p.id, p.epoch);
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let session = crate::ProducerSession { producer_id, epoch, seq, time_ms: now_ms };
+        let op = ClientOp::Session { producer: k, epoch, seq, payloads: payloads.clone() };
+        self.outstanding.insert(request_id, Outstanding { node: target, op });
+        self.deliver_request(
+            target,
+            Event::ProposeBatch(vec![crate::Proposal { request_id, payloads, session: Some(session) }]),
+        )
+    }
+
+    /// A producer's append `(epoch, seq)` was answered as committed.
+    fn session_resolved(&mut self, producer: usize, epoch: u32, seq: u64) {
+        let p = &mut self.producers[producer];
+        if p.epoch == epoch && p.current.as_ref().is_some_and(|c| c.0 == seq) {
+            p.current = None;
+        }
     }
 
     /// A client's request reaches `target`: at once, or when its process

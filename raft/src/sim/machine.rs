@@ -16,7 +16,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::snapshot_pull::{chunk_crc, SnapshotId, SnapshotMessage};
-use crate::{Entry, EntryKind, LogIndex, Term};
+use crate::{Entry, LogIndex, Term};
 
 /// Complete snapshots a node keeps.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -108,6 +108,7 @@ pub fn serve(snapshots: &[(SnapshotId, Bytes)], request: &SnapshotMessage) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EntryKind;
 
     fn entry(index: u64, payload: &'static [u8]) -> Entry {
         Entry { index, term: 1, kind: EntryKind::Command, payload: Bytes::from_static(payload) }

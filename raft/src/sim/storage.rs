@@ -38,7 +38,7 @@ use bytes::Bytes;
 
 use super::machine::SNAPSHOTS_KEPT;
 use crate::snapshot_pull::SnapshotId;
-use crate::{ConfigHistory, Entry, HardState, LogIndex, LogStart, LogStorage, RaftLog, RestoredState};
+use crate::{ConfigHistory, Entry, HardState, LogIndex, LogStart, LogStorage, RaftLog, RestoredState, SessionTable};
 
 /// One node's simulated disk.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +57,8 @@ pub struct SimDisk {
     partial_before_last_write: usize,
     /// The host's configuration records, in the order written.
     pub configs: ConfigHistory,
+    /// The host's saved producer-session table (durable when written).
+    pub sessions: SessionTable,
 }
 
 impl SimDisk {
@@ -207,6 +209,13 @@ impl SimDisk {
             last_index: self.next_index() - 1,
             tail: self.entries[self.entries.len() - in_memory..].to_vec(),
             configs: self.configs.records().to_vec(),
+            sessions: self.sessions.clone(),
+            stamped: self
+                .entries
+                .iter()
+                .filter(|e| e.index > self.sessions.as_of && e.stamp().is_some())
+                .cloned()
+                .collect(),
         }
     }
 

@@ -226,3 +226,13 @@ fn checker_catches_a_wiped_node_rejoining_as_its_old_voter() {
     let (seeds, violation) = first_safety_violation(options, 3000, "host_rejoins_wiped_node");
     println!("host_rejoins_wiped_node caught after {seeds} seeds by {}", violation.checker);
 }
+
+#[test]
+fn checker_catches_a_leader_blind_to_uncommitted_session_stamps() {
+    // A retry reaching a new leader whose log holds the first attempt
+    // uncommitted: blind to it, the leader appends the retry again.
+    let bugs = InjectedBugs { sessions_ignore_uncommitted: true, ..InjectedBugs::default() };
+    let (seeds, violation) = first_violation(bugs, 2000);
+    assert_eq!(violation.checker, names::SESSION_ONCE, "{violation:?}");
+    println!("sessions_ignore_uncommitted caught after {seeds} seeds by {}", violation.checker);
+}
