@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 
 use crate::frame::{decode_frame, encode_frame, write_frame, DEFAULT_MAX_FRAME_BYTES};
-use crate::request::{Request, Response};
+use crate::request::{Request, Response, ServerError};
 use crate::Frame;
 
 /// A frame with a valid header and checksum around `body`, of `kind`.
@@ -45,6 +45,20 @@ fn seeds() -> Vec<BytesMut> {
         Frame::Request { id: 6, group: 0, request: Request::TransferLeader { target: 2 } },
         Frame::Response { id: 1, response: Response::Appended { first_index: 1, last_index: 2, term: 3 } },
         Frame::Response { id: 2, response: Response::QueryResult(Bytes::from_static(b"v")) },
+        Frame::Request {
+            id: 7,
+            group: 0,
+            request: Request::AppendSession {
+                producer_id: 9,
+                epoch: 2,
+                seq: 40,
+                payloads: vec![Bytes::from_static(b"x"), Bytes::from_static(b"yz")],
+            },
+        },
+        Frame::Response { id: 3, response: Response::Duplicate { first_index: 4, last_index: 5, term: 2 } },
+        Frame::Response { id: 4, response: Response::Error(ServerError::OutOfOrderSequence { expected: 12 }) },
+        Frame::Response { id: 5, response: Response::Error(ServerError::ProducerFenced { epoch: 3 }) },
+        Frame::Response { id: 6, response: Response::Error(ServerError::SequenceTooOld { oldest: 8 }) },
     ];
     frames
         .iter()

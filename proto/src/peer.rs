@@ -15,7 +15,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dledger_raft::{
-    ConflictHint, Entry, EntryKind, LogStart, Membership, Message, MessageBody, NodeId, SnapshotId, SnapshotMessage,
+    ConflictHint, Entry, EntryKind, LogStart, Membership, Message, MessageBody, NodeId, SessionTable, SnapshotId,
+    SnapshotMessage,
 };
 
 use crate::codec::{get_bool, get_bytes, get_count, get_opt_u64, get_u32, get_u64, get_u8, put_bytes, put_opt_u64};
@@ -169,6 +170,7 @@ fn encode_entry(e: &Entry, out: &mut BytesMut) {
         EntryKind::Command => 1,
         EntryKind::Admin => 2,
         EntryKind::Config => 3,
+        EntryKind::SessionCommand => 4,
     });
     put_bytes(out, &e.payload);
 }
@@ -181,6 +183,7 @@ fn decode_entry(p: &mut Bytes) -> Result<Entry, WireError> {
         1 => EntryKind::Command,
         2 => EntryKind::Admin,
         3 => EntryKind::Config,
+        4 => EntryKind::SessionCommand,
         _ => return Err(WireError::Malformed("entry")),
     };
     Ok(Entry { index, term, kind, payload: get_bytes(p, "entry")? })
@@ -247,12 +250,14 @@ pub fn encode_message(m: &Message, out: &mut BytesMut) {
             out.put_u64_le(*match_index);
         }
         MessageBody::TimeoutNow => out.put_u8(9),
-        MessageBody::LogStart { start, leader_commit_index, membership } => {
+        MessageBody::LogStart { start, leader_commit_index, membership, sessions } => {
             out.put_u8(10);
             out.put_u64_le(start.prev_index);
             out.put_u64_le(start.prev_term);
             out.put_u64_le(*leader_commit_index);
             put_bytes(out, &membership.encode());
+            out.put_u32_le(sessions.encoded_len() as u32);
+            sessions.encode_into(out);
         }
     }
 }
@@ -302,6 +307,7 @@ pub fn decode_message(p: &mut Bytes) -> Result<Message, WireError> {
             start: LogStart { prev_index: get_u64(p, W)?, prev_term: get_u64(p, W)? },
             leader_commit_index: get_u64(p, W)?,
             membership: Membership::decode(&get_bytes(p, W)?).ok_or(WireError::Malformed("membership"))?,
+            sessions: SessionTable::decode(&get_bytes(p, W)?).ok_or(WireError::Malformed("producer sessions"))?,
         },
         _ => return Err(WireError::Malformed(W)),
     };
@@ -345,6 +351,13 @@ mod tests {
                 start: LogStart { prev_index: 7, prev_term: 2 },
                 leader_commit_index: 9,
                 membership: Membership::bootstrap([(1, "a:1".to_string()), (2, String::new())]),
+                sessions: {
+                    let mut s = dledger_raft::Sessions::default();
+                    let session = dledger_raft::ProducerSession { producer_id: 5, epoch: 1, seq: 3, time_ms: 77 };
+                    s.accept(&session, 2, 8, 2);
+                    s.commit_to(9);
+                    s.table().clone()
+                },
             }),
         ]
     }

@@ -56,6 +56,23 @@ pub enum Request {
         /// The entries' payloads, in order.
         payloads: Vec<Bytes>,
     },
+    /// An append of a producer session (an idempotent producer): appended
+    /// at most once however often it is retried. Answered with
+    /// [`Response::Appended`], or [`Response::Duplicate`] when the same
+    /// `(producer_id, epoch, seq)` is in the log already; refused with
+    /// [`ServerError::OutOfOrderSequence`], [`ServerError::ProducerFenced`]
+    /// or [`ServerError::SequenceTooOld`] (nothing appended).
+    AppendSession {
+        /// The producer (any id the client picks; random by default).
+        producer_id: u64,
+        /// Its instance: a higher epoch fences the lower ones.
+        epoch: u32,
+        /// The sequence of the first payload; the next append of this
+        /// producer starts at `seq + payloads.len()`.
+        seq: u64,
+        /// The entries' payloads, in order.
+        payloads: Vec<Bytes>,
+    },
     /// The committed entry at `index`; answered with [`Response::Entries`].
     Get {
         /// The log index.
@@ -275,6 +292,29 @@ pub enum ServerError {
     /// committed an entry of its term); nothing changed, retry shortly.
     #[error("not ready, retry: {0}")]
     NotReady(String),
+    /// A session append whose sequence does not follow the producer's last
+    /// append in this leader's log; nothing appended. Below `seq` (a gap):
+    /// this leader lacks the producer's last append (a stale leader) or it
+    /// never committed. Above: another instance uses this producer id and epoch.
+    #[error("out-of-order sequence: the producer's next sequence here is {expected}")]
+    OutOfOrderSequence {
+        /// The sequence this leader expects next.
+        expected: u64,
+    },
+    /// A newer instance of the producer (a higher epoch) took over; nothing appended.
+    #[error("producer fenced: epoch {epoch} of this producer is in force")]
+    ProducerFenced {
+        /// The epoch in force.
+        epoch: u32,
+    },
+    /// A retry of an append older than the ones the leader keeps for
+    /// duplicates: it was appended once (its index is no longer known) and
+    /// is not appended again.
+    #[error("sequence older than the appends kept for duplicates (oldest kept: {oldest})")]
+    SequenceTooOld {
+        /// The first sequence of the oldest append kept.
+        oldest: u64,
+    },
 }
 
 /// A node's answer to a [`Request`].
@@ -287,6 +327,17 @@ pub enum Response {
         /// Index of the last payload.
         last_index: u64,
         /// The term they were appended in.
+        term: u64,
+    },
+    /// A [`Request::AppendSession`] that was in the log already (a retry):
+    /// the original is committed at `first_index..=last_index` in `term`,
+    /// and nothing was appended again.
+    Duplicate {
+        /// Index of the original's first payload.
+        first_index: u64,
+        /// Index of its last payload.
+        last_index: u64,
+        /// Its term.
         term: u64,
     },
     /// Committed entries, in index order.
@@ -342,6 +393,16 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
                 put_bytes(out, p);
             }
         }
+        Request::AppendSession { producer_id, epoch, seq, payloads } => {
+            out.put_u8(12);
+            out.put_u64_le(*producer_id);
+            out.put_u32_le(*epoch);
+            out.put_u64_le(*seq);
+            out.put_u32_le(payloads.len() as u32);
+            for p in payloads {
+                put_bytes(out, p);
+            }
+        }
         Request::Get { index } => {
             out.put_u8(2);
             out.put_u64_le(*index);
@@ -391,20 +452,25 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
     }
 }
 
+/// An append's payloads, their count bounded before anything is allocated.
+fn get_payloads(p: &mut Bytes) -> Result<Vec<Bytes>, WireError> {
+    let n = get_count(p, 4, "request")?;
+    if n > MAX_APPEND_ENTRIES {
+        return Err(WireError::Malformed("append (more entries than MAX_APPEND_ENTRIES)"));
+    }
+    (0..n).map(|_| get_bytes(p, "request")).collect()
+}
+
 pub(crate) fn decode_request(p: &mut Bytes) -> Result<Request, WireError> {
     const W: &str = "request";
     Ok(match get_u8(p, W)? {
-        1 => {
-            let n = get_count(p, 4, W)?;
-            if n > MAX_APPEND_ENTRIES {
-                return Err(WireError::Malformed("append (more entries than MAX_APPEND_ENTRIES)"));
-            }
-            let mut payloads = Vec::with_capacity(n);
-            for _ in 0..n {
-                payloads.push(get_bytes(p, W)?);
-            }
-            Request::Append { payloads }
-        }
+        1 => Request::Append { payloads: get_payloads(p)? },
+        12 => Request::AppendSession {
+            producer_id: get_u64(p, W)?,
+            epoch: get_u32(p, W)?,
+            seq: get_u64(p, W)?,
+            payloads: get_payloads(p)?,
+        },
         2 => Request::Get { index: get_u64(p, W)? },
         3 => Request::Read { lo: get_u64(p, W)?, hi: get_u64(p, W)?, max_bytes: get_u32(p, W)? },
         4 => Request::ReadBarrier,
@@ -440,6 +506,12 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
     match r {
         Response::Appended { first_index, last_index, term } => {
             out.put_u8(1);
+            out.put_u64_le(*first_index);
+            out.put_u64_le(*last_index);
+            out.put_u64_le(*term);
+        }
+        Response::Duplicate { first_index, last_index, term } => {
+            out.put_u8(10);
             out.put_u64_le(*first_index);
             out.put_u64_le(*last_index);
             out.put_u64_le(*term);
@@ -563,6 +635,18 @@ pub(crate) fn encode_response(r: &Response, out: &mut BytesMut) {
                     out.put_u8(12);
                     put_str(out, m);
                 }
+                ServerError::OutOfOrderSequence { expected } => {
+                    out.put_u8(13);
+                    out.put_u64_le(*expected);
+                }
+                ServerError::ProducerFenced { epoch } => {
+                    out.put_u8(14);
+                    out.put_u32_le(*epoch);
+                }
+                ServerError::SequenceTooOld { oldest } => {
+                    out.put_u8(15);
+                    out.put_u64_le(*oldest);
+                }
             }
         }
     }
@@ -572,6 +656,7 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
     const W: &str = "response";
     Ok(match get_u8(p, W)? {
         1 => Response::Appended { first_index: get_u64(p, W)?, last_index: get_u64(p, W)?, term: get_u64(p, W)? },
+        10 => Response::Duplicate { first_index: get_u64(p, W)?, last_index: get_u64(p, W)?, term: get_u64(p, W)? },
         2 => {
             let n = get_count(p, 20, W)?;
             let mut entries = Vec::with_capacity(n);
@@ -652,6 +737,9 @@ pub(crate) fn decode_response(p: &mut Bytes) -> Result<Response, WireError> {
             10 => ServerError::TooManyConnections { max: get_u64(p, W)? },
             11 => ServerError::MembershipRefused(get_str(p, W)?),
             12 => ServerError::NotReady(get_str(p, W)?),
+            13 => ServerError::OutOfOrderSequence { expected: get_u64(p, W)? },
+            14 => ServerError::ProducerFenced { epoch: get_u32(p, W)? },
+            15 => ServerError::SequenceTooOld { oldest: get_u64(p, W)? },
             _ => return Err(WireError::Malformed(W)),
         }),
         9 => {

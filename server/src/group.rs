@@ -70,7 +70,7 @@ use crate::{Applied, GroupEvent};
 use dledger_proto::peer::PeerMessage;
 use dledger_proto::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
 use dledger_raft::{
-    ClientError, ClientReply, Command, Config as RaftConfig, ConfigRecord, Entry, EntryKind, Event, HardState,
+    ClientError, ClientReply, Command, Config as RaftConfig, SessionRefusal, ConfigRecord, Entry, EntryKind, Event, HardState,
     LogStart, LogStorage, MemberRole, Membership, MembershipChange, Message, NodeId, PullStep, RaftCore, RestoredState,
     Role, SnapshotId, SnapshotMessage, SnapshotPull,
 };
@@ -304,6 +304,10 @@ struct GroupMetrics {
     holds: Vec<(NodeId, u64)>,
     /// The last check released a hold (the log passed its limit plus the hold).
     hold_released: bool,
+    /// Appends of producer sessions taken, answered as duplicates, refused.
+    session_proposals: u64,
+    session_duplicates: u64,
+    session_refusals: u64,
 }
 
 impl GroupMetrics {
@@ -324,6 +328,9 @@ impl GroupMetrics {
             corrupt_files: 0,
             holds: Vec::new(),
             hold_released: false,
+            session_proposals: 0,
+            session_duplicates: 0,
+            session_refusals: 0,
         }
     }
 }
@@ -362,7 +369,7 @@ pub(crate) struct GroupHost {
     /// Client appends of this turn not yet given to the core: they go in as
     /// one `ProposeBatch` (one engine write and one message per peer for all
     /// of them) before any other event and at the end of the turn.
-    proposals: Vec<(u64, Vec<Bytes>)>,
+    proposals: Vec<dledger_raft::Proposal>,
     /// The apply thread, for a group with a state machine.
     feed: Option<ApplyFeed>,
     /// Local appends not yet committed.
@@ -374,6 +381,8 @@ pub(crate) struct GroupHost {
     events: watch::Sender<GroupEvent>,
     /// This group's configuration records on disk (see `members`).
     configs: crate::members::ConfigFile,
+    /// This group's saved producer-session table (see `sessions`).
+    sessions_file: crate::sessions::SessionsFile,
     /// Peer addresses from the node's config file, for members whose
     /// configuration names none (the bootstrap of an older directory).
     static_addresses: HashMap<NodeId, String>,
@@ -416,6 +425,7 @@ fn encode_kind(kind: EntryKind) -> &'static [u8] {
         EntryKind::Command => &[1],
         EntryKind::Admin => &[2],
         EntryKind::Config => &[3],
+        EntryKind::SessionCommand => &[4],
     }
 }
 
@@ -426,6 +436,7 @@ fn decode_kind(byte: u8) -> Option<EntryKind> {
         1 => Some(EntryKind::Command),
         2 => Some(EntryKind::Admin),
         3 => Some(EntryKind::Config),
+        4 => Some(EntryKind::SessionCommand),
         _ => None,
     }
 }
@@ -442,6 +453,38 @@ pub(crate) enum Founding {
 }
 
 impl GroupHost {
+    /// The saved producer-session table, or (none, or damaged) an empty one
+    /// at the log start that the log's stamps rebuild (see `sessions`).
+    fn restore_sessions(
+        group: u64,
+        dir: &std::path::Path,
+        log: &Log,
+        start: LogStart,
+    ) -> Result<(crate::sessions::SessionsFile, dledger_raft::SessionTable), String> {
+        let (mut file, loaded) = crate::sessions::SessionsFile::load(dir);
+        let why = match loaded {
+            Ok(Some(table)) => return Ok((file, table)),
+            Ok(None) if log.last_index() == start.prev_index => None,
+            Ok(None) => Some("there is no saved table".to_string()),
+            Err(why) => Some(why),
+        };
+        if let Some(why) = why {
+            if start.prev_index > 0 {
+                tracing::warn!(
+                    group,
+                    %why,
+                    log_start = start.first_index(),
+                    "rebuilding the producer sessions from the log: retries of appends older than the log start                      are no longer recognized as duplicates"
+                );
+            } else {
+                tracing::info!(group, %why, "rebuilding the producer sessions from the whole log");
+            }
+        }
+        let table = dledger_raft::SessionTable::empty_at(start.prev_index);
+        file.save(&table).map_err(|e| format!("group {group}: cannot write its producer sessions: {e}"))?;
+        Ok((file, table))
+    }
+
     /// Restores the group from its log and starts its Raft core.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
@@ -488,14 +531,19 @@ impl GroupHost {
             (None, Founding::Join) => (None, Vec::new()),
         };
         let records = file.as_ref().map(|f| f.records().to_vec()).unwrap_or_default();
-        let core = RaftCore::new(
-            node_id,
-            voters,
-            raft,
-            RestoredState { meta, start, terms, last_index, tail: Vec::new(), configs: records },
-            rng,
-        )
-        .map_err(|e| format!("group {group}: {e}"))?;
+        let (sessions_file, sessions) = Self::restore_sessions(group, dir, &log, start)?;
+        let restored = RestoredState {
+            meta,
+            start,
+            terms,
+            last_index,
+            tail: Vec::new(),
+            configs: records,
+            stamped: crate::sessions::stamped_entries(&log, sessions.as_of, decode_kind)
+                .map_err(|e| format!("group {group}: reading back its producer sessions: {e}"))?,
+            sessions,
+        };
+        let core = RaftCore::new(node_id, voters, raft, restored, rng).map_err(|e| format!("group {group}: {e}"))?;
         // The file holds from now on exactly what the core restored.
         let configs = match file {
             Some(mut f) => {
@@ -553,6 +601,7 @@ impl GroupHost {
             published,
             events,
             configs,
+            sessions_file,
             static_addresses,
             removed_said: false,
             retention: Retention::default(),
@@ -642,6 +691,7 @@ impl GroupHost {
         self.ticks += 1;
         if self.ticks.is_multiple_of(RETENTION_CHECK_TICKS) {
             self.apply_retention()?;
+            self.checkpoint_sessions()?;
         }
         // Resume feeding an apply thread that had fallen behind.
         self.feed_state_machine(None)
@@ -677,6 +727,7 @@ impl GroupHost {
             floor = floor.min(feed.progress.snapshot_index.load(Ordering::Acquire));
         }
         let everything = dledger_engine::RetentionPolicy { max_total_bytes: Some(0), ..Default::default() };
+        self.save_sessions_for_purge(floor)?;
         let first = self.log.apply_retention(&everything, floor + 1).map_err(|e| self.fatal(e))?;
         if first > before {
             self.metrics.purges += 1;
@@ -684,6 +735,29 @@ impl GroupHost {
             self.step(Event::LogPurged { first_index: first })?;
         }
         Ok(())
+    }
+
+    /// Before a purge up to `floor`: the stamps of the entries it removes
+    /// live on only in the saved table, so that must reach `floor`.
+    fn save_sessions_for_purge(&mut self, floor: u64) -> Result<(), GroupFatal> {
+        if self.sessions_file.saved_as_of() >= floor {
+            return Ok(());
+        }
+        let table = self.core.sessions().table();
+        assert!(table.as_of >= floor, "the committed table ({}) reaches the purge limit ({floor})", table.as_of);
+        let saved = self.sessions_file.save(table);
+        saved.map_err(|e| self.fatal_io("save the producer sessions", e))
+    }
+
+    /// Every `CHECKPOINT_ENTRIES` committed entries, the table is saved:
+    /// a restart reads back the stamps after it only.
+    fn checkpoint_sessions(&mut self) -> Result<(), GroupFatal> {
+        let table = self.core.sessions().table();
+        if table.as_of < self.sessions_file.saved_as_of() + crate::sessions::CHECKPOINT_ENTRIES {
+            return Ok(());
+        }
+        let saved = self.sessions_file.save(table);
+        saved.map_err(|e| self.fatal_io("save the producer sessions", e))
     }
 
     /// Purges what the retention policy lets go (see the module docs).
@@ -698,6 +772,7 @@ impl GroupHost {
             policy.max_total_bytes = Some(0);
         }
         let before = self.log.first_index();
+        self.save_sessions_for_purge(floor)?;
         let first = self.log.apply_retention(&policy, floor + 1).map_err(|e| self.fatal(e))?;
         if first > before {
             self.metrics.purges += 1;
@@ -899,6 +974,9 @@ impl GroupHost {
                 Command::InstallLogStart(start) => {
                     self.install_log_start(start)?;
                     self.configs.reset().map_err(|e| self.fatal_io("record the configuration", e))?;
+                }
+                Command::SaveSessions(table) => {
+                    self.sessions_file.save(&table).map_err(|e| self.fatal_io("save the producer sessions", e))?;
                 }
                 Command::SaveConfig(record) => {
                     let upto = self.core.log().committed_index().min(self.log.durable_index());
@@ -1202,10 +1280,11 @@ impl GroupHost {
             let mut bytes = 0;
             let entries: Vec<CommittedEntry> = entries
                 .into_iter()
-                .filter(|e| e.kind == EntryKind::Command)
-                .map(|e| {
-                    bytes += e.payload.len() as u64;
-                    CommittedEntry { index: e.index, term: e.term, payload: e.payload }
+                .filter_map(|e| {
+                    // A client's payload, a session's stamp taken off.
+                    let payload = e.client_payload()?;
+                    bytes += payload.len() as u64;
+                    Some(CommittedEntry { index: e.index, term: e.term, payload })
                 })
                 .collect();
             let keep_outputs = self.local_appends > 0 || feed.waited_upto >= first_index;
@@ -1363,6 +1442,10 @@ impl GroupHost {
                     to => self.answer(Pending { to, ..p }, Response::Appended { first_index, last_index, term }),
                 }
             }
+            ClientReply::Duplicate { request_id, first_index, last_index, term } => {
+                self.metrics.session_duplicates += 1;
+                self.respond(request_id, Response::Duplicate { first_index, last_index, term });
+            }
             ClientReply::ReadReady { request_id, read_index } => match self.pending.get(&request_id) {
                 Some(Pending { to: Waiter::Read(..), .. }) => {
                     if let Some(Pending { to: Waiter::Read(query, reply), .. }) = self.pending.remove(&request_id) {
@@ -1392,6 +1475,16 @@ impl GroupHost {
                         ServerError::NotReady(r.to_string())
                     }
                     ClientError::MembershipRefused(r) => ServerError::MembershipRefused(r.to_string()),
+                    ClientError::Session(r) => {
+                        self.metrics.session_refusals += 1;
+                        match r {
+                            SessionRefusal::OutOfOrderSequence { expected } => {
+                                ServerError::OutOfOrderSequence { expected }
+                            }
+                            SessionRefusal::ProducerFenced { epoch } => ServerError::ProducerFenced { epoch },
+                            SessionRefusal::SequenceTooOld { oldest } => ServerError::SequenceTooOld { oldest },
+                        }
+                    }
                 };
                 self.respond(request_id, Response::Error(e));
             }
@@ -1413,14 +1506,31 @@ impl GroupHost {
         }
         let event = match request {
             Request::Append { payloads } => {
-                if let Err(e) = self.check_append(&payloads) {
+                if let Err(e) = self.check_append(&payloads, 0) {
                     answer(&reply, Response::Error(e));
                     return Ok(());
                 }
                 self.metrics.proposals += 1;
                 self.pending
                     .insert(request_id, Pending { to: Waiter::Wire { reply, client_id }, started: Instant::now() });
-                self.proposals.push((request_id, payloads));
+                self.proposals.push(dledger_raft::Proposal::plain(request_id, payloads));
+                return Ok(());
+            }
+            Request::AppendSession { producer_id, epoch, seq, payloads } => {
+                if let Err(e) = self.check_append(&payloads, dledger_raft::STAMP_LEN) {
+                    answer(&reply, Response::Error(e));
+                    return Ok(());
+                }
+                self.metrics.proposals += 1;
+                self.metrics.session_proposals += 1;
+                self.pending
+                    .insert(request_id, Pending { to: Waiter::Wire { reply, client_id }, started: Instant::now() });
+                // The leader's wall clock goes into the stamp: sessions expire by it.
+                let time_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let session = dledger_raft::ProducerSession { producer_id, epoch, seq, time_ms };
+                self.proposals.push(dledger_raft::Proposal { request_id, payloads, session: Some(session) });
                 return Ok(());
             }
             Request::ReadBarrier => Event::ReadIndex { request_id },
@@ -1527,14 +1637,14 @@ impl GroupHost {
         self.next_request += 1;
         match request {
             LocalRequest::Append { payloads, reply } => {
-                if let Err(e) = self.check_append(&payloads) {
+                if let Err(e) = self.check_append(&payloads, 0) {
                     let _ = reply.send(Err(GroupError::Server(e)));
                     return Ok(());
                 }
                 self.metrics.proposals += 1;
                 self.local_appends += 1;
                 self.pending.insert(request_id, Pending { to: Waiter::Append(reply), started: Instant::now() });
-                self.proposals.push((request_id, payloads));
+                self.proposals.push(dledger_raft::Proposal::plain(request_id, payloads));
                 Ok(())
             }
             LocalRequest::Read { query, reply } => {
@@ -1611,7 +1721,9 @@ impl GroupHost {
     }
 
     /// Why an append cannot be taken now, if it cannot.
-    fn check_append(&self, payloads: &[Bytes]) -> Result<(), ServerError> {
+    /// Refuses an append the log cannot take; `stamp` bytes are added to
+    /// its last payload (a session's stamp).
+    fn check_append(&self, payloads: &[Bytes], stamp: usize) -> Result<(), ServerError> {
         if payloads.len() > dledger_proto::MAX_APPEND_ENTRIES {
             return Err(ServerError::BadRequest(format!(
                 "an append of {} entries exceeds the maximum of {}",
@@ -1620,7 +1732,7 @@ impl GroupHost {
             )));
         }
         // One kind byte is stored before each payload.
-        let max = self.log.config().max_entry_bytes().saturating_sub(1);
+        let max = self.log.config().max_entry_bytes().saturating_sub(1 + stamp);
         if let Some(big) = payloads.iter().find(|p| p.len() > max) {
             return Err(ServerError::BadRequest(format!("entry of {} bytes exceeds the maximum of {max}", big.len())));
         }
@@ -1674,8 +1786,14 @@ impl GroupHost {
             self.log.read_range(lo, (hi + 1).min(from_memory), max_bytes, &mut stored)?;
             for e in stored {
                 bytes += e.payload.len().saturating_sub(1);
-                // Only commands are the clients' own; a no-op or an admin entry reads as empty.
-                let payload = if e.payload.first() == Some(&1) { e.payload.slice(1..) } else { Bytes::new() };
+                // Only commands are the clients' own (a session's stamp taken
+                // off); a no-op or an admin entry reads as empty.
+                let payload = match e.payload.first().copied().and_then(decode_kind) {
+                    Some(kind) => Entry { index: e.index, term: e.term, kind, payload: e.payload.slice(1..) }
+                        .client_payload()
+                        .unwrap_or_default(),
+                    None => Bytes::new(),
+                };
                 out.push(ClientEntry { index: e.index, term: e.term, payload });
             }
         }
@@ -1684,7 +1802,7 @@ impl GroupHost {
         if bytes < max_bytes && next >= from_memory {
             for e in log.entries(next, hi) {
                 bytes += e.payload.len();
-                let payload = if e.kind == EntryKind::Command { e.payload.clone() } else { Bytes::new() };
+                let payload = e.client_payload().unwrap_or_default();
                 out.push(ClientEntry { index: e.index, term: e.term, payload });
                 if bytes >= max_bytes {
                     break;
@@ -1806,6 +1924,11 @@ impl GroupHost {
         let _ = writeln!(out, "dledger_log_disk_bytes{{group=\"{g}\"}} {}", self.log.disk_bytes());
         let _ = writeln!(out, "dledger_log_segments{{group=\"{g}\"}} {}", self.log.segment_count());
         let _ = writeln!(out, "dledger_log_purges_total{{group=\"{g}\"}} {}", m.purges);
+        let producers = self.core.sessions().table().producers.len();
+        let _ = writeln!(out, "dledger_producer_sessions{{group=\"{g}\"}} {producers}");
+        let _ = writeln!(out, "dledger_session_appends_total{{group=\"{g}\"}} {}", m.session_proposals);
+        let _ = writeln!(out, "dledger_session_duplicates_total{{group=\"{g}\"}} {}", m.session_duplicates);
+        let _ = writeln!(out, "dledger_session_refusals_total{{group=\"{g}\"}} {}", m.session_refusals);
         let _ = writeln!(out, "dledger_log_starts_sent_total{{group=\"{g}\"}} {}", self.core.log_starts_sent());
         let _ = writeln!(out, "dledger_log_starts_installed_total{{group=\"{g}\"}} {}", m.log_starts_installed);
         let _ = writeln!(out, "dledger_retention_on{{group=\"{g}\"}} {}", self.retention.is_on() as u8);
@@ -1932,11 +2055,12 @@ mod tests {
     fn every_entry_kind_is_read_back_as_written() {
         // The match makes a new kind a compile error here until it is listed.
         let all = |k: EntryKind| match k {
-            EntryKind::Noop | EntryKind::Command | EntryKind::Admin | EntryKind::Config => k,
+            EntryKind::Noop | EntryKind::Command | EntryKind::Admin | EntryKind::Config | EntryKind::SessionCommand => k,
         };
-        for kind in [EntryKind::Noop, EntryKind::Command, EntryKind::Admin, EntryKind::Config].map(all) {
+        let kinds = [EntryKind::Noop, EntryKind::Command, EntryKind::Admin, EntryKind::Config, EntryKind::SessionCommand];
+        for kind in kinds.map(all) {
             assert_eq!(decode_kind(encode_kind(kind)[0]), Some(kind), "{kind:?}");
         }
-        assert_eq!(decode_kind(4), None);
+        assert_eq!(decode_kind(5), None);
     }
 }

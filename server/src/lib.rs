@@ -88,6 +88,7 @@ mod group;
 mod identity;
 mod members;
 mod runtime;
+mod sessions;
 mod snapshot;
 mod state_machine;
 mod transport;

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use dledger_raft::{ConfigHistory, ConfigRecord, NodeId};
 
 /// Writes `bytes` to `path` atomically and durably.
-fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;

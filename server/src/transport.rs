@@ -514,7 +514,9 @@ pub const MAX_ANSWER_BYTES_PER_CONNECTION: usize = 256 << 20;
 fn answer_budget(request: &Request, max_entry_bytes: usize, max_read_bytes: usize) -> usize {
     const SMALL: usize = 256;
     match request {
-        Request::Append { payloads } => payloads.iter().map(|p| p.len()).sum::<usize>() + SMALL,
+        Request::Append { payloads } | Request::AppendSession { payloads, .. } => {
+            payloads.iter().map(|p| p.len()).sum::<usize>() + SMALL
+        }
         Request::Get { .. } => max_entry_bytes + SMALL,
         Request::Read { max_bytes, .. } | Request::Subscribe { max_bytes, .. } => {
             let asked = if *max_bytes == 0 { max_read_bytes } else { *max_bytes as usize };
