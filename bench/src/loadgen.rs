@@ -35,6 +35,8 @@ pub struct BenchSpec {
     /// Open loop: requests per second over all clients.
     pub rate: Option<f64>,
     pub timeout: Duration,
+    /// Each client appends with a producer session.
+    pub idempotent: bool,
 }
 
 /// One second of the measured run.
@@ -54,6 +56,10 @@ pub struct BenchReport {
     pub requests: u64,
     pub latency_us: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
+    /// Session appends answered as already in the log (a retry's original).
+    pub duplicates: u64,
+    /// Plain appends acknowledged after an unanswered attempt: possibly in the log twice.
+    pub maybe_twice: u64,
     pub timeline: Vec<Second>,
 }
 
@@ -66,6 +72,7 @@ fn error_kind(e: &ClientError) -> String {
         ClientError::NoQuorum { .. } => "no_quorum".into(),
         ClientError::Timeout(_) => "timeout".into(),
         ClientError::Unreachable { .. } => "unreachable".into(),
+        ClientError::ConnectionLost { .. } => "connection_lost".into(),
         ClientError::Refused { .. } => "refused".into(),
         ClientError::Protocol { .. } => "protocol".into(),
         ClientError::Server(s) => format!("server: {s}"),
@@ -78,6 +85,8 @@ struct ClientResult {
     entries: u64,
     requests: u64,
     errors: BTreeMap<String, u64>,
+    duplicates: u64,
+    maybe_twice: u64,
 }
 
 async fn one_client(
@@ -88,10 +97,11 @@ async fn one_client(
     progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> ClientResult {
     let group = k as u64 % spec.groups.max(1);
-    let mut client = match conns {
+    let client = match conns {
         Some(c) => Client::shared(spec.endpoints.clone(), &spec.cluster, group, spec.timeout, c),
         None => Client::new(spec.endpoints.clone(), &spec.cluster, group, spec.timeout),
     };
+    let mut client = if spec.idempotent { client } else { client.without_session() };
     let payload = Bytes::from(vec![0x5Au8; spec.entry_size]);
     let batch: Vec<Bytes> = (0..spec.batch.max(1)).map(|_| payload.clone()).collect();
     let measure_from = start + Duration::from_secs_f64(spec.warmup);
@@ -105,6 +115,8 @@ async fn one_client(
         entries: 0,
         requests: 0,
         errors: BTreeMap::new(),
+        duplicates: 0,
+        maybe_twice: 0,
     };
     loop {
         if interval.is_some() && due > Instant::now() {
@@ -114,7 +126,7 @@ async fn one_client(
         if sent >= end {
             break;
         }
-        let outcome = client.append_batch(batch.clone()).await;
+        let outcome = client.append_outcome(batch.clone()).await;
         let done = Instant::now();
         if let Some(i) = interval {
             due += i;
@@ -123,7 +135,9 @@ async fn one_client(
             continue;
         }
         match outcome {
-            Ok(_) => {
+            Ok(a) => {
+                r.duplicates += u64::from(a.duplicate);
+                r.maybe_twice += u64::from(a.earlier_attempt_may_commit);
                 let us = done.duration_since(sent).as_micros().max(1) as u64;
                 r.latency_us.saturating_record(us);
                 let second = sent.duration_since(measure_from).as_secs();
@@ -162,7 +176,7 @@ pub async fn run(spec: BenchSpec, mut on_tick: impl FnMut(Duration, u64)) -> Ben
     let mut latency_us = new_hist();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut seconds: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
-    let (mut entries, mut requests) = (0, 0);
+    let (mut entries, mut requests, mut duplicates, mut maybe_twice) = (0, 0, 0, 0);
     for t in tasks {
         let Ok(r) = t.await else { continue };
         latency_us.add(&r.latency_us).expect("same bounds");
@@ -174,6 +188,8 @@ pub async fn run(spec: BenchSpec, mut on_tick: impl FnMut(Duration, u64)) -> Ben
         }
         entries += r.entries;
         requests += r.requests;
+        duplicates += r.duplicates;
+        maybe_twice += r.maybe_twice;
     }
     let timeline = seconds
         .into_iter()
@@ -184,7 +200,17 @@ pub async fn run(spec: BenchSpec, mut on_tick: impl FnMut(Duration, u64)) -> Ben
             p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
         })
         .collect();
-    BenchReport { seconds: spec.seconds, spec, entries, requests, latency_us, errors, timeline }
+    BenchReport {
+        seconds: spec.seconds,
+        spec,
+        entries,
+        requests,
+        latency_us,
+        errors,
+        duplicates,
+        maybe_twice,
+        timeline,
+    }
 }
 
 impl BenchReport {
@@ -224,6 +250,9 @@ impl BenchReport {
             "p9999_ms": self.quantile_ms(0.9999),
             "max_ms": self.max_ms(),
             "errors": self.errors,
+            "idempotent": self.spec.idempotent,
+            "duplicates": self.duplicates,
+            "maybe_twice": self.maybe_twice,
             "timeline": self.timeline,
         })
     }
@@ -269,6 +298,15 @@ impl std::fmt::Display for BenchReport {
             for (k, n) in &self.errors {
                 writeln!(f, "errors      {n} x {k}")?;
             }
+        }
+        if self.spec.idempotent {
+            writeln!(f, "sessions    one producer per client; {} retries found their original", self.duplicates)?;
+        } else if self.maybe_twice > 0 {
+            writeln!(
+                f,
+                "retries     {} appends acknowledged after an unanswered attempt (may be in the log twice)",
+                self.maybe_twice
+            )?;
         }
         writeln!(f, "second  entries/s  p99 ms")?;
         for sec in &self.timeline {
@@ -422,12 +460,15 @@ mod tests {
                 warmup: 0.0,
                 rate: None,
                 timeout: Duration::from_secs(1),
+                idempotent: false,
             },
             seconds: 2.0,
             entries: latencies_us.len() as u64,
             requests: latencies_us.len() as u64,
             latency_us: h,
             errors: BTreeMap::new(),
+            duplicates: 0,
+            maybe_twice: 0,
             timeline: vec![],
         }
     }

@@ -89,7 +89,16 @@ pub enum ClientError {
     /// The server answered with an error that retrying does not fix.
     #[error("{0}")]
     Server(ServerError),
-    /// The endpoint cannot be connected to.
+    /// The connection broke after the request was (or may have been)
+    /// written and before its answer: it may take effect.
+    #[error("lost the connection to {endpoint} with the request in flight (it may take effect): {reason}")]
+    ConnectionLost {
+        /// The endpoint.
+        endpoint: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The endpoint cannot be connected to: nothing was sent.
     #[error("cannot reach {endpoint}: {reason}")]
     Unreachable {
         /// The endpoint.
@@ -116,6 +125,67 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Whether the request may have taken effect (or may still): it reached
+    /// a node that did not say it refused it. `false` means it was not
+    /// applied and never will be.
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            ClientError::NoQuorum { maybe_applied, .. } => *maybe_applied,
+            ClientError::Timeout(_) | ClientError::ConnectionLost { .. } | ClientError::Protocol { .. } => true,
+            // A failing group's proposals may be on followers already.
+            ClientError::Server(ServerError::Internal(_) | ServerError::LeadershipLost) => true,
+            ClientError::Server(_) | ClientError::Unreachable { .. } | ClientError::Refused { .. } => false,
+        }
+    }
+}
+
+/// What an append did ([`Client::append_outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Index of the first payload.
+    pub first_index: u64,
+    /// Index of the last payload.
+    pub last_index: u64,
+    /// The term they were appended in.
+    pub term: u64,
+    /// A retry of the producer session found the append in the log already
+    /// (an earlier attempt took effect; it is in the log once).
+    pub duplicate: bool,
+    /// Without a producer session only: an earlier attempt of this append
+    /// reached a leader and got no answer, so the payloads may be in the log
+    /// a second time. Always `false` with a session.
+    pub earlier_attempt_may_commit: bool,
+}
+
+/// A client's producer session (see [`Client::with_producer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSession {
+    /// The producer.
+    pub producer_id: u64,
+    /// Its epoch: appends of lower epochs are refused once this one appended.
+    pub epoch: u32,
+    /// The sequence of the next append.
+    pub next_seq: u64,
+}
+
+/// A producer id no other client is likely to pick: 64 bits from the
+/// process's randomly keyed hasher, the time and a counter.
+fn random_producer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// How long one attempt at one node may take before the client looks for
+/// another leader (a paused leader answers nothing): a little more than
+/// the default maximum election timeout (300 ms).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
+
 /// One open connection.
 struct Conn {
     endpoint: String,
@@ -138,9 +208,9 @@ impl Conn {
     async fn call(&mut self, id: u64, group: u64, request: Request) -> Result<Response, ClientError> {
         let mut b = BytesMut::new();
         encode_frame(&Frame::Request { id, group, request }, &mut b);
-        let unreachable =
-            |e: std::io::Error, ep: &str| ClientError::Unreachable { endpoint: ep.into(), reason: e.to_string() };
-        self.stream.write_all(&b).await.map_err(|e| unreachable(e, &self.endpoint))?;
+        let lost =
+            |e: std::io::Error, ep: &str| ClientError::ConnectionLost { endpoint: ep.into(), reason: e.to_string() };
+        self.stream.write_all(&b).await.map_err(|e| lost(e, &self.endpoint))?;
         loop {
             match decode_frame(&mut self.buf, DEFAULT_MAX_FRAME_BYTES) {
                 Ok(Some(Frame::Response { id: rid, response })) if rid == id => return Ok(response),
@@ -158,9 +228,9 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol { endpoint: self.endpoint.clone(), reason: e.to_string() }),
             }
-            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| unreachable(e, &self.endpoint))?;
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| lost(e, &self.endpoint))?;
             if n == 0 {
-                return Err(ClientError::Unreachable {
+                return Err(ClientError::ConnectionLost {
                     endpoint: self.endpoint.clone(),
                     reason: "connection closed".into(),
                 });
@@ -187,7 +257,8 @@ impl MuxConn {
         let (mut rd, mut wr) = stream.into_split();
         let waiters: Waiters = Default::default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Request, Answer)>();
-        let lost = |endpoint: &str, reason: String| ClientError::Unreachable { endpoint: endpoint.into(), reason };
+        let lost = |endpoint: &str, reason: String| ClientError::ConnectionLost { endpoint: endpoint.into(), reason };
+        let unsent = |endpoint: &str, reason: String| ClientError::Unreachable { endpoint: endpoint.into(), reason };
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Writer: takes every queued request, assigns ids, one write for all of them.
         let w = waiters.clone();
@@ -205,7 +276,7 @@ impl MuxConn {
                     let mut waiting = w.lock().expect("waiters");
                     // Checked under the lock the reader drains with: no request is left unanswered.
                     if dead_w.load(std::sync::atomic::Ordering::SeqCst) {
-                        let _ = reply.send(Err(lost(&ep, "connection closed".into())));
+                        let _ = reply.send(Err(unsent(&ep, "connection closed".into())));
                         continue;
                     }
                     waiting.insert(id, reply);
@@ -302,7 +373,7 @@ impl SharedConns {
         let deadline = tokio::time::Instant::now() + limit;
         let conn = match tokio::time::timeout_at(deadline, self.get(endpoint, cluster)).await {
             Ok(c) => c?,
-            Err(_) => return Err(ClientError::Timeout(limit)),
+            Err(_) => return Err(connect_timed_out(endpoint, limit)),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || ClientError::Unreachable { endpoint: endpoint.into(), reason: "connection closed".into() };
@@ -331,6 +402,9 @@ pub struct Client {
     next_id: u64,
     rotate: usize,
     shared: Option<SharedConns>,
+    /// The producer session appends are stamped with (`None`: plain appends).
+    session: Option<ProducerSession>,
+    attempt_timeout: Duration,
 }
 
 impl Client {
@@ -346,7 +420,38 @@ impl Client {
             next_id: 1,
             rotate: 0,
             shared: None,
+            session: Some(ProducerSession { producer_id: random_producer_id(), epoch: 0, next_seq: 0 }),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
+    }
+
+    /// Appends without a producer session: a retry after an unanswered
+    /// attempt may append the payloads twice ([`Appended::earlier_attempt_may_commit`]
+    /// says when). Sessions are on by default.
+    pub fn without_session(mut self) -> Client {
+        self.session = None;
+        self
+    }
+
+    /// Appends as producer `producer_id` in `epoch`, from sequence 0: a
+    /// producer that restarts with a stable id passes a higher epoch than
+    /// its last instance used, which fences that instance's late retries.
+    /// By default a client is a new producer with a random id.
+    pub fn with_producer(mut self, producer_id: u64, epoch: u32) -> Client {
+        self.session = Some(ProducerSession { producer_id, epoch, next_seq: 0 });
+        self
+    }
+
+    /// The producer session, if appends use one.
+    pub fn producer(&self) -> Option<ProducerSession> {
+        self.session
+    }
+
+    /// How long one attempt of an append or read barrier waits at one node
+    /// before the client looks for the leader elsewhere (default
+    /// [`DEFAULT_ATTEMPT_TIMEOUT`]; the call as a whole still has its timeout).
+    pub fn set_attempt_timeout(&mut self, limit: Duration) {
+        self.attempt_timeout = limit;
     }
 
     /// A client that sends over `conns`, alongside the other clients using them.
@@ -421,7 +526,14 @@ impl Client {
         limit: Duration,
     ) -> Result<Response, ClientError> {
         let group = self.group;
-        let r = tokio::time::timeout(limit, async {
+        let started = Instant::now();
+        // A connect that fails or times out sent nothing.
+        match tokio::time::timeout(limit, self.conn(endpoint)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(connect_timed_out(endpoint, limit)),
+        }
+        let r = tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
             let c = self.conn(endpoint).await?;
             c.call(id, group, request).await
         })
@@ -442,7 +554,21 @@ impl Client {
 
     /// Sends `request` to the leader, finding it and retrying until the deadline.
     async fn call_leader(&mut self, request: Request) -> Result<Response, ClientError> {
+        self.call_leader_outcome(request).await.map(|(r, _)| r)
+    }
+
+    /// [`Self::call_leader`], and whether an earlier attempt may have taken
+    /// effect (reached a leader that gave no answer) before the one answered.
+    async fn call_leader_outcome(&mut self, request: Request) -> Result<(Response, bool), ClientError> {
         let start = Instant::now();
+        // Appends and barriers give up on a silent node after one attempt's
+        // time and look for another leader; the rest (transfers, membership
+        // changes) may legitimately take longer.
+        let bounded = matches!(request, Request::Append { .. } | Request::AppendSession { .. } | Request::ReadBarrier);
+        let session_seq = match &request {
+            Request::AppendSession { seq, .. } => Some(*seq),
+            _ => None,
+        };
         let deadline = start + self.timeout;
         let mut backoff = Duration::from_millis(10);
         // Sticky: once a request may have reached a leader, its outcome is unknown.
@@ -471,7 +597,8 @@ impl Client {
                     self.endpoints[self.rotate % self.endpoints.len()].clone()
                 }
             };
-            match self.call_at(&target, request.clone(), deadline - now).await {
+            let limit = if bounded { (deadline - now).min(self.attempt_timeout) } else { deadline - now };
+            match self.call_at(&target, request.clone(), limit).await {
                 Ok(Response::Error(ServerError::NotLeader { address: Some(a), .. })) if a != target => {
                     self.leader = Some(a);
                     redirects += 1;
@@ -490,10 +617,23 @@ impl Client {
                     self.leader = Some(target);
                     leader_silent = false;
                 }
+                // A leader of an older term that lacks this producer's last
+                // append (it committed under a newer leader): look further.
+                Ok(Response::Error(ServerError::OutOfOrderSequence { expected }))
+                    if session_seq.is_some_and(|seq| expected < seq) =>
+                {
+                    self.leader = None;
+                    leader_silent = false;
+                }
+                // Nothing was sent.
+                Err(ClientError::Unreachable { .. }) => {
+                    self.leader = None;
+                    leader_silent = false;
+                }
                 // A leader may have taken the request: its outcome is unknown from now on.
                 Ok(Response::Error(ServerError::LeadershipLost))
                 | Ok(Response::Error(ServerError::ShuttingDown))
-                | Err(ClientError::Unreachable { .. })
+                | Err(ClientError::ConnectionLost { .. })
                 | Err(ClientError::Protocol { .. }) => {
                     self.leader = None;
                     maybe_applied = true;
@@ -514,7 +654,7 @@ impl Client {
                 }
                 Ok(other) => {
                     self.leader = Some(target);
-                    return Ok(other);
+                    return Ok((other, maybe_applied));
                 }
                 Err(e) => return Err(e),
             }
@@ -530,12 +670,52 @@ impl Client {
         Ok((first, term))
     }
 
-    /// Appends entries as one batch; returns (first index, last index, term) once committed.
+    /// Appends entries as one batch; returns (first index, last index, term)
+    /// once committed. With the producer session (the default), retries
+    /// append it at most once.
     pub async fn append_batch(&mut self, payloads: Vec<Bytes>) -> Result<(u64, u64, u64), ClientError> {
-        match self.call_leader(Request::Append { payloads }).await? {
-            Response::Appended { first_index, last_index, term } => Ok((first_index, last_index, term)),
-            other => Err(unexpected(other)),
-        }
+        let a = self.append_outcome(payloads).await?;
+        Ok((a.first_index, a.last_index, a.term))
+    }
+
+    /// Appends entries as one batch, and says what happened: whether it was
+    /// found in the log already (a session's retry) or, without a session,
+    /// whether an earlier attempt may have appended it too.
+    ///
+    /// With a session, a call that fails with an unknown outcome
+    /// ([`ClientError::maybe_applied`]) starts a new epoch for the next
+    /// append, so that the failed one, if it is still on its way, is fenced
+    /// rather than leaving a gap in the sequence.
+    pub async fn append_outcome(&mut self, payloads: Vec<Bytes>) -> Result<Appended, ClientError> {
+        let Some(s) = self.session else {
+            return match self.call_leader_outcome(Request::Append { payloads }).await? {
+                (Response::Appended { first_index, last_index, term }, earlier) => Ok(Appended {
+                    first_index,
+                    last_index,
+                    term,
+                    duplicate: false,
+                    earlier_attempt_may_commit: earlier,
+                }),
+                (other, _) => Err(unexpected(other)),
+            };
+        };
+        let n = payloads.len() as u64;
+        let request = Request::AppendSession { producer_id: s.producer_id, epoch: s.epoch, seq: s.next_seq, payloads };
+        let r = self.call_leader(request).await;
+        let session = self.session.as_mut().expect("a session");
+        let (first_index, last_index, term, duplicate) = match r {
+            Ok(Response::Appended { first_index, last_index, term }) => (first_index, last_index, term, false),
+            Ok(Response::Duplicate { first_index, last_index, term }) => (first_index, last_index, term, true),
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => {
+                if e.maybe_applied() {
+                    (session.epoch, session.next_seq) = (session.epoch.wrapping_add(1), 0);
+                }
+                return Err(e);
+            }
+        };
+        session.next_seq += n;
+        Ok(Appended { first_index, last_index, term, duplicate, earlier_attempt_may_commit: false })
     }
 
     /// A linearizable read barrier: an index every committed write before the call is at or below.
@@ -664,6 +844,10 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+fn connect_timed_out(endpoint: &str, limit: Duration) -> ClientError {
+    ClientError::Unreachable { endpoint: endpoint.into(), reason: format!("no connection within {limit:?}") }
 }
 
 fn unexpected(r: Response) -> ClientError {

@@ -262,6 +262,10 @@ enum Cmd {
         /// Open loop: requests per second over all clients (latency from the intended send time).
         #[arg(long)]
         rate: Option<f64>,
+        /// Append with a producer session per client (appended at most once
+        /// however often retried); by default plain appends.
+        #[arg(long)]
+        idempotent: bool,
         #[arg(long)]
         json: bool,
         /// For example "p99<=5ms,p999<=20ms"; exit non-zero when missed.
@@ -500,6 +504,7 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
             seconds,
             warmup,
             rate,
+            idempotent,
             json,
             slo,
             plot,
@@ -517,6 +522,7 @@ async fn tool(cmd: Cmd) -> Result<(), String> {
                 warmup,
                 rate,
                 timeout: Duration::from_secs(10),
+                idempotent,
             };
             let bar = indicatif::ProgressBar::new(((warmup + seconds) * 10.0) as u64);
             bar.set_style(

@@ -70,9 +70,9 @@ use crate::{Applied, GroupEvent};
 use dledger_proto::peer::PeerMessage;
 use dledger_proto::{ClientEntry, Frame, GroupStatus, Request, Response, ServerError};
 use dledger_raft::{
-    ClientError, ClientReply, Command, Config as RaftConfig, SessionRefusal, ConfigRecord, Entry, EntryKind, Event, HardState,
+    ClientError, ClientReply, Command, Config as RaftConfig, ConfigRecord, Entry, EntryKind, Event, HardState,
     LogStart, LogStorage, MemberRole, Membership, MembershipChange, Message, NodeId, PullStep, RaftCore, RestoredState,
-    Role, SnapshotId, SnapshotMessage, SnapshotPull,
+    Role, SessionRefusal, SnapshotId, SnapshotMessage, SnapshotPull,
 };
 
 /// How often a group checks its retention (100 ms at the default tick).
@@ -2055,9 +2055,12 @@ mod tests {
     fn every_entry_kind_is_read_back_as_written() {
         // The match makes a new kind a compile error here until it is listed.
         let all = |k: EntryKind| match k {
-            EntryKind::Noop | EntryKind::Command | EntryKind::Admin | EntryKind::Config | EntryKind::SessionCommand => k,
+            EntryKind::Noop | EntryKind::Command | EntryKind::Admin | EntryKind::Config | EntryKind::SessionCommand => {
+                k
+            }
         };
-        let kinds = [EntryKind::Noop, EntryKind::Command, EntryKind::Admin, EntryKind::Config, EntryKind::SessionCommand];
+        let kinds =
+            [EntryKind::Noop, EntryKind::Command, EntryKind::Admin, EntryKind::Config, EntryKind::SessionCommand];
         for kind in kinds.map(all) {
             assert_eq!(decode_kind(encode_kind(kind)[0]), Some(kind), "{kind:?}");
         }

@@ -99,7 +99,8 @@ pub(crate) fn stamped_entries(
         let Some(last) = chunk.last() else { break };
         from = last.index + 1;
         for e in chunk.drain(..) {
-            if let Some(kind @ dledger_raft::EntryKind::SessionCommand) = e.payload.first().copied().and_then(&decode_kind)
+            if let Some(kind @ dledger_raft::EntryKind::SessionCommand) =
+                e.payload.first().copied().and_then(&decode_kind)
             {
                 out.push(Entry { index: e.index, term: e.term, kind, payload: e.payload.slice(1..) });
             }
