@@ -510,7 +510,7 @@ impl Client {
         }
         let started = Instant::now();
         let r = self.call_once(endpoint, id, request.clone(), limit).await;
-        if matches!(r, Err(ClientError::Unreachable { .. })) {
+        if matches!(r, Err(ClientError::Unreachable { .. } | ClientError::ConnectionLost { .. })) {
             return self.call_once(endpoint, id, request, limit.saturating_sub(started.elapsed())).await;
         }
         r

@@ -162,12 +162,36 @@ pub(crate) struct PeerLimits {
     pub(crate) max_frame_bytes: u64,
 }
 
+/// A peer connection that ends within this of being opened counts as a
+/// failed attempt: an L4 proxy in front of a dead node accepts and closes at
+/// once, and reconnecting at once spun about 250 times a second.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(1);
+
+/// A peer connection that lived `lived` ended: how long to wait before the
+/// next attempt, and the backoff after that one.
+fn after_connection(lived: Duration, backoff: Duration) -> (Duration, Duration) {
+    if lived < HEALTHY_CONNECTION {
+        (backoff, (backoff * 2).min(Duration::from_millis(500)))
+    } else {
+        (Duration::ZERO, Duration::from_millis(20))
+    }
+}
+
 /// Writes a peer's queued messages over a connection it keeps open.
 async fn peer_writer(link: Rc<PeerLink>, to: NodeId, address: String, params: LinkParams) {
     let LinkParams { me, incarnation, cluster, secret, limits, stop } = params;
     let mut backoff = Duration::from_millis(20);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut opened: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) && !link.retired.get() {
+        if let Some(at) = opened.take() {
+            let (wait, next) = after_connection(at.elapsed(), backoff);
+            if !wait.is_zero() {
+                link.queue.borrow_mut().clear();
+                tokio::time::sleep(wait).await;
+            }
+            backoff = next;
+        }
         let mut stream = match TcpStream::connect(&address).await {
             Ok(s) => s,
             Err(e) => {
@@ -179,6 +203,7 @@ async fn peer_writer(link: Rc<PeerLink>, to: NodeId, address: String, params: Li
             }
         };
         let _ = stream.set_nodelay(true);
+        opened = Some(std::time::Instant::now());
         buf.clear();
         encode_frame(&Frame::Hello(Hello { node_id: me, cluster: cluster.clone(), incarnation }), &mut buf);
         if stream.write_all(&buf).await.is_err() {
@@ -187,9 +212,6 @@ async fn peer_writer(link: Rc<PeerLink>, to: NodeId, address: String, params: Li
         if let Some(secret) = &secret {
             if let Err(reason) = answer_challenge(&mut stream, secret, &cluster, me, to).await {
                 tracing::warn!(%address, %reason, "peer authentication failed; retrying");
-                link.queue.borrow_mut().clear();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
         }
@@ -199,7 +221,6 @@ async fn peer_writer(link: Rc<PeerLink>, to: NodeId, address: String, params: Li
         if stream.write_all(&buf).await.is_err() {
             continue;
         }
-        backoff = Duration::from_millis(20);
         tracing::info!(%address, "connected to peer");
         loop {
             if link.queue.borrow().is_empty() {
@@ -655,6 +676,22 @@ impl std::fmt::Debug for PeerLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_closed_at_once_backs_off_like_a_refused_one() {
+        let ms = Duration::from_millis;
+        // Accepted and closed at once, again and again: the waits grow to the cap.
+        let mut backoff = ms(20);
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let (wait, next) = after_connection(ms(1), backoff);
+            waits.push(wait.as_millis());
+            backoff = next;
+        }
+        assert_eq!(waits, [20, 40, 80, 160, 320, 500, 500]);
+        // A connection that carried traffic for a while reconnects at once, from the start.
+        assert_eq!(after_connection(Duration::from_secs(5), ms(500)), (Duration::ZERO, ms(20)));
+    }
     use dledger_proto::DEFAULT_MAX_FRAME_BYTES;
 
     fn on_local_set(test: impl std::future::Future<Output = ()>) {
