@@ -27,6 +27,9 @@
 //! max_read_mib = 8                  # the most payload one read answer carries (at least one entry)
 //! max_client_connections = 4096     # client connections at once (peers aside); more are refused
 //! client_idle_timeout_secs = 600    # a client connection idle this long is closed (0 = never)
+//! producer_expiry_secs = 3600       # idempotent producers: one with no append for this long (by the
+//!                                   # leaders' clocks in the log) is forgotten; same on every node
+//! max_producers = 16384             # per group: producer sessions kept (least recently used go first)
 //!
 //! [retention]                       # per group; off by default: the log grows until the disk fills
 //! max_log_mib = 0                   # purge the oldest whole segments beyond this much log (0 = no limit)
@@ -55,6 +58,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+fn default_producer_expiry_secs() -> u64 {
+    3600
+}
+fn default_max_producers() -> usize {
+    16_384
+}
 fn default_cluster() -> String {
     "dledger".into()
 }
@@ -233,6 +242,12 @@ pub struct ServerConfig {
     /// Size of each log segment file.
     #[serde(default = "default_segment_mib")]
     pub segment_mib: u64,
+    /// A producer session with no append for this long is forgotten.
+    #[serde(default = "default_producer_expiry_secs")]
+    pub producer_expiry_secs: u64,
+    /// Producer sessions a group keeps.
+    #[serde(default = "default_max_producers")]
+    pub max_producers: usize,
     /// auto, uring or portable.
     #[serde(default)]
     pub backend: Option<String>,
@@ -331,6 +346,8 @@ impl ServerConfig {
             heartbeat_ticks: default_heartbeat(),
             preferred_leader: None,
             segment_mib: default_segment_mib(),
+            producer_expiry_secs: default_producer_expiry_secs(),
+            max_producers: default_max_producers(),
             backend: None,
             max_frame_mib: default_max_frame_mib(),
             max_read_mib: default_max_read_mib(),
@@ -446,6 +463,17 @@ impl ServerConfig {
                 r.refuse_below_free_percent, r.purge_below_free_percent
             ));
         }
+        if self.max_producers == 0 || self.producer_expiry_secs == 0 {
+            return bad("max_producers and producer_expiry_secs must be at least 1".into());
+        }
+        // A full table travels in one log start message to a follower behind the start.
+        let table_bytes = 20 + self.max_producers.saturating_mul(24 + dledger_raft::RETAINED_BATCHES * 36);
+        if table_bytes > ((self.max_frame_mib as usize) << 20) / 2 {
+            return bad(format!(
+                "max_producers {} makes a full session table of {table_bytes} bytes, more than half of max_frame_mib",
+                self.max_producers
+            ));
+        }
         if self.snapshots_kept == 0 {
             return bad("snapshots_kept must be at least 1".into());
         }
@@ -480,6 +508,10 @@ impl ServerConfig {
             max_inflight_entries: 16 * 1024,
             // A whole window must fit in one frame, or a follower would refuse it forever.
             max_inflight_bytes: ((self.max_frame_mib << 20).saturating_sub(64 << 10)).max(1 << 20),
+            sessions: dledger_raft::SessionLimits {
+                expiry_ms: self.producer_expiry_secs.saturating_mul(1000),
+                max_producers: self.max_producers,
+            },
             ..Default::default()
         }
     }
