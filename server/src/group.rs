@@ -383,6 +383,8 @@ pub(crate) struct GroupHost {
     configs: crate::members::ConfigFile,
     /// This group's saved producer-session table (see `sessions`).
     sessions_file: crate::sessions::SessionsFile,
+    /// `metrics.bytes_written` when the table was last saved by a checkpoint.
+    sessions_saved_at_bytes: u64,
     /// Peer addresses from the node's config file, for members whose
     /// configuration names none (the bootstrap of an older directory).
     static_addresses: HashMap<NodeId, String>,
@@ -532,17 +534,17 @@ impl GroupHost {
         };
         let records = file.as_ref().map(|f| f.records().to_vec()).unwrap_or_default();
         let (sessions_file, sessions) = Self::restore_sessions(group, dir, &log, start)?;
-        let restored = RestoredState {
-            meta,
-            start,
-            terms,
-            last_index,
-            tail: Vec::new(),
-            configs: records,
-            stamped: crate::sessions::stamped_entries(&log, sessions.as_of, decode_kind)
-                .map_err(|e| format!("group {group}: reading back its producer sessions: {e}"))?,
-            sessions,
-        };
+        let (stamped, unreadable) = crate::sessions::stamped_entries(&log, sessions.as_of, decode_kind);
+        if unreadable > 0 {
+            tracing::warn!(
+                group,
+                unreadable,
+                "entries of the log could not be read back for their producer stamps (damaged); retries of \
+                 appends among them are not recognized as duplicates"
+            );
+        }
+        let restored =
+            RestoredState { meta, start, terms, last_index, tail: Vec::new(), configs: records, stamped, sessions };
         let core = RaftCore::new(node_id, voters, raft, restored, rng).map_err(|e| format!("group {group}: {e}"))?;
         // The file holds from now on exactly what the core restored.
         let configs = match file {
@@ -602,6 +604,7 @@ impl GroupHost {
             events,
             configs,
             sessions_file,
+            sessions_saved_at_bytes: 0,
             static_addresses,
             removed_said: false,
             retention: Retention::default(),
@@ -749,14 +752,20 @@ impl GroupHost {
         saved.map_err(|e| self.fatal_io("save the producer sessions", e))
     }
 
-    /// Every `CHECKPOINT_ENTRIES` committed entries, the table is saved:
-    /// a restart reads back the stamps after it only.
+    /// Every `CHECKPOINT_ENTRIES` committed entries or `CHECKPOINT_BYTES`
+    /// of payload written, the table is saved: a restart reads back the
+    /// stamps after it only.
     fn checkpoint_sessions(&mut self) -> Result<(), GroupFatal> {
         let table = self.core.sessions().table();
-        if table.as_of < self.sessions_file.saved_as_of() + crate::sessions::CHECKPOINT_ENTRIES {
+        let saved_as_of = self.sessions_file.saved_as_of();
+        let written = self.metrics.bytes_written - self.sessions_saved_at_bytes;
+        let due = table.as_of >= saved_as_of + crate::sessions::CHECKPOINT_ENTRIES
+            || (table.as_of > saved_as_of && written >= crate::sessions::CHECKPOINT_BYTES);
+        if !due {
             return Ok(());
         }
         let saved = self.sessions_file.save(table);
+        self.sessions_saved_at_bytes = self.metrics.bytes_written;
         saved.map_err(|e| self.fatal_io("save the producer sessions", e))
     }
 

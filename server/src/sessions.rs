@@ -12,9 +12,9 @@
 //!   survive only in it, which makes it the log start's session record;
 //! * before a follower installs a leader's log start (with the leader's
 //!   table, `Command::SaveSessions`);
-//! * every [`CHECKPOINT_ENTRIES`] committed entries (checked each tick),
-//!   which bounds what a restart reads back to that many entries plus the
-//!   uncommitted tail.
+//! * every [`CHECKPOINT_ENTRIES`] committed entries or [`CHECKPOINT_BYTES`]
+//!   of payload appended (checked every few ticks), which bounds what a
+//!   restart reads back to about that much plus the uncommitted tail.
 //!
 //! A missing file beside a log that has entries (a directory from before
 //! sessions, or a lost file) and a damaged file are both rebuilt from the
@@ -34,6 +34,9 @@ pub(crate) const SESSIONS_FILE: &str = "SESSIONS";
 
 /// Committed entries between periodic saves.
 pub(crate) const CHECKPOINT_ENTRIES: u64 = 1 << 16;
+
+/// Payload bytes appended between periodic saves.
+pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// Bytes one read-back step takes from the files.
 const SCAN_CHUNK_BYTES: usize = 4 << 20;
@@ -83,19 +86,30 @@ fn decode(bytes: &[u8]) -> Option<SessionTable> {
     (u32::from_le_bytes(crc.try_into().ok()?) == crc32c::crc32c(body)).then(|| SessionTable::decode(body)).flatten()
 }
 
+/// Entries read one at a time after a read that failed, before chunks again.
+const SINGLE_STEPS_AFTER_ERROR: u64 = 1024;
+
 /// The stamped entries of `log` after `as_of` (their payloads without the
-/// kind byte), read back chunk by chunk.
+/// kind byte), read back chunk by chunk, and how many entries could not be
+/// read (damaged: their checksums fail; the node still starts and serves
+/// the rest, and those entries' stamps, if any, are unknown here).
 pub(crate) fn stamped_entries(
     log: &dledger_engine::Log,
     as_of: u64,
     decode_kind: impl Fn(u8) -> Option<dledger_raft::EntryKind>,
-) -> dledger_engine::Result<Vec<Entry>> {
+) -> (Vec<Entry>, u64) {
     let (mut from, hi) = ((as_of + 1).max(log.first_index()), log.last_index() + 1);
-    let mut out = Vec::new();
+    let (mut out, mut unreadable, mut single_until) = (Vec::new(), 0, 0);
     let mut chunk = Vec::new();
     while from < hi {
         chunk.clear();
-        log.read_range(from, hi, SCAN_CHUNK_BYTES, &mut chunk)?;
+        let to = if from < single_until { from + 1 } else { hi };
+        if log.read_range(from, to, SCAN_CHUNK_BYTES, &mut chunk).is_err() {
+            unreadable += 1;
+            from += 1;
+            single_until = from + SINGLE_STEPS_AFTER_ERROR;
+            continue;
+        }
         let Some(last) = chunk.last() else { break };
         from = last.index + 1;
         for e in chunk.drain(..) {
@@ -106,7 +120,7 @@ pub(crate) fn stamped_entries(
             }
         }
     }
-    Ok(out)
+    (out, unreadable)
 }
 
 #[cfg(test)]
