@@ -27,6 +27,8 @@
 //! (acked or unknown). Up to that count the extra copies are counted in
 //! [`Report::duplicates`] (one per payload id) and are not a violation; beyond
 //! it (for example a payload appended once, acked, and found twice) they are.
+//! A client in [`History::exactly_once_clients`] appends with a producer
+//! session: any second copy of its payloads is a violation.
 //!
 //! # What the harness must record (the checker's preconditions)
 //!
@@ -170,6 +172,10 @@ pub struct History {
     pub failover_times: Vec<Duration>,
     /// Each fault injected, described for the report.
     pub faults: Vec<String>,
+    /// Clients that append through the client library's producer session:
+    /// however often the library retried an append, its payload is in a log
+    /// at most once.
+    pub exactly_once_clients: BTreeSet<u64>,
 }
 
 /// The properties [`check`] holds a history to, one per [`Violation`] variant.
@@ -657,7 +663,7 @@ fn check_no_duplicate(h: &History, appends: &HashMap<PayloadId, Vec<usize>>) -> 
             if attempt_ops.is_empty() {
                 continue;
             }
-            if indexes.len() > attempt_ops.len() {
+            if indexes.len() > attempt_ops.len() || h.exactly_once_clients.contains(&id.client) {
                 out.push(Violation::DuplicatePayload { node: log.node, id, indexes, attempt_ops });
             } else {
                 duplicated.insert(id);
@@ -866,6 +872,7 @@ mod tests {
             ],
             failover_times: vec![ms(300), ms(150)],
             faults: vec!["kill -9 node 2 (leader)".into(), "partition {1} | {2,3}".into()],
+            exactly_once_clients: BTreeSet::new(),
         }
     }
 
@@ -1098,6 +1105,24 @@ mod tests {
         let text = report.to_string();
         assert!(text.contains("barrier op #5 (client 3, started 16.000ms) returned read index 1"), "{text}");
         assert!(text.contains("but index 3 was acked to p2-1 (op #2, ended 15.000ms) before it started"), "{text}");
+    }
+
+    #[test]
+    fn a_second_copy_of_a_session_clients_payload_is_a_violation() {
+        let mut h = clean();
+        h.exactly_once_clients.insert(1);
+        h.ops.push(append(1, 2, 31, 35, acked(7, 2)));
+        on_every_log(&mut h, |e| e.push(entry(7, 2, 1, 2)));
+        let OpKind::Read { entries, .. } = &mut h.ops[READ].kind else { unreachable!("op {READ} is the read") };
+        entries.push(entry(7, 2, 1, 2));
+        let report = check(&h);
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::DuplicatePayload { indexes, .. } if indexes == &[5, 7])),
+            "{report}"
+        );
     }
 
     #[test]

@@ -27,6 +27,11 @@ use rand::{Rng, SeedableRng};
 
 const WRITERS: u64 = 4;
 
+/// Writers appending through the client library's producer session (its
+/// own retries, one call per payload): each payload must be in the log once.
+/// Built without the session, they leave 24 second copies on seed 1.
+const SESSION_WRITERS: u64 = 2;
+
 /// One attempt, never retried with the same payload: the outcome is exactly what the client knows.
 async fn append_once(
     client: &mut Client,
@@ -52,6 +57,39 @@ async fn append_once(
         Ok(_) | Err(_) => {
             *hint = None;
             Outcome::Unknown
+        }
+    }
+}
+
+/// A session writer: one library call per payload, which retries inside
+/// with the same sequence; the outcome recorded is what the call says.
+async fn session_writer(
+    client_id: u64,
+    endpoints: Vec<String>,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    ops: Arc<Mutex<Vec<Op>>>,
+) {
+    let mut client = Client::new(endpoints, "dledger", 0, Duration::from_secs(2));
+    let mut seq = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let id = PayloadId { client: client_id, seq };
+        seq += 1;
+        let start = t0.elapsed();
+        let outcome = match client.append_outcome(vec![Bytes::from(history::payload_for(id))]).await {
+            Ok(a) => Outcome::Acked { index: a.first_index, term: a.term },
+            Err(e) if e.maybe_applied() => Outcome::Unknown,
+            Err(_) => Outcome::Failed,
+        };
+        let failed = !matches!(outcome, Outcome::Acked { .. });
+        ops.lock().unwrap().push(Op {
+            client: client_id,
+            start,
+            end: t0.elapsed(),
+            kind: OpKind::Append { id, outcome },
+        });
+        if failed {
+            tokio::time::sleep_until((Instant::now() + Duration::from_millis(20)).into()).await;
         }
     }
 }
@@ -181,6 +219,9 @@ async fn run_schedule(seed: u64, seconds: f64) -> history::Report {
     for w in 1..=WRITERS {
         tasks.push(tokio::spawn(writer(w, endpoints.clone(), t0, stop.clone(), ops.clone())));
     }
+    for w in WRITERS + 1..=WRITERS + SESSION_WRITERS {
+        tasks.push(tokio::spawn(session_writer(w, endpoints.clone(), t0, stop.clone(), ops.clone())));
+    }
     tasks.push(tokio::spawn(reader(100, endpoints.clone(), t0, stop.clone(), ops.clone())));
     let nodes: Arc<Vec<(u64, String)>> = Arc::new(c.nodes.iter().map(|n| (n.id, n.endpoint.clone())).collect());
     tasks.push(tokio::spawn(sampler(nodes, c.runs.clone(), t0, stop.clone(), samples.clone())));
@@ -308,6 +349,7 @@ async fn run_schedule(seed: u64, seconds: f64) -> history::Report {
         commit_samples: std::mem::take(&mut *samples.lock().unwrap()),
         failover_times,
         faults,
+        exactly_once_clients: (WRITERS + 1..=WRITERS + SESSION_WRITERS).collect(),
     };
     let report = history::check(&h);
     println!("{report}");
