@@ -61,48 +61,37 @@ async fn append_once(
     }
 }
 
-/// A session writer: one library call per payload, which retries inside
-/// with the same sequence; the outcome recorded is what the call says.
-async fn session_writer(
+/// A session writer's append: one library call per payload, which retries
+/// inside with the same sequence; the outcome is what the call says.
+async fn append_through_session(client: &mut Client, payload: Bytes) -> Outcome {
+    match client.append_outcome(vec![payload]).await {
+        Ok(a) => Outcome::Acked { index: a.first_index, term: a.term },
+        Err(e) if e.maybe_applied() => Outcome::Unknown,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+/// Appends fresh payloads until stopped: single attempts, or through the
+/// library's producer session (`through_session`).
+async fn writer(
     client_id: u64,
+    through_session: bool,
     endpoints: Vec<String>,
     t0: Instant,
     stop: Arc<AtomicBool>,
     ops: Arc<Mutex<Vec<Op>>>,
 ) {
-    let mut client = Client::new(endpoints, "dledger", 0, Duration::from_secs(2));
-    let mut seq = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        let id = PayloadId { client: client_id, seq };
-        seq += 1;
-        let start = t0.elapsed();
-        let outcome = match client.append_outcome(vec![Bytes::from(history::payload_for(id))]).await {
-            Ok(a) => Outcome::Acked { index: a.first_index, term: a.term },
-            Err(e) if e.maybe_applied() => Outcome::Unknown,
-            Err(_) => Outcome::Failed,
-        };
-        let failed = !matches!(outcome, Outcome::Acked { .. });
-        ops.lock().unwrap().push(Op {
-            client: client_id,
-            start,
-            end: t0.elapsed(),
-            kind: OpKind::Append { id, outcome },
-        });
-        if failed {
-            tokio::time::sleep_until((Instant::now() + Duration::from_millis(20)).into()).await;
-        }
-    }
-}
-
-async fn writer(client_id: u64, endpoints: Vec<String>, t0: Instant, stop: Arc<AtomicBool>, ops: Arc<Mutex<Vec<Op>>>) {
     let mut client = Client::new(endpoints.clone(), "dledger", 0, Duration::from_secs(2));
     let (mut hint, mut rot, mut seq) = (None, client_id as usize, 0u64);
     while !stop.load(Ordering::SeqCst) {
         let id = PayloadId { client: client_id, seq };
         seq += 1;
         let start = t0.elapsed();
-        let outcome =
-            append_once(&mut client, &mut hint, &endpoints, &mut rot, Bytes::from(history::payload_for(id))).await;
+        let payload = Bytes::from(history::payload_for(id));
+        let outcome = match through_session {
+            true => append_through_session(&mut client, payload).await,
+            false => append_once(&mut client, &mut hint, &endpoints, &mut rot, payload).await,
+        };
         let failed = !matches!(outcome, Outcome::Acked { .. });
         ops.lock().unwrap().push(Op {
             client: client_id,
@@ -216,11 +205,9 @@ async fn run_schedule(seed: u64, seconds: f64) -> history::Report {
     let ops = Arc::new(Mutex::new(Vec::new()));
     let samples = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for w in 1..=WRITERS {
-        tasks.push(tokio::spawn(writer(w, endpoints.clone(), t0, stop.clone(), ops.clone())));
-    }
-    for w in WRITERS + 1..=WRITERS + SESSION_WRITERS {
-        tasks.push(tokio::spawn(session_writer(w, endpoints.clone(), t0, stop.clone(), ops.clone())));
+    for w in 1..=WRITERS + SESSION_WRITERS {
+        let through_session = w > WRITERS;
+        tasks.push(tokio::spawn(writer(w, through_session, endpoints.clone(), t0, stop.clone(), ops.clone())));
     }
     tasks.push(tokio::spawn(reader(100, endpoints.clone(), t0, stop.clone(), ops.clone())));
     let nodes: Arc<Vec<(u64, String)>> = Arc::new(c.nodes.iter().map(|n| (n.id, n.endpoint.clone())).collect());
