@@ -820,3 +820,42 @@ fn a_node_with_campaigns_suspended_never_campaigns_but_still_votes() {
         assert_ne!(core.status().role, Role::Follower);
     }
 }
+
+#[test]
+fn a_session_retry_in_the_same_batch_waits_for_the_original_and_a_lost_leadership_fails_it() {
+    let mut core = elected_leader(&VOTERS, 1, &[1]);
+    core.step(Event::EntriesDurable { index: 2, term: 2 });
+    core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(2) }));
+    let session = |seq| Some(ProducerSession { producer_id: 9, epoch: 0, seq, time_ms: 5 });
+    let b = Bytes::from_static;
+    let out = core.step(Event::ProposeBatch(vec![
+        Proposal { request_id: 1, payloads: vec![b(b"a"), b(b"b")], session: session(0) },
+        // A retry of it in the same step, and the next one.
+        Proposal { request_id: 2, payloads: vec![b(b"a"), b(b"b")], session: session(0) },
+        Proposal { request_id: 3, payloads: vec![b(b"c")], session: session(2) },
+    ]));
+    let Some(Command::PersistEntries { entries, .. }) = out.first() else { panic!("{out:?}") };
+    let kinds: Vec<EntryKind> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EntryKind::Command, EntryKind::SessionCommand, EntryKind::SessionCommand], "once, stamped last");
+    assert_eq!(entries[1].client_payload().as_deref(), Some(&b"b"[..]));
+    assert_eq!(entries[2].stamp().map(|s| (s.first_seq, s.count)), Some((2, 1)));
+    // Committed: the original and its retry are answered with the same indexes.
+    core.step(Event::EntriesDurable { index: 5, term: 2 });
+    let out = core.step(recv(2, 1, 2, MessageBody::AppendResponse { result: Ok(5) }));
+    let replies: Vec<&ClientReply> =
+        out.iter().filter_map(|c| if let Command::Reply(r) = c { Some(r) } else { None }).collect();
+    assert!(replies.contains(&&ClientReply::Committed { request_id: 1, first_index: 3, last_index: 4, term: 2 }));
+    assert!(replies.contains(&&ClientReply::Duplicate { request_id: 2, first_index: 3, last_index: 4, term: 2 }));
+    // A retry of an uncommitted append waits; a lost leadership answers it as unknown.
+    core.step(Event::ProposeBatch(vec![Proposal { request_id: 4, payloads: vec![b(b"d")], session: session(3) }]));
+    let out =
+        core.step(Event::ProposeBatch(vec![Proposal { request_id: 5, payloads: vec![b(b"d")], session: session(3) }]));
+    assert!(!out.iter().any(|c| matches!(c, Command::Reply(_))), "waits for the original: {out:?}");
+    let out = core.step(recv(3, 1, 3, MessageBody::Heartbeat { leader_commit_index: 0, round: 1 }));
+    for request_id in [4, 5] {
+        assert!(
+            out.iter().any(|c| matches!(c, Command::Reply(ClientReply::Failed { request_id: r, error: ClientError::LeadershipLost { .. } }) if *r == request_id)),
+            "request {request_id}: {out:?}"
+        );
+    }
+}
