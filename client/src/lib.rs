@@ -6,9 +6,17 @@
 //! retries on leader change until its deadline; then it says why it gave up:
 //! [`ClientError::NoQuorum`] when no leader could be found (a quorum is down
 //! or partitioned), [`ClientError::Timeout`] when a leader took the request
-//! but did not answer in time. An append that failed with a leader change may
-//! still have committed (Raft's usual at-least-once caveat): retried appends
-//! can appear twice.
+//! but did not answer in time; [`ClientError::maybe_applied`] says whether a
+//! failed call can have taken effect. Each attempt of an append waits at
+//! most [`DEFAULT_ATTEMPT_TIMEOUT`] at one node before the client looks
+//! elsewhere, so a paused leader costs about what a killed one does.
+//!
+//! Appends are idempotent by default: a client is a producer session
+//! (a random producer id, an epoch, a sequence per payload), and the
+//! cluster appends a retried append at most once, answering the retry with
+//! the original's indexes (see `Request::AppendSession`). Without one
+//! ([`Client::without_session`]) a retry after an unanswered attempt may
+//! append the payloads twice, and [`Client::append_outcome`] says when.
 //!
 //! [`Client::subscribe`] reads the committed log back in order from any
 //! replica, as a long poll that follows the commit index (see
