@@ -137,9 +137,12 @@ impl Entry {
         }
     }
 
-    /// The producer stamp of a session entry.
+    /// The producer stamp of a session entry, if it could have been
+    /// written here (its append fits in the log before this entry; a
+    /// hostile or damaged one is ignored, never trusted into arithmetic).
     pub fn stamp(&self) -> Option<ProducerStamp> {
-        (self.kind == EntryKind::SessionCommand).then(|| ProducerStamp::read(&self.payload)).flatten()
+        let stamp = (self.kind == EntryKind::SessionCommand).then(|| ProducerStamp::read(&self.payload)).flatten()?;
+        (u64::from(stamp.count) <= self.index).then_some(stamp)
     }
 }
 
@@ -591,6 +594,8 @@ mod tests {
         assert_eq!(ProducerStamp::read(&[0; STAMP_LEN]), None, "count 0");
         let plain = Entry { kind: EntryKind::Command, ..e.clone() };
         assert_eq!(plain.stamp(), None);
+        let longer_than_the_log = Entry { index: 2, ..e.clone() };
+        assert_eq!(longer_than_the_log.stamp(), None, "3 payloads cannot end at index 2");
     }
 
     /// Every row of the module docs' table.
