@@ -298,6 +298,13 @@ impl RaftCore {
         let start = self.log.start();
         let (prev_log_index, prev_log_term, entries) = if prev_log_index < start.prev_index {
             let skip = (start.prev_index - prev_log_index).min(entries.len() as LogIndex) as usize;
+            // An entry at our start must be the committed one there: a message
+            // that says otherwise comes from no correct leader (a hostile
+            // proptest case appended a term-1 entry after a start of term 2^62).
+            let at_start = entries.get(skip.wrapping_sub(1)).filter(|e| e.index == start.prev_index);
+            if at_start.is_some_and(|e| e.term != start.prev_term) {
+                return;
+            }
             let mut entries = entries;
             entries.drain(..skip);
             (start.prev_index, start.prev_term, entries)
