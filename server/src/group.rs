@@ -476,7 +476,8 @@ impl GroupHost {
                     group,
                     %why,
                     log_start = start.first_index(),
-                    "rebuilding the producer sessions from the log: retries of appends older than the log start                      are no longer recognized as duplicates"
+                    "rebuilding the producer sessions from the log: retries of appends older than the log start \
+                     are no longer recognized as duplicates"
                 );
             } else {
                 tracing::info!(group, %why, "rebuilding the producer sessions from the whole log");
