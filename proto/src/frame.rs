@@ -104,6 +104,11 @@ pub enum Frame {
         max_entry_bytes: u64,
         /// The largest frame it reads.
         max_frame_bytes: u64,
+        /// Its producer sessions' expiry: replicas that differ would keep
+        /// different tables and deduplicate differently.
+        producer_expiry_ms: u64,
+        /// The most producer sessions a group of it keeps.
+        max_producers: u64,
     },
 }
 
@@ -153,10 +158,14 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
         }),
         Frame::Challenge { nonce } => write_frame(out, KIND_CHALLENGE, |out| out.put_slice(nonce)),
         Frame::Auth { mac } => write_frame(out, KIND_AUTH, |out| out.put_slice(mac)),
-        Frame::Limits { max_entry_bytes, max_frame_bytes } => write_frame(out, KIND_LIMITS, |out| {
-            out.put_u64_le(*max_entry_bytes);
-            out.put_u64_le(*max_frame_bytes);
-        }),
+        Frame::Limits { max_entry_bytes, max_frame_bytes, producer_expiry_ms, max_producers } => {
+            write_frame(out, KIND_LIMITS, |out| {
+                out.put_u64_le(*max_entry_bytes);
+                out.put_u64_le(*max_frame_bytes);
+                out.put_u64_le(*producer_expiry_ms);
+                out.put_u64_le(*max_producers);
+            })
+        }
     }
 }
 
@@ -243,9 +252,12 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
         }
         KIND_CHALLENGE => Frame::Challenge { nonce: get_32(&mut p, "challenge")? },
         KIND_AUTH => Frame::Auth { mac: get_32(&mut p, "auth")? },
-        KIND_LIMITS => {
-            Frame::Limits { max_entry_bytes: get_u64(&mut p, "limits")?, max_frame_bytes: get_u64(&mut p, "limits")? }
-        }
+        KIND_LIMITS => Frame::Limits {
+            max_entry_bytes: get_u64(&mut p, "limits")?,
+            max_frame_bytes: get_u64(&mut p, "limits")?,
+            producer_expiry_ms: get_u64(&mut p, "limits")?,
+            max_producers: get_u64(&mut p, "limits")?,
+        },
         k => return Err(WireError::UnknownKind(k)),
     };
     if p.has_remaining() {
@@ -266,7 +278,12 @@ mod tests {
             Frame::Raft { group: 8, body: Bytes::new() },
             Frame::Challenge { nonce: [7; 32] },
             Frame::Auth { mac: [9; 32] },
-            Frame::Limits { max_entry_bytes: 4 << 20, max_frame_bytes: 64 << 20 },
+            Frame::Limits {
+                max_entry_bytes: 4 << 20,
+                max_frame_bytes: 64 << 20,
+                producer_expiry_ms: 3_600_000,
+                max_producers: 9,
+            },
             Frame::Request { id: 1, group: 0, request: Request::Append { payloads: vec![Bytes::from_static(b"x")] } },
             Frame::Request { id: 2, group: 0, request: Request::Read { lo: 1, hi: 9, max_bytes: 100 } },
             Frame::Request { id: 3, group: ALL_GROUPS, request: Request::Status },

@@ -28,8 +28,9 @@
 //! max_client_connections = 4096     # client connections at once (peers aside); more are refused
 //! client_idle_timeout_secs = 600    # a client connection idle this long is closed (0 = never)
 //! producer_expiry_secs = 3600       # idempotent producers: one with no append for this long (by the
-//!                                   # leaders' clocks in the log) is forgotten; same on every node
-//! max_producers = 16384             # per group: producer sessions kept (least recently used go first)
+//!                                   # leaders' clocks in the log) is forgotten; must match the peers'
+//! max_producers = 16384             # per group: producer sessions kept (least recently used go first);
+//!                                   # must match the peers' (a peer that differs is refused)
 //!
 //! [retention]                       # per group; off by default: the log grows until the disk fills
 //! max_log_mib = 0                   # purge the oldest whole segments beyond this much log (0 = no limit)

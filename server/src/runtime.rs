@@ -635,6 +635,8 @@ async fn run_core(
     let limits = crate::transport::PeerLimits {
         max_entry_bytes: cfg.batch_bytes() as u64,
         max_frame_bytes: cfg.max_frame_mib << 20,
+        producer_expiry_ms: cfg.producer_expiry_secs.saturating_mul(1000),
+        max_producers: cfg.max_producers as u64,
     };
     // This core's links to other nodes, opened as its groups first send to them.
     let links = Rc::new(Links::new(crate::transport::LinkParams {

@@ -160,6 +160,8 @@ async fn answer_challenge(
 pub(crate) struct PeerLimits {
     pub(crate) max_entry_bytes: u64,
     pub(crate) max_frame_bytes: u64,
+    pub(crate) producer_expiry_ms: u64,
+    pub(crate) max_producers: u64,
 }
 
 /// A peer connection that ends within this of being opened counts as a
@@ -216,8 +218,8 @@ async fn peer_writer(link: Rc<PeerLink>, to: NodeId, address: String, params: Li
             }
         }
         buf.clear();
-        let PeerLimits { max_entry_bytes, max_frame_bytes } = limits;
-        encode_frame(&Frame::Limits { max_entry_bytes, max_frame_bytes }, &mut buf);
+        let PeerLimits { max_entry_bytes, max_frame_bytes, producer_expiry_ms, max_producers } = limits;
+        encode_frame(&Frame::Limits { max_entry_bytes, max_frame_bytes, producer_expiry_ms, max_producers }, &mut buf);
         if stream.write_all(&buf).await.is_err() {
             continue;
         }
@@ -398,13 +400,14 @@ pub(crate) async fn serve_connection(stream: TcpStream, ctx: Rc<ConnContext>) {
         }
         let theirs = tokio::time::timeout(AUTH_TIMEOUT, read_frame(&mut rd, &mut buf, MAX_HELLO_BYTES)).await;
         match theirs {
-            Ok(Ok(Some(Frame::Limits { max_entry_bytes, max_frame_bytes }))) => {
-                let theirs = PeerLimits { max_entry_bytes, max_frame_bytes };
+            Ok(Ok(Some(Frame::Limits { max_entry_bytes, max_frame_bytes, producer_expiry_ms, max_producers }))) => {
+                let theirs = PeerLimits { max_entry_bytes, max_frame_bytes, producer_expiry_ms, max_producers };
                 if theirs != ctx.limits {
                     tracing::error!(
                         %peer, from, ?theirs, ours = ?ctx.limits,
-                        "closing peer connection: its limits differ from this node's (max_batch_kib, segment_mib and \
-                         max_frame_mib must agree across the cluster, or entries one node accepts are refused by another)"
+                        "closing peer connection: its limits differ from this node's (max_batch_kib, segment_mib, \
+                         max_frame_mib, producer_expiry_secs and max_producers must agree across the cluster, or \
+                         entries one node accepts are refused by another, or retries deduplicated differently)"
                     );
                     return;
                 }
@@ -722,7 +725,12 @@ mod tests {
                 crate::members::PeerIncarnations::load(&std::env::temp_dir().join("no-such-dir")).unwrap(),
             ),
             secret: None,
-            limits: PeerLimits { max_entry_bytes: 4 << 20, max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64 },
+            limits: PeerLimits {
+                max_entry_bytes: 4 << 20,
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
+                producer_expiry_ms: 3_600_000,
+                max_producers: 16_384,
+            },
         });
         let served = tokio::task::spawn_local(async move {
             let (s, _) = listener.accept().await.unwrap();

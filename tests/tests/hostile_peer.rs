@@ -106,7 +106,13 @@ async fn without_a_secret_the_core_still_drops_a_term_beyond_the_term_space() {
         let to = i as u64 + 1;
         let mut attack = hello(if to == 2 { 1 } else { 2 });
         // The harness's limits (segment_mib = 8: 2 MiB entries; 64 MiB frames), as a peer sends them.
-        encode_frame(&Frame::Limits { max_entry_bytes: 2 << 20, max_frame_bytes: 64 << 20 }, &mut attack);
+        let limits = Frame::Limits {
+            max_entry_bytes: 2 << 20,
+            max_frame_bytes: 64 << 20,
+            producer_expiry_ms: 3_600_000,
+            max_producers: 16_384,
+        };
+        encode_frame(&limits, &mut attack);
         attack.extend_from_slice(&forged_heartbeat(to));
         // Nothing answers a peer's frames; close from our side after a moment.
         let mut s = std::net::TcpStream::connect(ep).unwrap();
@@ -150,4 +156,26 @@ async fn a_peer_with_other_limits_is_refused_with_a_reason() {
     client.append(Bytes::from(vec![7u8; 3 << 19])).await.unwrap();
     let status = c.nodes[odd as usize - 1].child.as_mut().unwrap().try_wait().unwrap();
     assert!(status.is_none(), "the odd node is still running: {status:?}");
+}
+
+/// A node whose producer-session bounds differ would keep another session
+/// table than its peers (and deduplicate retries differently once leader):
+/// it is refused at the handshake like any other limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_other_session_bounds_is_refused() {
+    let mut c = Cluster::start(3, 1, 1);
+    let leader = c.leader(0).await;
+    let odd = if leader == 3 { 2 } else { 3 };
+    assert!(c.stop(odd).success());
+    let cfg = c.nodes[odd as usize - 1].config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("cpus = []\n", "cpus = []\nmax_producers = 100\n", 1)).unwrap();
+    c.start_node(odd);
+    harness::eventually("the others to refuse the odd node's session bounds", Duration::from_secs(20), || {
+        let refused =
+            (1..=3).filter(|&id| id != odd).any(|id| c.log_text(id).contains("its limits differ from this node's"));
+        async move { refused.then_some(()) }
+    })
+    .await;
+    c.client(0).append(Bytes::from_static(b"the others serve")).await.unwrap();
 }
