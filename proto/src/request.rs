@@ -388,20 +388,14 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
     match r {
         Request::Append { payloads } => {
             out.put_u8(1);
-            out.put_u32_le(payloads.len() as u32);
-            for p in payloads {
-                put_bytes(out, p);
-            }
+            put_payloads(out, payloads);
         }
         Request::AppendSession { producer_id, epoch, seq, payloads } => {
             out.put_u8(12);
             out.put_u64_le(*producer_id);
             out.put_u32_le(*epoch);
             out.put_u64_le(*seq);
-            out.put_u32_le(payloads.len() as u32);
-            for p in payloads {
-                put_bytes(out, p);
-            }
+            put_payloads(out, payloads);
         }
         Request::Get { index } => {
             out.put_u8(2);
@@ -452,7 +446,15 @@ pub(crate) fn encode_request(r: &Request, out: &mut BytesMut) {
     }
 }
 
-/// An append's payloads, their count bounded before anything is allocated.
+/// An append's payloads: their count, then each length-prefixed.
+fn put_payloads(out: &mut BytesMut, payloads: &[Bytes]) {
+    out.put_u32_le(payloads.len() as u32);
+    for p in payloads {
+        put_bytes(out, p);
+    }
+}
+
+/// [`put_payloads`]' bytes, their count bounded before anything is allocated.
 fn get_payloads(p: &mut Bytes) -> Result<Vec<Bytes>, WireError> {
     let n = get_count(p, 4, "request")?;
     if n > MAX_APPEND_ENTRIES {

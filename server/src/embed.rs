@@ -47,13 +47,8 @@ impl ServerBuilder {
     /// empty: the bootstrap of a new node of a new cluster (see
     /// [`init`](crate::init)). Pass it for the very first start only; without
     /// it a node whose data was lost refuses to come back as the same voter.
-    pub fn bootstrap(mut self, yes: bool) -> Self {
-        if yes {
-            self.creation = crate::identity::Creation::Bootstrap;
-        } else if self.creation == crate::identity::Creation::Bootstrap {
-            self.creation = crate::identity::Creation::Never;
-        }
-        self
+    pub fn bootstrap(self, yes: bool) -> Self {
+        self.allow_creation(crate::identity::Creation::Bootstrap, yes)
     }
 
     /// Allows the start to create a missing or empty data directory for a
@@ -62,10 +57,15 @@ impl ServerBuilder {
     /// and wait for a leader to send them the log once an operator adds the
     /// node (`dledger member add-learner`). A node whose data was lost
     /// joins this way under a new node id.
-    pub fn join(mut self, yes: bool) -> Self {
+    pub fn join(self, yes: bool) -> Self {
+        self.allow_creation(crate::identity::Creation::Join, yes)
+    }
+
+    /// Allows creation `how` (`yes`), or takes it back if it was allowed.
+    fn allow_creation(mut self, how: crate::identity::Creation, yes: bool) -> Self {
         if yes {
-            self.creation = crate::identity::Creation::Join;
-        } else if self.creation == crate::identity::Creation::Join {
+            self.creation = how;
+        } else if self.creation == how {
             self.creation = crate::identity::Creation::Never;
         }
         self

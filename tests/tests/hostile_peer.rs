@@ -129,25 +129,33 @@ async fn without_a_secret_the_core_still_drops_a_term_beyond_the_term_space() {
     still_serving(&c, &before).await;
 }
 
-/// A node whose limits differ from the others' (here a smaller
-/// `max_batch_kib`: the leader would send it entries it cannot store) is
-/// refused as a peer with a reason; nothing crashes, and the others serve.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_with_other_limits_is_refused_with_a_reason() {
+/// Restarts a follower of a three-node cluster with `line` added to its
+/// config and waits until the others refuse it as a peer, naming why;
+/// returns the cluster and the odd node.
+async fn restart_a_follower_refused_for(line: &str) -> (Cluster, u64) {
     let mut c = Cluster::start(3, 1, 1);
     let leader = c.leader(0).await;
     let odd = if leader == 3 { 2 } else { 3 };
     assert!(c.stop(odd).success());
     let cfg = c.nodes[odd as usize - 1].config.clone();
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replacen("cpus = []\n", "cpus = []\nmax_batch_kib = 1024\n", 1)).unwrap();
+    std::fs::write(&cfg, text.replacen("cpus = []\n", &format!("cpus = []\n{line}\n"), 1)).unwrap();
     c.start_node(odd);
-    harness::eventually("the others to refuse the odd node's limits", Duration::from_secs(20), || {
+    harness::eventually(&format!("the others to refuse a node with {line}"), Duration::from_secs(20), || {
         let refused =
             (1..=3).filter(|&id| id != odd).any(|id| c.log_text(id).contains("its limits differ from this node's"));
         async move { refused.then_some(()) }
     })
     .await;
+    (c, odd)
+}
+
+/// A node whose limits differ from the others' (here a smaller
+/// `max_batch_kib`: the leader would send it entries it cannot store) is
+/// refused as a peer with a reason; nothing crashes, and the others serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_other_limits_is_refused_with_a_reason() {
+    let (mut c, odd) = restart_a_follower_refused_for("max_batch_kib = 1024").await;
     // An entry of 1.5 MiB: over the odd node's limit, within the others'; they commit it.
     // (Asked of the other two: the odd node itself refuses it as too large, whatever its role.)
     let others: Vec<String> =
@@ -163,19 +171,6 @@ async fn a_peer_with_other_limits_is_refused_with_a_reason() {
 /// it is refused at the handshake like any other limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_other_session_bounds_is_refused() {
-    let mut c = Cluster::start(3, 1, 1);
-    let leader = c.leader(0).await;
-    let odd = if leader == 3 { 2 } else { 3 };
-    assert!(c.stop(odd).success());
-    let cfg = c.nodes[odd as usize - 1].config.clone();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replacen("cpus = []\n", "cpus = []\nmax_producers = 100\n", 1)).unwrap();
-    c.start_node(odd);
-    harness::eventually("the others to refuse the odd node's session bounds", Duration::from_secs(20), || {
-        let refused =
-            (1..=3).filter(|&id| id != odd).any(|id| c.log_text(id).contains("its limits differ from this node's"));
-        async move { refused.then_some(()) }
-    })
-    .await;
+    let (c, _) = restart_a_follower_refused_for("max_producers = 100").await;
     c.client(0).append(Bytes::from_static(b"the others serve")).await.unwrap();
 }

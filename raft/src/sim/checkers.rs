@@ -332,7 +332,7 @@ impl Checkers {
         payloads: &[Bytes],
         log: &RaftLog,
         disk: &SimDisk,
-        applied_already: bool,
+        must_be_applied: bool,
     ) -> Result<(), Violation> {
         for (k, payload) in payloads.iter().enumerate() {
             let index = first_index + k as u64;
@@ -345,7 +345,7 @@ impl Checkers {
             // without payloads); it is then checked when it is applied.
             let applied_ok = match committed {
                 Some(c) => c.term == term && c.acked_bytes() == *payload,
-                None => !applied_already,
+                None => !must_be_applied,
             };
             let ok = (expired || in_log.is_some_and(|e| e.term == term && acked_bytes(e) == *payload)) && applied_ok;
             if !ok {
